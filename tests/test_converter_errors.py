@@ -1,0 +1,212 @@
+"""The converter refuses bad checkpoints by name, and the model loader refuses bad model files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from npshuffle.archs import V2Spec
+from npshuffle.model import Model
+from npshuffle.model_file import METADATA_KEY, ModelFileError, load_model_file
+from npshuffle.torch_ref import build_torch_model, randomize_
+from tests.conftest import REPO
+from weights_convert import ConversionError, convert_file
+
+SMALL_V2 = V2Spec(8, (16, 32), 48, (1, 2), num_classes=5)
+
+
+def small_state_dict(dialect: str = "torchvision") -> dict[str, torch.Tensor]:
+    net = randomize_(build_torch_model(SMALL_V2, dialect), torch.Generator().manual_seed(1))
+    return dict(net.state_dict())
+
+
+def save(tmp_path, obj, name="ckpt.pth", **kwargs):
+    path = tmp_path / name
+    torch.save(obj, path, **kwargs)
+    return path
+
+
+class Exploit:
+    """Unpickling this would run a shell command."""
+
+    def __init__(self, sentinel):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_malicious_pickle_is_refused_and_not_run(tmp_path, legacy):
+    sentinel = tmp_path / "PWNED"
+    state = small_state_dict()
+    state["fc.bias"] = Exploit(sentinel)
+    path = save(tmp_path, state, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(ConversionError, match=r"(posix|os)\.system"):
+        convert_file(path, tmp_path / "out.npz")
+    assert not sentinel.exists()
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    path = save(tmp_path, small_state_dict())
+    data = path.read_bytes()
+    for cut in (0, 10, len(data) // 3, len(data) - 5):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ConversionError):
+            convert_file(path, tmp_path / "out.npz")
+
+
+def test_wrong_shape_is_named(tmp_path):
+    state = small_state_dict()
+    state["stage3.1.branch2.3.weight"] = torch.zeros(16, 1, 5, 5)
+    message = r"stage3\.1\.branch2\.3\.weight has shape \(16, 1, 5, 5\), expected \(16, 1, 3, 3\)"
+    with pytest.raises(ConversionError, match=message):
+        convert_file(save(tmp_path, state), tmp_path / "out.npz")
+
+
+def test_nan_weights_are_named(tmp_path):
+    state = small_state_dict()
+    state["stage2.0.branch1.1.running_var"][3] = float("nan")
+    state["conv5.0.weight"][0, 0] = float("inf")
+    with pytest.raises(ConversionError) as info:
+        convert_file(save(tmp_path, state), tmp_path / "out.npz")
+    assert "stage2.0.branch1.1.running_var holds NaN" in str(info.value)
+    assert "conv5.0.weight holds NaN or infinite" in str(info.value)
+
+
+def test_unknown_and_missing_keys_are_listed(tmp_path):
+    state = small_state_dict()
+    state["aux_head.weight"] = torch.zeros(3)
+    del state["stage3.0.branch2.4.running_mean"]
+    with pytest.raises(ConversionError) as info:
+        convert_file(save(tmp_path, state), tmp_path / "out.npz")
+    assert "unexpected keys: aux_head.weight" in str(info.value)
+    assert "missing key stage3.0.branch2.4.running_mean" in str(info.value)
+
+
+def test_negative_variance_is_refused(tmp_path):
+    state = small_state_dict("megvii")
+    state["conv_last.1.running_var"][0] = -1.0
+    with pytest.raises(ConversionError, match=r"conv_last\.1\.running_var has negative"):
+        convert_file(save(tmp_path, state), tmp_path / "out.npz")
+
+
+def test_other_networks_are_refused(tmp_path):
+    resnet_like = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64)}
+    with pytest.raises(ConversionError, match="not a ShuffleNet checkpoint"):
+        convert_file(save(tmp_path, resnet_like), tmp_path / "out.npz")
+    with pytest.raises(ConversionError, match="no state_dict found"):
+        convert_file(save(tmp_path, [1, 2, 3], "list.pth"), tmp_path / "out.npz")
+
+
+def test_class_names_files(tmp_path):
+    path = save(tmp_path, small_state_dict())
+    names = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    (tmp_path / "class_indices.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
+    meta = convert_file(path, tmp_path / "a.npz", classes=str(tmp_path / "class_indices.json"))
+    assert meta["class_names"] == names
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n")
+    assert Model.load(tmp_path / "a.npz").class_names == names
+    assert convert_file(path, tmp_path / "b.npz", classes=str(tmp_path / "labels.txt"))["class_names"] == names
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    with pytest.raises(ConversionError, match="2 class names, but the checkpoint has 5 classes"):
+        convert_file(path, tmp_path / "c.npz", classes=str(tmp_path / "short.txt"))
+
+
+def test_recipe_overrides(tmp_path):
+    path = save(tmp_path, small_state_dict())
+    meta = convert_file(path, tmp_path / "a.npz", resize=232, crop=224)
+    assert meta["preprocess"]["resize"] == 232 and meta["preprocess"]["mean"] == [0.485, 0.456, 0.406]
+    with pytest.raises(ConversionError, match="crop <= resize"):
+        convert_file(path, tmp_path / "b.npz", resize=200, crop=224)
+
+
+def test_command_line(tmp_path):
+    path = save(tmp_path, small_state_dict("megvii"))
+    out = tmp_path / "m.npz"
+    ok = subprocess.run([sys.executable, "-m", "weights_convert", str(path), "-o", str(out)],
+                        capture_output=True, text=True, cwd=REPO)
+    assert ok.returncode == 0, ok.stderr
+    assert "shufflenet_v2_custom (megvii dialect), 5 classes" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "weights_convert", str(tmp_path / "nope.pth"), "-o", str(out)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 1
+    assert bad.stderr.count("\n") == 1 and "nope.pth" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# --- model files -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    out = tmp_path / "good.npz"
+    convert_file(save(tmp_path, small_state_dict()), out)
+    return out
+
+
+def rewrite(model_file, path, edit):
+    with np.load(model_file) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays[METADATA_KEY].tobytes())
+    arrays, meta = edit(arrays, meta)
+    if meta is not None:
+        arrays[METADATA_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda a, m: ({k: v for k, v in a.items() if k != "head.bias"}, m), "missing tensors: head.bias"),
+        (lambda a, m: ({**a, "stem.weight": a["stem.weight"][:4]}, m), r"stem.weight has shape \(4, 3, 3, 3\)"),
+        (lambda a, m: ({**a, "stem.bias": a["stem.bias"] * np.nan}, m), "stem.bias holds NaN"),
+        (lambda a, m: ({**a, "stem.bias": a["stem.bias"].astype(np.float64)}, m), "dtype float64"),
+        (lambda a, m: ({**a, "extra": np.zeros(2)}, m), "unexpected tensors: extra"),
+        (lambda a, m: (a, {**m, "format_version": 99}), "format version 99"),
+        (lambda a, m: (a, {**m, "format": "other"}), "not an npshuffle model file"),
+        (lambda a, m: (a, {**m, "dialect": "caffe"}), "unknown dialect"),
+        (lambda a, m: (a, {**m, "class_names": ["a"]}), "class_names must be a list of 5 strings"),
+        (lambda a, m: (a, {**m, "arch": {"version": 7}}), "malformed architecture"),
+        (lambda a, m: (a, {**m, "preprocess": {"resize": 256}}), "recipe lacks"),
+        (lambda a, m: ({k: v for k, v in a.items() if k != METADATA_KEY}, None), "no __metadata__"),
+    ],
+)
+def test_malformed_model_files_are_refused(model_file, tmp_path, edit, message):
+    bad = rewrite(model_file, tmp_path / "bad.npz", edit)
+    with pytest.raises(ModelFileError, match=message) as info:
+        load_model_file(bad)
+    assert "bad.npz" in str(info.value)
+
+
+def test_unreadable_model_files_are_refused(model_file, tmp_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load_model_file(tmp_path / "missing.npz")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(model_file.read_bytes()[:1000])
+    with pytest.raises(ModelFileError, match="not a readable npshuffle model file"):
+        load_model_file(truncated)
+    text = tmp_path / "notes.npz"
+    text.write_text("hello")
+    with pytest.raises(ModelFileError):
+        load_model_file(text)
+
+
+def test_a_pickled_object_array_is_never_loaded(model_file, tmp_path):
+    bad = rewrite(model_file, tmp_path / "pickled.npz",
+                  lambda a, m: ({**a, "stem.bias": np.array([object()], dtype=object)}, m))
+    with pytest.raises(ModelFileError):
+        load_model_file(bad)
+
+
+def test_megvii_v2_must_widen():
+    from npshuffle.archs import ArchError, build_plan
+    with pytest.raises(ArchError, match="wider than its input"):
+        build_plan(V2Spec(24, (16,), 32, (1,)), "megvii")

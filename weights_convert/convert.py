@@ -1,0 +1,236 @@
+"""Checkpoint in, model file out.
+
+    load (restricted unpickler, no torch) -> find the state_dict -> detect dialect and version
+    -> infer widths/groups/classes from shapes -> build the plan -> for every plan conv: fold its
+    BN, check every shape -> check every key was used -> write the .npz model file
+
+Nothing is guessed silently: missing keys, unexpected keys, shape mismatches and non-finite
+values are all collected and reported by name in one :class:`ConversionError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from kernels.reference import shuffle_permutation
+from npshuffle.archs import ArchError, V1Spec, V2Spec, build_plan, check_spec
+from npshuffle.model_file import DEFAULT_RECIPES, check_recipe, save_model_file
+
+from . import megvii, torchvision
+from .fold import fold_batchnorm, permute_output_channels
+from .keymap import ConversionError
+from .torch_pickle import CheckpointError, load_torch_checkpoint
+
+DIALECT_MODULES = (torchvision, megvii)
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
+IGNORED_SUFFIXES = (".num_batches_tracked",)
+BN_EPS = 1e-5
+
+
+@dataclass
+class Converted:
+    """A converted network, ready to save: folded float32 weights keyed by plan tensor name."""
+
+    spec: V1Spec | V2Spec
+    dialect: str
+    weights: dict[str, np.ndarray]
+    source: dict
+
+
+def find_state_dict(obj: object, path: str) -> dict[str, np.ndarray]:
+    """Unwrap ``{'state_dict': ...}`` / ``{'model': ...}`` and strip a ``module.`` prefix."""
+    for _ in range(3):
+        if isinstance(obj, dict) and not all(isinstance(v, np.ndarray) for v in obj.values()):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, dict) or not obj:
+        raise ConversionError(f"{path}: no state_dict found (the checkpoint holds a {type(obj).__name__})")
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, np.ndarray)]
+    if not_tensors:
+        raise ConversionError(
+            f"{path}: no state_dict found: top-level keys {sorted(map(str, obj))[:8]} are not all tensors "
+            f"(and none of {WRAPPER_KEYS} holds one)"
+        )
+    if all(str(k).startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def detect(state_dict: dict) -> tuple[object, int]:
+    """(dialect module, version) of a state_dict, or a ConversionError saying what was seen."""
+    for module in DIALECT_MODULES:
+        version = module.detect_version(state_dict)
+        if version is not None:
+            return module, version
+    sample = ", ".join(list(state_dict)[:5])
+    raise ConversionError(
+        "not a ShuffleNet checkpoint this converter knows: expected torchvision keys (conv1.0.weight, "
+        f"stage2.*, ...) or Megvii ShuffleNet-Series keys (first_conv.0.weight, features.*); first keys: {sample}"
+    )
+
+
+def convert_state_dict(state_dict: dict[str, np.ndarray], *, path: str = "<state_dict>") -> Converted:
+    """Fold and check a state_dict; returns the plan-named weights. Raises ConversionError."""
+    module, version = detect(state_dict)
+    try:
+        spec = module.infer_spec(state_dict, version)
+        check_spec(spec)
+    except ConversionError as exc:
+        raise ConversionError(f"{path}: {exc}") from None
+    except ArchError as exc:
+        raise ConversionError(f"{path}: the inferred architecture is inconsistent: {exc}") from None
+    plan = build_plan(spec, module.DIALECT)
+    keys = module.key_map(plan, spec)
+    expected = plan.weight_shapes()
+    used: set[str] = set()
+    problems: list[str] = []
+    weights: dict[str, np.ndarray] = {}
+
+    def take(key: str, shape: tuple[int, ...] | None) -> np.ndarray | None:
+        if key not in state_dict:
+            problems.append(f"missing key {key}")
+            return None
+        used.add(key)
+        value = state_dict[key]
+        if shape is not None and tuple(value.shape) != shape:
+            problems.append(f"{key} has shape {tuple(value.shape)}, expected {shape}")
+            return None
+        if not np.issubdtype(value.dtype, np.floating):
+            problems.append(f"{key} has dtype {value.dtype}, expected floating point")
+            return None
+        if not np.isfinite(value).all():
+            problems.append(f"{key} holds NaN or infinite values")
+            return None
+        return value
+
+    for layer in plan.convs():
+        conv, bn = keys.convs[layer.name]
+        w = take(f"{conv}.weight", expected[f"{layer.name}.weight"])
+        b = take(f"{conv}.bias", layer.bias_shape) if f"{conv}.bias" in state_dict else None
+        stats = [take(f"{bn}.{p}", layer.bias_shape) for p in ("weight", "bias", "running_mean", "running_var")]
+        if w is None or any(s is None for s in stats):
+            continue
+        if (stats[3] < 0).any():
+            problems.append(f"{bn}.running_var has negative values")
+            continue
+        weights[f"{layer.name}.weight"], weights[f"{layer.name}.bias"] = fold_batchnorm(w, b, *stats, eps=BN_EPS)
+
+    weight_key, bias_key = keys.classifier
+    c = plan.classifier
+    fc_w = take(weight_key, (c.num_classes, c.in_features))
+    fc_b = take(bias_key, (c.num_classes,)) if bias_key else np.zeros(c.num_classes, np.float32)
+    if fc_w is not None and fc_b is not None:
+        weights[f"{c.name}.weight"] = fc_w.astype(np.float32)
+        weights[f"{c.name}.bias"] = fc_b.astype(np.float32)
+
+    unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(IGNORED_SUFFIXES))
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    if problems:
+        raise ConversionError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems))
+
+    if spec.version == 1 and module.DIALECT == "megvii":
+        _move_megvii_shuffle_before_depthwise(plan, weights)
+    return Converted(spec, module.DIALECT, weights, {})
+
+
+def _move_megvii_shuffle_before_depthwise(plan, weights: dict[str, np.ndarray]) -> None:
+    """Megvii's V1 shuffles after the depthwise conv; npshuffle's V1 plan shuffles before it.
+
+    shuffle(dw(y)) == dw'(shuffle(y)) when dw' uses filter perm[i] for channel i, where perm is the
+    shuffle's index map (shuffle(y)[:, i] == y[:, perm[i]]).
+    """
+    for unit in plan.units:
+        if unit.groups > 1:
+            perm = shuffle_permutation(unit.dw.out_channels, unit.groups, unit.shuffle)
+            w, b = weights[f"{unit.dw.name}.weight"], weights[f"{unit.dw.name}.bias"]
+            weights[f"{unit.dw.name}.weight"], weights[f"{unit.dw.name}.bias"] = permute_output_channels(w, b, perm)
+
+
+def read_class_names(path: str, num_classes: int) -> list[str]:
+    """Class names from a ``class_indices.json`` (``{"0": "daisy", ...}``) or a text file (one per line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConversionError(f"{path}: cannot read class names ({exc})") from None
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+            names = [str(data[str(i)]) for i in range(len(data))] if isinstance(data, dict) else [str(n) for n in data]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise ConversionError(
+                f"{path}: expected a JSON object {{\"0\": \"name\", \"1\": ...}} with keys 0..n-1 ({exc})"
+            ) from None
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise ConversionError(f"{path}: {len(names)} class names, but the checkpoint has {num_classes} classes")
+    return names
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names shipped with npshuffle."""
+    text = resources.files("npshuffle").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_file(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    classes: str | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Convert ``checkpoint`` into the model file ``output``; returns the metadata written.
+
+    ``classes``: a class_indices.json or labels file (default: ImageNet names for 1000 classes,
+    else class_0..class_{n-1}). ``resize``/``crop`` override the dialect's preprocessing default.
+    """
+    checkpoint = str(checkpoint)
+    try:
+        obj = load_torch_checkpoint(checkpoint)
+    except CheckpointError as exc:
+        raise ConversionError(str(exc)) from None
+    except OSError as exc:
+        raise ConversionError(f"{checkpoint}: cannot read the checkpoint ({exc.strerror or exc})") from None
+    converted = convert_state_dict(find_state_dict(obj, checkpoint), path=checkpoint)
+    n = converted.spec.num_classes
+    if classes:
+        names = read_class_names(str(classes), n)
+    elif n == 1000:
+        names = imagenet_class_names()
+    else:
+        names = None
+    recipe = dict(DEFAULT_RECIPES[converted.dialect])
+    if resize is not None:
+        recipe["resize"] = resize
+    if crop is not None:
+        recipe["crop"] = crop
+    try:
+        recipe = check_recipe(recipe)
+    except ValueError as exc:
+        raise ConversionError(f"bad preprocessing override: {exc}") from None
+    source = {"file": os.path.basename(checkpoint), "sha256": sha256_of(checkpoint)}
+    return save_model_file(
+        output, converted.spec, converted.dialect, converted.weights,
+        class_names=names, recipe=recipe, extra={"source": source, **(extra or {})},
+    )

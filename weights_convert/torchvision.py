@@ -1,0 +1,77 @@
+"""torchvision-style checkpoints: torchvision's ShuffleNetV2 (and fine-tuned copies of it), and
+npshuffle's torchvision-style V1 (see ``npshuffle.torch_ref.TorchvisionV1``).
+
+V2 keys: ``conv1.{0,1}``, ``stage{2,3,4}.{j}.branch1.{0,1,2,3}`` (stride-2 units only),
+``stage{s}.{j}.branch2.{0,1,3,4,5,6}``, ``conv5.{0,1}``, ``fc.{weight,bias}``.
+V1 keys: ``conv1.{0,1}``, ``stage{s}.{j}.branch.{0,1,4,5,6,7}``, ``fc.{weight,bias}``.
+"""
+
+from __future__ import annotations
+
+from npshuffle.archs import V1Spec, V2Spec
+from npshuffle.plan import Plan
+
+from .keymap import KeyMap, numbered_children, shape_of
+
+DIALECT = "torchvision"
+
+
+def detect_version(state_dict: dict) -> int | None:
+    """2 or 1 if ``state_dict`` looks like this dialect's V2 / V1, else None."""
+    if "conv1.0.weight" not in state_dict:
+        return None
+    if "conv5.0.weight" in state_dict or "stage2.0.branch2.0.weight" in state_dict:
+        return 2
+    if "stage2.0.branch.0.weight" in state_dict:
+        return 1
+    return None
+
+
+def _stages(state_dict: dict) -> list[tuple[str, int]]:
+    """[(stage name, number of units), ...] in order: stage2, stage3, ..."""
+    stages = []
+    index = 2
+    while units := numbered_children(state_dict, f"stage{index}."):
+        stages.append((f"stage{index}", len(units)))
+        index += 1
+    return stages
+
+
+def infer_spec(state_dict: dict, version: int) -> V1Spec | V2Spec:
+    stem = shape_of(state_dict, "conv1.0.weight")[0]
+    stages = _stages(state_dict)
+    repeats = tuple(n for _, n in stages)
+    num_classes = shape_of(state_dict, "fc.weight")[0]
+    if version == 2:
+        widths = tuple(
+            shape_of(state_dict, f"{s}.0.branch1.2.weight")[0] + shape_of(state_dict, f"{s}.0.branch2.5.weight")[0]
+            for s, _ in stages
+        )
+        head = shape_of(state_dict, "conv5.0.weight")[0]
+        return V2Spec(stem, widths, head, repeats, num_classes)
+    mid = shape_of(state_dict, "stage2.0.branch.4.weight")[0]
+    groups = mid // max(1, shape_of(state_dict, "stage2.0.branch.6.weight")[1])
+    widths, cin = [], stem
+    for s, _ in stages:
+        widths.append(cin + shape_of(state_dict, f"{s}.0.branch.6.weight")[0])
+        cin = widths[-1]
+    return V1Spec(groups, stem, tuple(widths), repeats, num_classes)
+
+
+def key_map(plan: Plan, spec: V1Spec | V2Spec) -> KeyMap:
+    keys = KeyMap(classifier=("fc.weight", "fc.bias"))
+    keys.convs["stem"] = ("conv1.0", "conv1.1")
+    unit_prefixes = [f"stage{s + 2}.{j}" for s, n in enumerate(spec.stage_repeats) for j in range(n)]
+    for unit, prefix in zip(plan.units, unit_prefixes, strict=True):
+        if spec.version == 2:
+            parts = {"pw1": "branch2.0", "dw": "branch2.3", "pw2": "branch2.5"}
+            if unit.stride == 2:
+                parts |= {"proj_dw": "branch1.0", "proj_pw": "branch1.2"}
+        else:
+            parts = {"pw1": "branch.0", "dw": "branch.4", "pw2": "branch.6"}
+        for layer, conv in parts.items():
+            seq, idx = conv.rsplit(".", 1)
+            keys.convs[f"{unit.name}.{layer}"] = (f"{prefix}.{conv}", f"{prefix}.{seq}.{int(idx) + 1}")
+    if plan.head is not None:
+        keys.convs["head"] = ("conv5.0", "conv5.1")
+    return keys
