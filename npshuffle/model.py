@@ -1,0 +1,52 @@
+"""A ready-to-run network: plan + folded weights + preprocessing recipe + class names, on a backend."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .backends import get_backend
+from .model_file import ModelFile, load_model_file
+
+# The smallest input the network accepts: five stride-2 steps (stem, max-pool, three stages)
+# must each leave at least one pixel.
+MIN_INPUT_SIZE = 32
+
+
+class Model:
+    """A loaded model. ``forward`` maps an NCHW float32 batch ``(N, 3, H, W)``, already
+    preprocessed with :attr:`recipe`, to logits ``(N, num_classes)``."""
+
+    def __init__(self, model_file: ModelFile, backend: str = "numpy", name: str | None = None):
+        self.file = model_file
+        self.name = name or model_file.metadata.get("variant", "model")
+        self.backend = get_backend(backend)
+        self._run = self.backend.prepare(model_file.plan, model_file.weights)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: str = "numpy") -> Model:
+        """Load and validate a model file (raises ModelFileError with a clear message)."""
+        return cls(load_model_file(path), backend=backend, name=os.path.basename(str(path)))
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.file.class_names
+
+    @property
+    def recipe(self) -> dict:
+        return self.file.recipe
+
+    @property
+    def metadata(self) -> dict:
+        return self.file.metadata
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected a batch of shape (N, 3, H, W), got {batch.shape}")
+        if min(batch.shape[2:]) < MIN_INPUT_SIZE:
+            raise ValueError(f"images must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels, got {batch.shape[2:]}")
+        return self._run(np.ascontiguousarray(batch, dtype=np.float32))
+
+    __call__ = forward

@@ -1,0 +1,61 @@
+"""Image -> network input, following the recipe stored in each model file.
+
+A recipe (see ``npshuffle.model_file.DEFAULT_RECIPES``) reproduces torchvision's evaluation
+transforms on a PIL image, pixel for pixel::
+
+    Resize(resize)        shorter side -> ``resize`` px, longer side int(resize * long / short), PIL bilinear
+    CenterCrop(crop)      top = round((h - crop) / 2), left = round((w - crop) / 2)
+    channel order         RGB (torchvision) or BGR (Megvii)
+    (pixel * scale - mean) / std      torchvision: scale 1/255 and ImageNet mean/std; Megvii: 0..255 as is
+
+Output: float32 ``(3, crop, crop)`` (CHW) per image; :func:`preprocess_batch` stacks to NCHW.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+def resize_shorter_side(image: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """torchvision ``Resize(size)`` on a PIL image: the shorter side becomes ``size``."""
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return image
+    return image.resize((new_w, new_h), _RESAMPLE[interpolation])
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """torchvision ``CenterCrop(size)`` on a PIL image at least ``size`` on each side."""
+    w, h = image.size
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def preprocess_image(image: Image.Image, recipe: dict) -> np.ndarray:
+    """One RGB PIL image -> float32 (3, crop, crop), per ``recipe``."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    image = center_crop(resize_shorter_side(image, recipe["resize"], recipe["interpolation"]), recipe["crop"])
+    pixels = np.asarray(image, dtype=np.float32)  # (H, W, 3) RGB, 0..255
+    if recipe["channel_order"] == "BGR":
+        pixels = pixels[:, :, ::-1]
+    mean = np.asarray(recipe["mean"], dtype=np.float32)
+    std = np.asarray(recipe["std"], dtype=np.float32)
+    pixels = (pixels * np.float32(recipe["scale"]) - mean) / std
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def preprocess_batch(images: list[Image.Image], recipe: dict) -> np.ndarray:
+    """A list of PIL images -> float32 NCHW batch (N, 3, crop, crop)."""
+    return np.stack([preprocess_image(image, recipe) for image in images])
