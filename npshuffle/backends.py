@@ -67,12 +67,31 @@ class NumpyBackend:
         return run
 
 
-BACKENDS: dict[str, Callable[[], object]] = {"numpy": NumpyBackend}
+def _numba_backend():
+    from .backend_numba import NumbaBackend  # imports numba: only when asked for
+
+    return NumbaBackend()
+
+
+def _cuda_backend():
+    from .backend_cuda import CudaBackend  # imports numba.cuda: only when asked for
+
+    return CudaBackend()
+
+
+# name -> factory. Each factory raises BackendError with a clear message when its backend cannot
+# run here (e.g. "cuda" without a GPU or without numba-cuda).
+BACKENDS: dict[str, Callable[[], object]] = {
+    "numpy": NumpyBackend,
+    "numba": _numba_backend,
+    "cuda": _cuda_backend,
+}
 
 
 def get_backend(name: str):
     """An instance of the backend called ``name`` (see :data:`BACKENDS`)."""
     try:
-        return BACKENDS[name]()
+        factory = BACKENDS[name]
     except KeyError:
         raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}") from None
+    return factory()
