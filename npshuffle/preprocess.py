@@ -16,6 +16,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from .images import ImageError, load_rgb
+
+# Beyond this, Resize(256) would make a gigapixel strip out of a thin image.
+MAX_ASPECT_RATIO = 50
+
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -27,6 +32,8 @@ def resize_shorter_side(image: Image.Image, size: int, interpolation: str = "bil
     """torchvision ``Resize(size)`` on a PIL image: the shorter side becomes ``size``."""
     w, h = image.size
     short, long = (w, h) if w <= h else (h, w)
+    if long > MAX_ASPECT_RATIO * short:
+        raise ImageError(f"image of {w}x{h} pixels: aspect ratio over {MAX_ASPECT_RATIO}:1, not a photo to classify")
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if (new_w, new_h) == (w, h):
@@ -45,7 +52,7 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 def preprocess_image(image: Image.Image, recipe: dict) -> np.ndarray:
     """One RGB PIL image -> float32 (3, crop, crop), per ``recipe``."""
     if image.mode != "RGB":
-        image = image.convert("RGB")
+        image = load_rgb(image)
     image = center_crop(resize_shorter_side(image, recipe["resize"], recipe["interpolation"]), recipe["crop"])
     pixels = np.asarray(image, dtype=np.float32)  # (H, W, 3) RGB, 0..255
     if recipe["channel_order"] == "BGR":
@@ -56,6 +63,9 @@ def preprocess_image(image: Image.Image, recipe: dict) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def preprocess_batch(images: list[Image.Image], recipe: dict) -> np.ndarray:
-    """A list of PIL images -> float32 NCHW batch (N, 3, crop, crop)."""
-    return np.stack([preprocess_image(image, recipe) for image in images])
+def preprocess_batch(images: list, recipe: dict) -> np.ndarray:
+    """Paths, PIL images or RGB arrays -> float32 NCHW batch (N, 3, crop, crop).
+
+    Any PIL mode, EXIF orientation and arrays are handled by :func:`npshuffle.images.load_rgb`.
+    """
+    return np.stack([preprocess_image(load_rgb(image), recipe) for image in images])

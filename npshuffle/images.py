@@ -1,0 +1,137 @@
+"""Turning whatever the user hands us (a path, a PIL image, a NumPy array) into an RGB PIL image.
+
+Rules, chosen to be unsurprising:
+
+* **EXIF orientation** is applied (a phone photo taken in portrait is classified upright).
+* **Transparency** (RGBA, LA, P with a transparent colour) is composited over white: a transparent
+  PNG's hidden pixels are often black garbage, and a white page is what a person sees.
+* **Greyscale** (L, 1) is replicated into three channels. **16-bit and 32-bit** greyscale (I;16,
+  I, F) is scaled into 0..255 first (I;16 divides by 257; I/F by their range), instead of PIL's
+  clipping, which would turn most 16-bit images white.
+* **CMYK, YCbCr, LAB, HSV** go through PIL's own conversion to RGB.
+* **Arrays** are taken as RGB: ``(H, W)`` greyscale, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, in
+  uint8 0..255 or floating point 0..1.
+
+Every failure is an :class:`ImageError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message names it and says why."""
+
+
+def describe(source: object) -> str:
+    """A short name for an input, for messages and result rows."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, Image.Image):
+        return f"<PIL {source.mode} image {source.size[0]}x{source.size[1]}>"
+    if isinstance(source, np.ndarray):
+        return f"<array {source.shape} {source.dtype}>"
+    return f"<{type(source).__name__}>"
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image file (so truncation is found here, not later)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a folder, not an image")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (format not recognised)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: image too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{path}: broken or truncated image ({exc})") from None
+    return image
+
+
+def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """Any PIL image -> RGB, upright, following the rules in the module docstring."""
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block must not lose the picture
+        pass
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_scale_to_uint8(np.asarray(image), mode), mode="L").convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageError(f"{name}: cannot convert PIL mode {mode!r} to RGB ({exc})") from None
+
+
+def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    values = values.astype(np.float64)
+    if mode.startswith("I;16"):
+        values = values / 257.0
+    else:
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 255:
+            values = (values - low) * (255.0 / max(high - low, 1e-12))
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def array_to_image(array: np.ndarray) -> Image.Image:
+    """An RGB(A)/greyscale array (H, W[, 3|4]), uint8 0..255 or float 0..1 -> PIL image."""
+    shape = array.shape
+    if array.ndim not in (2, 3) or (array.ndim == 3 and shape[2] not in (1, 3, 4)):
+        raise ImageError(
+            f"array of shape {shape}: expected (H, W) greyscale, (H, W, 3) RGB or (H, W, 4) RGBA "
+            "(channels last; for a CHW array use array.transpose(1, 2, 0))"
+        )
+    if array.dtype == np.uint8:
+        data = array
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageError(f"array of shape {shape}: holds NaN or infinite values")
+        if array.min() < 0 or array.max() > 1:
+            raise ImageError(
+                f"float array of shape {shape} has values in [{array.min():g}, {array.max():g}]: "
+                "float images must be in 0..1 (or pass uint8 0..255)"
+            )
+        data = np.rint(array * 255).astype(np.uint8)
+    else:
+        raise ImageError(f"array of dtype {array.dtype}: expected uint8 (0..255) or float (0..1)")
+    if data.ndim == 3 and data.shape[2] == 1:
+        data = data[:, :, 0]
+    mode = {2: "L", 3: "RGB", 4: "RGBA"}[data.ndim if data.ndim == 2 else data.shape[2]]
+    return Image.fromarray(np.ascontiguousarray(data), mode=mode)
+
+
+def load_rgb(source: object) -> Image.Image:
+    """A path, PIL image or array -> RGB PIL image. Raises :class:`ImageError`."""
+    if isinstance(source, (str, os.PathLike)):
+        return to_rgb(open_image(source), os.fspath(source))
+    if isinstance(source, Image.Image):
+        return to_rgb(source, describe(source))
+    if isinstance(source, np.ndarray):
+        return to_rgb(array_to_image(source))
+    raise ImageError(f"cannot read an image from a {type(source).__name__}: pass a path, a PIL image or an array")
