@@ -88,8 +88,26 @@ BACKENDS: dict[str, Callable[[], object]] = {
 }
 
 
-def get_backend(name: str):
-    """An instance of the backend called ``name`` (see :data:`BACKENDS`)."""
+# what a Model runs on unless told otherwise
+DEFAULT_BACKEND = "numpy"
+
+
+def _auto_backend():
+    """The fastest backend that works here: cuda if a GPU is usable, else numba, else numpy."""
+    for factory in (_cuda_backend, _numba_backend):
+        try:
+            return factory()
+        except (BackendError, ImportError):
+            continue
+    return NumpyBackend()
+
+
+BACKENDS["auto"] = _auto_backend
+
+
+def get_backend(name: str | None = None):
+    """An instance of the backend called ``name`` (see :data:`BACKENDS`); None = DEFAULT_BACKEND."""
+    name = name or DEFAULT_BACKEND
     try:
         factory = BACKENDS[name]
     except KeyError:

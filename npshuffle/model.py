@@ -18,14 +18,14 @@ class Model:
     """A loaded model. ``forward`` maps an NCHW float32 batch ``(N, 3, H, W)``, already
     preprocessed with :attr:`recipe`, to logits ``(N, num_classes)``."""
 
-    def __init__(self, model_file: ModelFile, backend: str = "numpy", name: str | None = None):
+    def __init__(self, model_file: ModelFile, backend: str | None = None, name: str | None = None):
         self.file = model_file
         self.name = name or model_file.metadata.get("variant", "model")
         self.backend = get_backend(backend)
         self._run = self.backend.prepare(model_file.plan, model_file.weights)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backend: str = "numpy") -> Model:
+    def load(cls, path: str | os.PathLike, backend: str | None = None) -> Model:
         """Load and validate a model file (raises ModelFileError with a clear message)."""
         return cls(load_model_file(path), backend=backend, name=os.path.basename(str(path)))
 
