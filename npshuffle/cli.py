@@ -1,0 +1,319 @@
+"""The ``npshuffle`` command: predict | list | convert | train | eval.
+
+Exit status: 0 success; 1 some inputs could not be classified (the others were, and each failure
+is named on stderr); 2 nothing could run (bad arguments, unknown or malformed model, no backend).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+
+from .backends import BackendError
+from .images import IMAGE_EXTENSIONS, ImageError
+from .model_file import ModelFileError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+DEVICES = ("auto", "cpu", "numba", "numpy", "cuda")
+
+
+# --------------------------------------------------------------------------------------------------
+# input expansion
+
+
+def expand_inputs(arguments: list[str]) -> tuple[list[str], int]:
+    """Files as given, folders walked recursively (image extensions only, sorted), globs expanded.
+
+    Returns (paths, number of files skipped inside folders for not having an image extension).
+    A name that matches nothing stays in the list, so it is reported as missing.
+    """
+    paths: list[str] = []
+    skipped = 0
+    for argument in arguments:
+        if os.path.isdir(argument):
+            for root, dirs, files in os.walk(argument):
+                dirs.sort()
+                for name in sorted(files):
+                    if name.lower().endswith(IMAGE_EXTENSIONS):
+                        paths.append(os.path.join(root, name))
+                    elif not name.startswith("."):
+                        skipped += 1
+        elif not os.path.exists(argument) and glob.has_magic(argument):
+            matches = sorted(glob.glob(argument, recursive=True))
+            files = [m for m in matches if os.path.isfile(m)]
+            folders = [m for m in matches if os.path.isdir(m)]
+            paths.extend(files or ([] if folders else [argument]))
+            for folder in folders:
+                more, more_skipped = expand_inputs([folder])
+                paths.extend(more)
+                skipped += more_skipped
+        else:
+            paths.append(argument)
+    return paths, skipped
+
+
+# --------------------------------------------------------------------------------------------------
+# output formats
+
+
+class TableWriter:
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, p) -> None:
+        if p.error is not None:
+            print(f"{p.source}\n    error: {p.error}", file=self.out)
+            return
+        print(p.source, file=self.out)
+        width = max(len(label) for label, _ in p.top)
+        for label, probability in p.top:
+            print(f"    {label:<{width}}  {100 * probability:6.2f} %", file=self.out)
+
+    def close(self) -> None:
+        pass
+
+
+class JsonWriter:
+    """One JSON array, streamed item by item (valid JSON when the run ends)."""
+
+    def __init__(self, out):
+        self.out, self.first = out, True
+        out.write("[")
+
+    def write(self, p) -> None:
+        self.out.write(("\n" if self.first else ",\n") + json.dumps(p.to_dict()))
+        self.first = False
+
+    def close(self) -> None:
+        self.out.write("\n]\n")
+
+
+class CsvWriter:
+    """One row per (image, rank); failed images get one row with the error."""
+
+    def __init__(self, out):
+        self.writer = csv.writer(out)
+        self.writer.writerow(["source", "rank", "class_index", "label", "probability", "error"])
+
+    def write(self, p) -> None:
+        if p.error is not None:
+            self.writer.writerow([p.source, "", "", "", "", p.error])
+        for rank, (label, probability) in enumerate(p.top, start=1):
+            index = p.class_index if rank == 1 else ""
+            self.writer.writerow([p.source, rank, index, label, f"{probability:.6f}", ""])
+
+    def close(self) -> None:
+        pass
+
+
+WRITERS = {"table": TableWriter, "json": JsonWriter, "csv": CsvWriter}
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.enabled = total, 0, enabled and total > 1
+        self.start = time.perf_counter()
+
+    def step(self) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+        filled = int(30 * self.done / self.total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}  {rate:.1f} img/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# commands
+
+
+def backend_for(device: str) -> str | None:
+    return {"cpu": None, "auto": "auto", "numba": "numba", "numpy": "numpy", "cuda": "cuda"}[device]
+
+
+def cmd_predict(args) -> int:
+    from .predict import load_model, predict_stream
+
+    if args.top_k < 1:
+        return fail("--top-k must be at least 1")
+    if args.batch_size < 1:
+        return fail("--batch-size must be at least 1")
+    model = load_model(args.model, backend=backend_for(args.device))
+    paths, skipped = expand_inputs(args.paths)
+    if not paths:
+        return fail("no images found in " + ", ".join(args.paths))
+    if args.annotate:
+        os.makedirs(args.annotate, exist_ok=True)
+    writer = WRITERS[args.format](sys.stdout)
+    progress = Progress(len(paths), sys.stderr.isatty())
+    failures: list[tuple[str, str]] = []
+    annotated_names: set[str] = set()
+    for prediction in predict_stream(paths, model, args.top_k, args.batch_size):
+        writer.write(prediction)
+        progress.step()
+        if prediction.error is not None:
+            failures.append((prediction.source, prediction.error))
+        elif args.annotate:
+            annotate(prediction, args.annotate, annotated_names)
+    writer.close()
+    sys.stdout.flush()
+    progress.close()
+    if skipped:
+        print(f"note: skipped {skipped} file(s) without an image extension inside the folders", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} of {len(paths)} input(s) could not be classified:", file=sys.stderr)
+        for source, error in failures:
+            message = error if error.startswith(source) else f"{source}: {error}"
+            print(f"  {message}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def annotate(prediction, folder: str, used: set[str]) -> None:
+    """Save a copy of the image with its top-1 label and probability drawn on it."""
+    from PIL import ImageDraw, ImageFont
+
+    from .images import load_rgb
+
+    image = load_rgb(prediction.source).copy()
+    draw = ImageDraw.Draw(image)
+    size = max(12, image.size[1] // 18)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    text = f"{prediction.label}: {100 * prediction.probability:.1f}%"
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    pad = max(2, size // 5)
+    draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(0, 0, 0))
+    draw.text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
+    stem, ext = os.path.splitext(os.path.basename(prediction.source))
+    ext = ext.lower() if ext.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff") else ".png"
+    name, n = stem + ext, 1
+    while name in used:
+        n += 1
+        name = f"{stem}_{n}{ext}"
+    used.add(name)
+    image.save(os.path.join(folder, name))
+
+
+def cmd_list(args) -> int:
+    from .zoo import describe_models
+
+    rows = describe_models()
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    columns = ["name", "arch", "classes", "params", "MACs", "size", "input", "accuracy"]
+    table = [[
+        r["name"], r["arch"], str(r["classes"]), f"{r['params'] / 1e6:.2f} M", f"{r['MACs'] / 1e6:.0f} M",
+        f"{r['size'] / 2**20:.1f} MiB", r["input"], r["accuracy"],
+    ] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    print("\nsources: " + "; ".join(sorted({f"{r['source']}" for r in rows})))
+    return EXIT_OK
+
+
+def cmd_convert(args) -> int:
+    from weights_convert import ConversionError, convert_file
+
+    try:
+        meta = convert_file(args.checkpoint, args.output, classes=args.classes, resize=args.resize, crop=args.crop)
+    except ConversionError as exc:
+        return fail(str(exc))
+    print(
+        f"wrote {args.output}: {meta['variant']} ({meta['dialect']} dialect), {meta['num_classes']} classes, "
+        f"{meta['parameters']:,} parameters"
+    )
+    return EXIT_OK
+
+
+def fail(message: str) -> int:
+    print(f"npshuffle: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser. ``command``: the sub-command about to run, so that the heavy ones
+    (train imports torch) load their module only when they are the one asked for."""
+    parser = argparse.ArgumentParser(prog="npshuffle", description="ShuffleNet image classification in NumPy/Numba.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="classify images (files, folders, globs)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
+    p.add_argument("--model", "-m", help="bundled model name (see `npshuffle list`) or a .npz model file")
+    p.add_argument("--top-k", "-k", type=int, default=5, help="how many classes to show per image (default 5)")
+    p.add_argument("--format", "-f", choices=sorted(WRITERS), default="table", help="output format (default table)")
+    p.add_argument("--annotate", metavar="DIR", help="write a copy of each image with its top-1 label drawn on it")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="cpu (default: fastest CPU backend), numba, numpy (reference), cuda, or auto (GPU if present)")
+    p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("list", help="list the bundled models")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(run=cmd_list)
+
+    p = sub.add_parser("convert", help="convert a PyTorch checkpoint into a model file")
+    p.add_argument("checkpoint", help="torchvision-style or Megvii ShuffleNet-Series .pth/.pt/.pth.tar")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    p.add_argument("--classes", help="class_indices.json or a text file with one class name per line")
+    p.add_argument("--resize", type=int, help="override the recipe's shorter-side resize (torchvision x1.5/x2.0: 232)")
+    p.add_argument("--crop", type=int, help="override the recipe's centre crop")
+    p.set_defaults(run=cmd_convert)
+
+    for name, module_name, add_arguments, run, help_text in OPTIONAL_COMMANDS:
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        p = sub.add_parser(name, help=help_text)
+        if name == command:
+            module = importlib.import_module(module_name)
+            getattr(module, add_arguments)(p)
+            p.set_defaults(run=getattr(module, run))
+    return parser
+
+
+# (command, module, its add-arguments function, its run function, help): imported only when used
+OPTIONAL_COMMANDS = (
+    ("train", "npshuffle.train", "add_train_arguments", "run_train",
+     "train or fine-tune a model (needs torch: pip install npshuffle[train])"),
+    ("eval", "npshuffle.evaluate", "add_eval_arguments", "run_eval",
+     "accuracy and confusion matrix of a model on a class-per-folder data set"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
+    try:
+        return args.run(args)
+    except (ModelFileError, BackendError, ImageError) as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `npshuffle predict ... | head`
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
