@@ -210,3 +210,14 @@ def test_megvii_v2_must_widen():
     from npshuffle.archs import ArchError, build_plan
     with pytest.raises(ArchError, match="wider than its input"):
         build_plan(V2Spec(24, (16,), 32, (1,)), "megvii")
+
+
+@pytest.mark.parametrize("width,classes,resize", [("1.5x", 1000, 232), ("2.0x", 1000, 232), ("1.0x", 1000, 256),
+                                                  ("1.5x", 5, 256)])
+def test_torchvision_imagenet_x15_x20_default_to_resize_232(tmp_path, width, classes, resize):
+    from npshuffle.archs import v2_spec
+
+    net = build_torch_model(v2_spec(width, classes), "torchvision")
+    meta = convert_file(save(tmp_path, net.state_dict()), tmp_path / "out.npz")
+    assert meta["preprocess"]["resize"] == resize
+    assert convert_file(tmp_path / "ckpt.pth", tmp_path / "b.npz", resize=240)["preprocess"]["resize"] == 240

@@ -183,6 +183,20 @@ def imagenet_class_names() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+# torchvision evaluates its own x1.5 and x2.0 ImageNet weights with Resize(232), the others with 256
+TORCHVISION_RESIZE_232 = ("shufflenet_v2_x1_5", "shufflenet_v2_x2_0")
+
+
+def default_resize(converted: Converted) -> int:
+    """The shorter-side resize a checkpoint's authors evaluate with (overridable with --resize)."""
+    from npshuffle.archs import variant_name
+
+    if (converted.dialect == "torchvision" and converted.spec.num_classes == 1000
+            and variant_name(converted.spec) in TORCHVISION_RESIZE_232):
+        return 232
+    return DEFAULT_RECIPES[converted.dialect]["resize"]
+
+
 def sha256_of(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -203,7 +217,8 @@ def convert_file(
     """Convert ``checkpoint`` into the model file ``output``; returns the metadata written.
 
     ``classes``: a class_indices.json or labels file (default: ImageNet names for 1000 classes,
-    else class_0..class_{n-1}). ``resize``/``crop`` override the dialect's preprocessing default.
+    else class_0..class_{n-1}). ``resize``/``crop`` override the preprocessing default: the
+    dialect's (resize 256, crop 224), except Resize(232) for torchvision's x1.5/x2.0 ImageNet weights.
     """
     checkpoint = str(checkpoint)
     try:
@@ -221,6 +236,7 @@ def convert_file(
     else:
         names = None
     recipe = dict(DEFAULT_RECIPES[converted.dialect])
+    recipe["resize"] = default_resize(converted)
     if resize is not None:
         recipe["resize"] = resize
     if crop is not None:
