@@ -141,3 +141,10 @@ def test_convert_then_predict_with_the_converted_model(tmp_path):
     assert {t["label"] for t in item["top"]} == {"cat", "dog", "bird"}
     failed = npshuffle("convert", tmp_path / "labels.txt", "-o", tmp_path / "x.npz")
     assert failed.returncode == 2 and "labels.txt" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_cuda_without_a_gpu_is_one_clear_line_not_a_silent_fallback():
+    result = npshuffle("predict", EXAMPLES / "daisy.jpg", "--device", "cuda")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "no CUDA GPU found" in result.stderr or "numba-cuda is not installed" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr

@@ -1,0 +1,574 @@
+#!/usr/bin/env python3
+"""npshuffle on a real NVIDIA GPU: kernel parity, whole-model parity, speed against torch eager.
+
+    python3 benchmarks/gpu_check.py               # on a GPU machine: about a minute, < 5 min
+    python3 benchmarks/gpu_check.py --simulate    # same steps, tiny sizes, numba's CUDA simulator (CPU)
+
+Needs torch, numba (+ numba-cuda on a GPU), numpy and pillow; run from anywhere in a checkout, no
+install needed (the checkout is put on sys.path). Steps:
+
+1. every kernel of ``kernels/cuda.py`` against its ``kernels/reference.py`` twin on random
+   real-size shapes (tiny ones with --simulate), fused split/concat/shuffle epilogues included;
+2. whole networks with random weights (a torch model, ``randomize_``, then the converter, as a real
+   checkpoint would go): ``backend="cuda"`` against the NumPy backend, within 1e-4 relative
+   (max |diff| <= 1e-4 * max |logit|): ShuffleNet V2 x1.0 and a few V1/V2 variants (tiny
+   V1 g2 / V2 models in both dialects with --simulate);
+3. ShuffleNet V2 x1.0 speed at batch 1, 64, 256: npshuffle-cuda against torch CUDA eager (fp32,
+   cuDNN with cudnn.benchmark, TF32 off so both really compute in fp32). Each timed call starts from
+   a NumPy batch in host memory and ends with the logits in host memory, for both: it includes the
+   host->device copy of the input and the device->host copy of the logits. Warm-up calls first,
+   then the median of several timed calls.
+
+It prints one markdown table (on a GPU, a second one saying where the time goes: the input copy
+alone, the network alone), exits 0 when every parity check passes (whatever the speed ratio), 1
+otherwise; ``--json PATH`` also writes every result as JSON (the simulator tests read it). A
+watchdog (``--timeout``, default 240 s) dumps the stack and exits if anything hangs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TOLERANCE = 1e-4  # relative: max |got - want| <= TOLERANCE * max |want|
+
+
+@dataclass
+class Check:
+    group: str  # "kernels", "fused", "models"
+    name: str
+    error: float | None  # relative error, None when it raised
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+
+def log(*parts) -> None:
+    print(*parts, flush=True)
+
+
+def relative_error(got, want) -> float:
+    import numpy as np
+
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        raise ValueError(f"shape {got.shape} != expected {want.shape}")
+    if not np.isfinite(got).all():
+        return float("inf")
+    scale = max(float(np.abs(want).max()), 1e-30)
+    return float(np.abs(got - want).max()) / scale
+
+
+def run_check(checks: list[Check], group: str, name: str, fn) -> None:
+    """Run ``fn() -> (got, want)`` and record the relative error (or the exception)."""
+    start = time.perf_counter()
+    try:
+        got, want = fn()
+        error = relative_error(got, want)
+        check = Check(group, name, error, error <= TOLERANCE, time.perf_counter() - start)
+    except Exception as exc:  # report and go on: one broken kernel should not hide the others
+        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-2500:]
+        check = Check(group, name, None, False, time.perf_counter() - start, detail)
+    checks.append(check)
+    status = "ok  " if check.ok else "FAIL"
+    error = "raised" if check.error is None else f"{check.error:.2e}"
+    log(f"  {status} {group:8s} {name:52s} rel.err {error:>9s}  ({check.seconds:.1f} s)")
+    if check.detail:
+        log("       " + check.detail.replace("\n", "\n       "))
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. kernels against kernels.reference
+
+
+def kernel_checks(checks: list[Check], simulate: bool, seed: int = 0) -> None:
+    import numpy as np
+
+    from kernels import cuda as kc
+    from kernels import reference as ref
+
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    # (batch, channels, size) for each case: tiny (C <= 16, H, W <= 8) in the simulator
+    if simulate:
+        n = 2
+        stem = dict(x=(n, 3, 8, 8), out=8)
+        dw = [((n, 8, 8, 8), 1), ((n, 6, 7, 7), 2)]
+        pw = dict(x=(n, 12, 5, 7), out=16)
+        grouped = dict(x=(n, 12, 4, 4), out=6, groups=3)
+        # (in channels, out channels, size, groups, convention)
+        shuffle = [(12, 6, 4, 3, "torchvision"), (16, 8, 4, 2, "megvii"), (16, 8, 4, 4, "megvii")]
+        split = (n, 16, 4, 4)
+        pool = (n, 8, 8, 8)
+        gap = (n, 16, 7, 7)
+        fc = (n, 16, 10)
+    else:
+        n = 8
+        stem = dict(x=(4, 3, 224, 224), out=24)
+        dw = [((n, 116, 28, 28), 1), ((n, 232, 28, 28), 2)]
+        pw = dict(x=(n, 116, 28, 28), out=116)
+        grouped = dict(x=(n, 240, 28, 28), out=60, groups=3)
+        shuffle = [(240, 60, 28, 3, "torchvision"), (240, 60, 28, 3, "megvii"), (384, 96, 14, 8, "megvii")]
+        split = (n, 232, 14, 14)
+        pool = (n, 24, 112, 112)
+        gap = (n, 1024, 7, 7)
+        fc = (n, 1024, 1000)
+
+    def stem_conv():
+        x, w, b = rand(*stem["x"]), rand(stem["out"], 3, 3, 3), rand(stem["out"])
+        args = dict(stride=2, padding=1, relu=True)
+        return kc.conv2d(x, w, b, **args), ref.conv2d(x, w, b, **args)
+
+    def grouped_conv():
+        x, w, b = rand(2, 6, 7, 7), rand(9, 2, 3, 3), rand(9)
+        return kc.conv2d(x, w, b, stride=1, padding=1, groups=3), ref.conv2d(x, w, b, stride=1, padding=1, groups=3)
+
+    run_check(checks, "kernels", f"conv2d 3x3 s2 +ReLU {stem['x']} -> {stem['out']}", stem_conv)
+    run_check(checks, "kernels", "conv2d 3x3 s1 groups=3 (2, 6, 7, 7) -> 9", grouped_conv)
+
+    for shape, stride in dw:
+        def depthwise(shape=shape, stride=stride):
+            x, w, b = rand(*shape), rand(shape[1], 1, 3, 3), rand(shape[1])
+            return (kc.depthwise_conv2d(x, w, b, stride=stride, padding=1),
+                    ref.depthwise_conv2d(x, w, b, stride=stride, padding=1))
+        run_check(checks, "kernels", f"depthwise 3x3 s{stride} {shape}", depthwise)
+
+    def pointwise():
+        x, w, b = rand(*pw["x"]), rand(pw["out"], pw["x"][1], 1, 1), rand(pw["out"])
+        return kc.pointwise_conv2d(x, w, b, relu=True), ref.pointwise_conv2d(x, w, b, relu=True)
+
+    def pointwise_grouped():
+        g = grouped["groups"]
+        x, w, b = rand(*grouped["x"]), rand(grouped["out"], grouped["x"][1] // g, 1, 1), rand(grouped["out"])
+        return kc.pointwise_conv2d(x, w, b, groups=g), ref.pointwise_conv2d(x, w, b, groups=g)
+
+    run_check(checks, "kernels", f"pointwise +ReLU {pw['x']} -> {pw['out']}", pointwise)
+    run_check(checks, "kernels", f"pointwise groups={grouped['groups']} {grouped['x']} -> {grouped['out']}",
+              pointwise_grouped)
+
+    def max_pool():
+        x = rand(*pool)
+        return kc.max_pool2d(x, 3, 2, 1), ref.max_pool2d(x, 3, 2, 1)
+
+    run_check(checks, "kernels", f"max_pool 3x3 s2 p1 {pool}", max_pool)
+    for include in (True, False):
+        def avg_pool(include=include):
+            x = rand(*pool)
+            return kc.avg_pool2d(x, 3, 2, 1, include), ref.avg_pool2d(x, 3, 2, 1, include)
+        run_check(checks, "kernels", f"avg_pool 3x3 s2 p1 count_include_pad={include} {pool}", avg_pool)
+
+    def global_pool():
+        x = rand(*gap)
+        return kc.global_avg_pool(x), ref.global_avg_pool(x)
+
+    def linear():
+        x, w, b = rand(fc[0], fc[1]), rand(fc[2], fc[1]), rand(fc[2])
+        return kc.linear(x, w, b), ref.linear(x, w, b)
+
+    def pool_fc():
+        x, w, b = rand(*gap), rand(fc[2], gap[1]), rand(fc[2])
+        return kc.linear(kc.global_avg_pool(x), w, b), ref.linear(ref.global_avg_pool(x), w, b)
+
+    run_check(checks, "kernels", f"global_avg_pool {gap}", global_pool)
+    run_check(checks, "kernels", f"linear ({fc[0]}, {fc[1]}) -> {fc[2]}", linear)
+    run_check(checks, "kernels", f"global_avg_pool + linear {gap} -> {fc[2]}", pool_fc)
+
+    # ---- fused split / concat / shuffle / residual: index arithmetic in the 1x1 conv's loads and stores
+    def shuffle_maps():  # host-side: shuffle_map is the inverse of reference.shuffle_permutation
+        bad = []
+        for c, g in ((12, 3), (12, 4), (16, 2), (240, 3), (384, 8)):
+            for convention in ("torchvision", "megvii"):
+                perm = ref.shuffle_permutation(c, g, convention)
+                dest = kc.shuffle_map(c, g, convention)(np.arange(c))
+                if not (dest[perm] == np.arange(c)).all():
+                    bad.append((c, g, convention))
+        return np.array(len(bad), np.float32), np.array(0, np.float32)
+
+    run_check(checks, "fused", "shuffle_map inverts shuffle_permutation", shuffle_maps)
+
+    for c, o, size, g, convention in shuffle:
+        def shuffled_store(c=c, o=o, size=size, g=g, convention=convention):
+            # V1 pw1: 1x1 group conv whose output is stored straight into its shuffled channels
+            x, w, b = rand(n, c, size, size), rand(o, c // g, 1, 1), rand(o)
+            got = kc.pointwise_conv2d(x, w, b, groups=g, relu=True, out_map=kc.shuffle_map(o, g, convention))
+            want = ref.channel_shuffle(ref.pointwise_conv2d(x, w, b, groups=g, relu=True), g, convention)
+            return got, want
+        run_check(checks, "fused", f"pointwise g{g} -> channel_shuffle {convention} ({n}, {c}, {size}, {size}) -> {o}",
+                  shuffled_store)
+
+    c, size = grouped["x"][1], grouped["x"][2]
+
+    def residual():  # V1 stride 1: relu(x + pw2(y))
+        g = grouped["groups"]
+        x, y, w, b = rand(n, c, size, size), rand(n, c // 4, size, size), rand(c, c // 4 // g, 1, 1), rand(c)
+        got = kc.pointwise_conv2d(y, w, b, groups=g, relu=True, residual=x)
+        return got, ref.bias_relu(x + ref.pointwise_conv2d(y, w, b, groups=g), None, relu=True)
+
+    def concat_slot():  # V1 stride 2: concat(avg_pool(x), relu(pw2(y))), both stored into their slots
+        x, y = rand(n, c, 2 * size, 2 * size), rand(n, c // 2, size, size)
+        w, b = rand(c, c // 2, 1, 1), rand(c)
+        pooled = kc.avg_pool2d(x, 3, 2, 1, True, out_offset=0, out_channels=2 * c)
+        branch = kc.pointwise_conv2d(y, w, b, relu=True, out_map=kc.ChannelMap(offset=c), out_channels=2 * c)
+        want = ref.concat_channels(ref.avg_pool2d(x, 3, 2, 1, True), ref.pointwise_conv2d(y, w, b, relu=True))
+        return pooled + branch, want  # each kernel left the other's channels at zero
+
+    run_check(checks, "fused", f"pointwise + residual + ReLU (V1 stride 1) ({n}, {c}, {size}, {size})", residual)
+    run_check(checks, "fused", f"avg_pool | pointwise -> concat slots (V1 stride 2) ({n}, {c}, ..)", concat_slot)
+
+    half = split[1] // 2
+    for split_kind in ("halves", "interleaved"):
+        def split_read(split_kind=split_kind):  # V2 pw1 reads its half of x in place
+            x, w, b = rand(*split), rand(half, half, 1, 1), rand(half)
+            in_map = kc.ChannelMap(offset=half) if split_kind == "halves" else kc.ChannelMap(offset=1, step=2)
+            got = kc.pointwise_conv2d(x, w, b, relu=True, in_map=in_map)
+            return got, ref.pointwise_conv2d(ref.split_channels(x, split_kind)[1], w, b, relu=True)
+        run_check(checks, "fused", f"split {split_kind} -> pointwise {split}", split_read)
+
+    for dialect in ("torchvision", "megvii"):
+        def v2_tail(dialect=dialect):
+            # V2 stride 1, the last 1x1 conv: stores the branch into its final channels and carries
+            # the untouched half of x to its own, = concat(kept, pw2(y)) [then shuffle(2)]
+            x, y, w, b = rand(*split), rand(split[0], half, split[2], split[3]), rand(half, half, 1, 1), rand(half)
+            if dialect == "torchvision":
+                kept, kept_dst, branch_dst = kc.ChannelMap(), kc.ChannelMap(step=2), kc.ChannelMap(offset=1, step=2)
+            else:
+                kept, kept_dst, branch_dst = kc.ChannelMap(step=2), kc.ChannelMap(), kc.ChannelMap(offset=half)
+            got = kc.pointwise_conv2d(y, w, b, relu=True, out_map=branch_dst, out_channels=split[1],
+                                      carry=(x, kept, kept_dst))
+            split_kind = "halves" if dialect == "torchvision" else "interleaved"
+            want = ref.concat_channels(ref.split_channels(x, split_kind)[0], ref.pointwise_conv2d(y, w, b, relu=True))
+            if dialect == "torchvision":
+                want = ref.channel_shuffle(want, 2, "torchvision")
+            return got, want
+        run_check(checks, "fused", f"V2 unit tail, {dialect}: concat(+shuffle) with carried half {split}", v2_tail)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. whole networks: backend="cuda" against the NumPy backend
+
+
+def random_network(spec, dialect: str, seed: int):
+    """(plan, folded weights, torch model) for a random-weight network, via the converter."""
+    import torch
+
+    from npshuffle.archs import build_plan
+    from npshuffle.torch_ref import build_torch_model, randomize_
+    from weights_convert.convert import convert_state_dict
+
+    net = randomize_(build_torch_model(spec, dialect), torch.Generator().manual_seed(seed))
+    state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    converted = convert_state_dict(state)
+    return build_plan(converted.spec, converted.dialect), converted.weights, net
+
+
+def model_specs(simulate: bool) -> list[tuple]:
+    """(label, spec, dialect, input shape) of each whole-network check; the first is benchmarked
+    with --simulate (ShuffleNet V2 x1.0 on a GPU)."""
+    from npshuffle.archs import V1Spec, V2Spec, v1_spec, v2_spec
+
+    if simulate:
+        tiny_v2 = V2Spec(stem_channels=4, stage_channels=(8, 16), head_channels=16, stage_repeats=(1, 2), num_classes=3)
+        tiny_v1 = V1Spec(groups=2, stem_channels=4, stage_channels=(16, 32), stage_repeats=(1, 2), num_classes=3)
+        return [
+            ("tiny V2", tiny_v2, "torchvision", (2, 3, 32, 32)),
+            ("tiny V2", tiny_v2, "megvii", (2, 3, 32, 32)),
+            ("tiny V1 g2", tiny_v1, "torchvision", (2, 3, 32, 32)),
+            ("tiny V1 g2", tiny_v1, "megvii", (2, 3, 40, 32)),  # not square
+        ]
+    return [
+        ("V2 x1.0", v2_spec("1.0x"), "torchvision", (2, 3, 224, 224)),
+        ("V2 x1.0", v2_spec("1.0x"), "megvii", (2, 3, 224, 224)),
+        ("V1 g3 x1.0", v1_spec(3, "1.0x"), "megvii", (2, 3, 224, 224)),
+        ("V1 g8 x0.5", v1_spec(8, "0.5x"), "torchvision", (3, 3, 200, 256)),
+    ]
+
+
+def model_checks(checks: list[Check], simulate: bool, cuda_backend) -> None:
+    import numpy as np
+
+    from npshuffle.backends import NumpyBackend
+
+    copies = {}
+    for i, (label, spec, dialect, shape) in enumerate(model_specs(simulate)):
+        def compare(spec=spec, dialect=dialect, shape=shape, seed=i):
+            plan, weights, _ = random_network(spec, dialect, seed)
+            x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+            runner = cuda_backend.prepare(plan, weights)  # uploads the weights
+            with counting_copies(cuda_backend.cuda) as counted:
+                got = runner(x)
+            copies.update(counted)
+            return got, NumpyBackend().prepare(plan, weights)(x)
+        run_check(checks, "models", f"{label} {dialect} {shape} vs NumPy backend", compare)
+
+    def one_copy_each_way():  # counted during the last network's call
+        names = ("copy_to_device", "copy_to_host", "to_device")
+        return np.array([copies.get(k, 0) for k in names]), np.array([1, 1, 0])
+
+    run_check(checks, "models", "a call copies its input in and its logits out, nothing else", one_copy_each_way)
+
+
+class counting_copies:
+    """Count host<->device copies made inside the ``with`` block (device arrays' copy_to_device /
+    copy_to_host, and cuda.to_device), whatever numba.cuda (the real one or the simulator)."""
+
+    def __init__(self, cuda):
+        self.cuda = cuda
+        import numpy as np
+
+        self.array_type = type(cuda.device_array(1, dtype=np.float32))
+        self.counts: dict[str, int] = {}
+        self.saved: list[tuple] = []
+
+    def _wrap(self, owner, name):
+        original = getattr(owner, name)
+        counts = self.counts
+
+        def counted(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return original(*args, **kwargs)
+
+        self.saved.append((owner, name, owner.__dict__.get(name)))
+        setattr(owner, name, counted)
+
+    def __enter__(self) -> dict[str, int]:
+        self._wrap(self.array_type, "copy_to_device")
+        self._wrap(self.array_type, "copy_to_host")
+        self._wrap(self.cuda, "to_device")
+        return self.counts
+
+    def __exit__(self, *exc) -> None:
+        for owner, name, value in reversed(self.saved):
+            if value is None:
+                delattr(owner, name)  # it was inherited: uncover the base class's again
+            else:
+                setattr(owner, name, value)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. speed
+
+
+def timed(fn, warmup: int, repeats: int, sync=lambda: None):
+    """(median milliseconds of ``repeats`` calls after ``warmup`` calls, the last result);
+    ``sync()`` waits for the GPU after each call (a no-op where the call already waits)."""
+    result = None
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times), result
+
+
+def benchmark(simulate: bool, cuda_backend, batches: list[int], info: dict) -> list[dict]:
+    import numpy as np
+    import torch
+
+    label, spec, dialect, (_, _, size, _) = model_specs(simulate)[0]
+    plan, weights, net = random_network(spec, dialect, seed=123)
+    runner = cuda_backend.prepare(plan, weights)
+
+    device = "cpu" if simulate else "cuda"
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    net = net.to(device).eval()
+    if simulate:
+        numba_sync = torch_sync = lambda: None  # noqa: E731
+    else:
+        numba_sync, torch_sync = cuda_backend.cuda.synchronize, torch.cuda.synchronize
+
+    def torch_forward(x):  # NumPy batch in host memory -> logits in host memory
+        with torch.inference_mode():
+            return net(torch.from_numpy(x).to(device)).cpu().numpy()
+
+    rows = []
+    info["benchmark_model"] = f"{label} {dialect} {size}x{size}"
+    for batch in batches:
+        x = np.random.default_rng(batch).standard_normal((batch, 3, size, size), dtype=np.float32)
+        warmup, repeats = (0, 1) if simulate else (3, 30 if batch == 1 else 10)
+        ours, logits = timed(lambda x=x: runner(x), warmup, repeats, numba_sync)
+        theirs, torch_logits = timed(lambda x=x: torch_forward(x), warmup, repeats, torch_sync)
+        diff = relative_error(logits, torch_logits)
+        row = dict(batch=batch, npshuffle_ms=ours, torch_ms=theirs, ratio=theirs / ours, torch_rel_diff=diff,
+                   launches=len(runner.workspaces[x.shape].launches))
+        line = (f"  batch {batch:4d}: npshuffle-cuda {ours:9.2f} ms, torch {device} eager {theirs:9.2f} ms, "
+                f"ratio {theirs / ours:5.2f}x (logits differ by {diff:.1e} relative)")
+        if not simulate:  # where the time goes: the input copy alone, the network alone
+            ws = runner.workspaces[x.shape]
+            row["npshuffle_copy_in_ms"] = timed(lambda x=x, ws=ws: ws.input.copy_to_device(x), 1, 5, numba_sync)[0]
+            row["torch_copy_in_ms"] = timed(lambda x=x: torch.from_numpy(x).to(device), 1, 5, torch_sync)[0]
+            row["npshuffle_gpu_ms"] = timed(lambda ws=ws: [launch() for launch in ws.launches], 2, 10, numba_sync)[0]
+            x_gpu = torch.from_numpy(x).to(device)
+            with torch.inference_mode():
+                row["torch_gpu_ms"] = timed(lambda x_gpu=x_gpu: net(x_gpu), 2, 10, torch_sync)[0]
+            line += (f"\n              input copy alone: numba {row['npshuffle_copy_in_ms']:.2f} ms, torch "
+                     f"{row['torch_copy_in_ms']:.2f} ms; network alone (data on the GPU): npshuffle "
+                     f"{row['npshuffle_gpu_ms']:.2f} ms ({row['launches']} launches), "
+                     f"torch {row['torch_gpu_ms']:.2f} ms")
+        rows.append(row)
+        log(line)
+    return rows
+
+
+def table(rows: list[dict], info: dict, simulate: bool) -> str:
+    torch_name = "torch CPU eager" if simulate else "torch CUDA eager fp32"
+    lines = [
+        f"ShuffleNet {info['benchmark_model']}, {info['device']}" + (": timings mean nothing" if simulate else ""),
+        "",
+        f"| batch | npshuffle-cuda ms | npshuffle-cuda img/s | {torch_name} ms | torch img/s | npshuffle / torch |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['batch']} | {r['npshuffle_ms']:.2f} | {1000 * r['batch'] / r['npshuffle_ms']:,.0f} | "
+            f"{r['torch_ms']:.2f} | {1000 * r['batch'] / r['torch_ms']:,.0f} | {r['ratio']:.2f}x |"
+        )
+    if not simulate and all("npshuffle_gpu_ms" in r for r in rows):
+        lines += [
+            "",
+            "Where the time goes (ms): the input's host->device copy alone, and the network alone on data "
+            "already on the GPU:",
+            "",
+            "| batch | npshuffle copy in | torch copy in | npshuffle network | torch network |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['batch']} | {r['npshuffle_copy_in_ms']:.2f} | {r['torch_copy_in_ms']:.2f} | "
+            f"{r['npshuffle_gpu_ms']:.2f} | {r['torch_gpu_ms']:.2f} |"
+            for r in rows
+        ]
+    lines += [
+        "",
+        "Each call: NumPy batch in host memory -> logits in host memory (host->device copy of the input "
+        "and device->host copy of the logits included, for both); median of timed calls after warm-up."
+        + ("" if simulate else " torch: cudnn.benchmark on, TF32 off (true fp32 on both sides)."),
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--simulate", action="store_true", help="tiny sizes on numba's CUDA simulator (no GPU)")
+    parser.add_argument("--json", metavar="PATH", help="also write every result to PATH as JSON")
+    parser.add_argument("--timeout", type=float, default=240.0, help="watchdog: give up after this many seconds")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,64,256; 1,2 simulated)")
+    parser.add_argument("--skip-benchmark", action="store_true", help="parity checks only")
+    args = parser.parse_args(argv)
+
+    if args.simulate and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # read when numba is first imported
+        if "numba" in sys.modules:  # too late for this process: start again
+            os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
+    os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")
+    warnings.filterwarnings("ignore", message=r"(?s).*(under-utilization|low occupancy|will likely result in GPU)")
+    warnings.filterwarnings("ignore", message=r"(?s).*Host array used in CUDA kernel")
+    faulthandler.dump_traceback_later(args.timeout, exit=True)
+    sys.path.insert(0, str(REPO))
+    started = time.perf_counter()
+
+    import numba
+    import numpy as np
+    import torch
+
+    try:
+        from numba.core.errors import NumbaPerformanceWarning
+
+        warnings.simplefilter("ignore", NumbaPerformanceWarning)
+    except ImportError:
+        pass
+
+    info = {"mode": "simulate" if args.simulate else "gpu", "python": platform.python_version(),
+            "numpy": np.__version__, "numba": numba.__version__, "torch": torch.__version__}
+    try:
+        from importlib.metadata import version
+
+        info["numba-cuda"] = version("numba-cuda")
+    except Exception:
+        info["numba-cuda"] = "not installed"
+    checks: list[Check] = []
+    rows: list[dict] = []
+    failure = None
+
+    from npshuffle.backends import BackendError, get_backend
+
+    try:
+        cuda_backend = get_backend("cuda")
+        if args.simulate:
+            info["device"] = "numba CUDA simulator"
+        else:
+            from numba import cuda
+
+            name = cuda.get_current_device().name
+            info["device"] = name.decode() if isinstance(name, bytes) else str(name)
+    except BackendError as exc:
+        cuda_backend, failure = None, f"the CUDA backend is not usable here: {exc}"
+        info["device"] = "none"
+    log(f"gpu_check ({info['mode']}): device {info['device']}; " + ", ".join(
+        f"{k} {info[k]}" for k in ("python", "numpy", "numba", "numba-cuda", "torch")))
+    if not args.simulate:
+        log(f"  torch sees CUDA: {torch.cuda.is_available()}"
+            + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
+
+    if cuda_backend is not None:
+        log(f"[1/3] kernels vs kernels.reference (+{time.perf_counter() - started:.0f} s)")
+        kernel_checks(checks, args.simulate)
+        log(f"[2/3] whole networks vs the NumPy backend (+{time.perf_counter() - started:.0f} s)")
+        model_checks(checks, args.simulate, cuda_backend)
+        if not args.skip_benchmark:
+            if not args.simulate and not torch.cuda.is_available():
+                failure = "torch does not see a CUDA device: no speed comparison"
+            else:
+                log(f"[3/3] speed (+{time.perf_counter() - started:.0f} s)")
+                batches = [int(b) for b in (args.batches or ("1,2" if args.simulate else "1,64,256")).split(",")]
+                try:
+                    rows = benchmark(args.simulate, cuda_backend, batches, info)
+                except Exception:
+                    failure = "benchmark failed:\n" + traceback.format_exc()
+
+    passed = sum(c.ok for c in checks)
+    log("")
+    log(f"parity: {passed}/{len(checks)} checks within {TOLERANCE:g} relative"
+        + ("" if passed == len(checks) else "; FAILED: " + ", ".join(c.name for c in checks if not c.ok)))
+    if rows:
+        log("")
+        log(table(rows, info, args.simulate))
+        ratio = rows[-1]["ratio"]
+        log(f"\nbatch {rows[-1]['batch']}: npshuffle-cuda / torch throughput = {ratio:.2f}x "
+            + ("(>= 1.0x)" if ratio >= 1.0 else "(below 1.0x)"))
+    if failure:
+        log("\n" + failure)
+    ok = failure is None and len(checks) > 0 and passed == len(checks)
+    log(f"\ntotal {time.perf_counter() - started:.0f} s: {'OK' if ok else 'FAILED'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"ok": ok, "info": info, "checks": [asdict(c) for c in checks], "timings": rows, "failure": failure},
+            indent=1,
+        ))
+    faulthandler.cancel_dump_traceback_later()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
