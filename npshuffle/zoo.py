@@ -29,7 +29,14 @@ class ZooEntry:
     accuracy: str  # what is known about its accuracy, and who measured it
 
 
+FLOWERS_SOURCE = "trained by npshuffle on TensorFlow flower_photos (CC-BY 2.0 photos)"
+
 ENTRIES = (
+    ZooEntry(
+        "flowers", "flowers_v1_g3_x0_5.npz", "flower_photos (5 classes)",
+        FLOWERS_SOURCE + ", fine-tuned from Megvii's ImageNet ShuffleNet V1 g3 0.5x (MIT)", "MIT",
+        "flower_photos val top-1 94.0 % (seed-style split, 731 photos; npshuffle eval)",
+    ),
     ZooEntry(
         "imagenet_v1_g3_x0_5", "imagenet_v1_g3_x0_5.npz", "ImageNet-1k (1000 classes)", MEGVII_SOURCE, "MIT",
         "ImageNet top-1 57.3 % (authors: 42.7 % error)",
