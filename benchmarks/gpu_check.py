@@ -20,9 +20,12 @@ install needed (the checkout is put on sys.path). Steps:
    then the median of several timed calls.
 
 It prints one markdown table (on a GPU, a second one saying where the time goes: the input copy
-alone, the network alone), exits 0 when every parity check passes (whatever the speed ratio), 1
-otherwise; ``--json PATH`` also writes every result as JSON (the simulator tests read it). A
-watchdog (``--timeout``, default 240 s) dumps the stack and exits if anything hangs.
+alone by each route, the network alone as a CUDA graph and launch by launch, the host's time to
+enqueue it, a whole call without graph and pinned staging; and, at the first and last batch, the
+GPU time of each kernel timed alone, by kind and by layer shape), exits 0 when every parity
+check passes (whatever the speed ratio), 1 otherwise; ``--json PATH`` also writes every result
+as JSON (the simulator tests read it). A watchdog (``--timeout``, default 240 s) dumps the
+stack and exits if anything hangs.
 """
 
 from __future__ import annotations
@@ -297,28 +300,55 @@ def model_specs(simulate: bool) -> list[tuple]:
     ]
 
 
-def model_checks(checks: list[Check], simulate: bool, cuda_backend) -> None:
+def model_checks(checks: list[Check], simulate: bool, cuda_backend, info: dict) -> None:
     import numpy as np
 
     from npshuffle.backends import NumpyBackend
 
-    copies = {}
+    copies: dict = {}
+    graphs: dict = {}
     for i, (label, spec, dialect, shape) in enumerate(model_specs(simulate)):
-        def compare(spec=spec, dialect=dialect, shape=shape, seed=i):
+        def compare(spec=spec, dialect=dialect, shape=shape, seed=i, label=label):
             plan, weights, _ = random_network(spec, dialect, seed)
             x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
             runner = cuda_backend.prepare(plan, weights)  # uploads the weights
+            first = runner(x)  # launches one by one, then captures the graph (if any) and checks it
             with counting_copies(cuda_backend.cuda) as counted:
-                got = runner(x)
-            copies.update(counted)
-            return got, NumpyBackend().prepare(plan, weights)(x)
-        run_check(checks, "models", f"{label} {dialect} {shape} vs NumPy backend", compare)
+                got = runner(x)  # the steady state: the graph's replay where there is one
+            ws = runner.workspaces[tuple(shape)]
+            copies.clear()
+            copies.update(counted, chunks=len(ws.chunks) or 1)
+            graphs[f"{label} {dialect}"] = "graph" if ws.graph is not None else f"launches ({ws.graph_error})"
+            want = NumpyBackend().prepare(plan, weights)(x)
+            return np.stack([first, got]), np.stack([want, want])
+        run_check(checks, "models", f"{label} {dialect} {shape} vs NumPy backend (1st and 2nd call)", compare)
+    info["graphs"] = graphs
+    log("  CUDA graphs: " + "; ".join(f"{k}: {v}" for k, v in graphs.items()))
 
-    def one_copy_each_way():  # counted during the last network's call
+    def one_copy_each_way():  # counted during the last network's second call
         names = ("copy_to_device", "copy_to_host", "to_device")
-        return np.array([copies.get(k, 0) for k in names]), np.array([1, 1, 0])
+        # the input goes in as whole-image chunks of one pinned staging buffer (one chunk when small)
+        return np.array([copies.get(k, 0) for k in names]), np.array([copies.get("chunks", 1), 1, 0])
 
     run_check(checks, "models", "a call copies its input in and its logits out, nothing else", one_copy_each_way)
+
+    def chunked_staging():  # many chunks, several threads, even a float64 input: same logits as one shot
+        from npshuffle.backend_cuda import CudaRunner
+
+        _, spec, dialect, shape = model_specs(simulate)[0]
+        plan, weights, _ = random_network(spec, dialect, 7)
+        n = 5
+        x = np.random.default_rng(7).standard_normal((n, *shape[1:]))
+        chunked = CudaRunner(plan, weights, copy_chunk_bytes=4 * 2 * int(np.prod(shape[1:])), copy_threads=3)
+        pageable = CudaRunner(plan, weights, pinned=False, graphs=False)
+        got = chunked(x), chunked(x)
+        if len(chunked.workspaces[x.shape].chunks) != 3:
+            raise AssertionError(f"expected 3 chunks, got {len(chunked.workspaces[x.shape].chunks)}")
+        chunked.close()
+        want = pageable(x.astype(np.float32))
+        return np.stack(got), np.stack([want, want])
+
+    run_check(checks, "models", "pinned staging in 3 chunks by 3 threads = a pageable copy", chunked_staging)
 
 
 class counting_copies:
@@ -378,6 +408,128 @@ def timed(fn, warmup: int, repeats: int, sync=lambda: None):
     return 1000 * statistics.median(times), result
 
 
+def diagnostics(cuda_backend, runner, plan, weights, x, net, device, numba_sync, torch_sync) -> dict:
+    """Where a call's time goes, at one batch size (a real GPU only): the input copy by each route,
+    the network alone (graph and launch by launch, and the host's time to enqueue either), and the
+    whole call without graph or pinned staging (the previous design)."""
+    import torch
+
+    from npshuffle.backend_cuda import CudaRunner
+
+    ws = runner.workspaces[x.shape]
+    row = {}
+
+    def pinned_copy(threads):
+        saved, runner.copy_threads = runner.copy_threads, threads
+        try:
+            runner.copy_in(x, ws)
+            ws.stream.synchronize()
+        finally:
+            runner.copy_threads = saved
+
+    row["npshuffle_copy_in_ms"] = timed(lambda: ws.input.copy_to_device(x), 1, 5, numba_sync)[0]
+    row["pinned_copy_in_1t_ms"] = timed(lambda: pinned_copy(1), 1, 5)[0]
+    row["pinned_copy_in_ms"] = timed(lambda: pinned_copy(runner.copy_threads), 1, 5)[0]
+    row["torch_copy_in_ms"] = timed(lambda: torch.from_numpy(x).to(device), 1, 5, torch_sync)[0]
+
+    def network(graph: bool):
+        if graph and ws.graph is not None:
+            ws.graph.launch()
+        else:
+            for launch in ws.launches:
+                launch()
+        ws.stream.synchronize()
+
+    row["npshuffle_gpu_ms"] = timed(lambda: network(True), 2, 10)[0]
+    row["npshuffle_launches_ms"] = timed(lambda: network(False), 2, 10)[0]
+
+    def enqueue(graph: bool):  # host time only: returns before the GPU is done
+        start = time.perf_counter()
+        network_start = ws.graph.launch if graph and ws.graph is not None else None
+        if network_start is not None:
+            network_start()
+        else:
+            for launch in ws.launches:
+                launch()
+        elapsed = time.perf_counter() - start
+        ws.stream.synchronize()
+        return elapsed
+
+    row["enqueue_launches_ms"] = 1000 * statistics.median(enqueue(False) for _ in range(5))
+    row["enqueue_launch_us"] = 1000 * row["enqueue_launches_ms"] / len(ws.launches)
+    row["enqueue_graph_ms"] = 1000 * statistics.median(enqueue(True) for _ in range(5))
+    x_gpu = torch.from_numpy(x).to(device)
+    with torch.inference_mode():
+        row["torch_gpu_ms"] = timed(lambda: net(x_gpu), 2, 10, torch_sync)[0]
+    plain = CudaRunner(plan, weights, graphs=False, pinned=False)
+    row["npshuffle_plain_ms"] = timed(lambda: plain(x), 2, 5)[0]
+    return row
+
+
+def kernel_breakdown(cuda, runner, ws, repeats: int) -> list[dict]:
+    """GPU time of each launch of one forward pass: each launch alone, ``repeats`` times back to
+    back between two CUDA events (no launch writes a buffer it reads, so repeating one is
+    harmless). Where graphs work, the repeats are one captured graph, so that launch overhead
+    does not hide small kernels; otherwise they are plain launches."""
+    from kernels import cuda as kc
+
+    rows = []
+    for index, launch in enumerate(ws.launches):
+        run = None
+        if ws.graph is not None:
+            try:
+                run = kc.CudaGraph([launch] * repeats, ws.stream).launch
+            except kc.GraphUnavailable:
+                run = None
+        if run is None:
+            def run(launch=launch):
+                for _ in range(repeats):
+                    launch()
+        run()  # warm-up
+        start, end = cuda.event(), cuda.event()
+        start.record(ws.stream)
+        run()
+        end.record(ws.stream)
+        end.synchronize()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the simulator: "timings are bogus"
+            ms = start.elapsed_time(end) / repeats
+        rows.append(dict(index=index, kind=launch.name, label=launch.label, grid=str(launch.grid), ms=ms))
+    return rows
+
+
+def _shape_class(label: str) -> str:
+    """'pointwise 58->58 @28x28' -> 'pointwise @28x28'; 'depthwise 3x3 s2 58ch @56x56' -> 'depthwise s2 @56x56'."""
+    words = label.split()
+    kind = words[0]
+    at = next((w for w in words if w.startswith("@")), "")
+    stride = next((w for w in words if w in ("s1", "s2")), "")
+    if kind in ("depthwise", "avg_pool", "max_pool"):
+        return f"{kind} {stride} {at}".replace("  ", " ").strip()
+    if kind == "conv2d":
+        return f"stem conv2d {at}"
+    return f"{kind} {at}".strip()
+
+
+def breakdown_tables(rows: list[dict], batch: int) -> str:
+    """Markdown: GPU time by kind of kernel and shape class, then by distinct layer shape."""
+    total = sum(r["ms"] for r in rows) or float("nan")
+
+    def table(key, title):
+        groups: dict[str, list] = {}
+        for r in rows:
+            groups.setdefault(key(r), []).append(r["ms"])
+        lines = [f"\n{title} (batch {batch}; sum {total:.2f} ms over {len(rows)} launches, each timed alone):", "",
+                 "| kernel | launches | ms | % |", "|---|---:|---:|---:|"]
+        for name, times in sorted(groups.items(), key=lambda kv: -sum(kv[1])):
+            lines.append(f"| {name} | {len(times)} | {sum(times):.3f} | {100 * sum(times) / total:.1f} |")
+        return lines
+
+    lines = table(lambda r: _shape_class(r["label"]), "GPU time by kernel kind")
+    lines += table(lambda r: r["label"], "GPU time by layer shape")
+    return "\n".join(lines)
+
+
 def benchmark(simulate: bool, cuda_backend, batches: list[int], info: dict) -> list[dict]:
     import numpy as np
     import torch
@@ -402,6 +554,8 @@ def benchmark(simulate: bool, cuda_backend, batches: list[int], info: dict) -> l
 
     rows = []
     info["benchmark_model"] = f"{label} {dialect} {size}x{size}"
+    # per-kernel GPU times at 1 and 256 by default (only the last batch in the slow simulator)
+    breakdown_batches = {batches[-1]} if simulate else {batches[0], batches[-1]}
     for batch in batches:
         x = np.random.default_rng(batch).standard_normal((batch, 3, size, size), dtype=np.float32)
         warmup, repeats = (0, 1) if simulate else (3, 30 if batch == 1 else 10)
@@ -412,18 +566,22 @@ def benchmark(simulate: bool, cuda_backend, batches: list[int], info: dict) -> l
                    launches=len(runner.workspaces[x.shape].launches))
         line = (f"  batch {batch:4d}: npshuffle-cuda {ours:9.2f} ms, torch {device} eager {theirs:9.2f} ms, "
                 f"ratio {theirs / ours:5.2f}x (logits differ by {diff:.1e} relative)")
+        ws = runner.workspaces[x.shape]
+        row["graph"] = ws.graph is not None
         if not simulate:  # where the time goes: the input copy alone, the network alone
-            ws = runner.workspaces[x.shape]
-            row["npshuffle_copy_in_ms"] = timed(lambda x=x, ws=ws: ws.input.copy_to_device(x), 1, 5, numba_sync)[0]
-            row["torch_copy_in_ms"] = timed(lambda x=x: torch.from_numpy(x).to(device), 1, 5, torch_sync)[0]
-            row["npshuffle_gpu_ms"] = timed(lambda ws=ws: [launch() for launch in ws.launches], 2, 10, numba_sync)[0]
-            x_gpu = torch.from_numpy(x).to(device)
-            with torch.inference_mode():
-                row["torch_gpu_ms"] = timed(lambda x_gpu=x_gpu: net(x_gpu), 2, 10, torch_sync)[0]
-            line += (f"\n              input copy alone: numba {row['npshuffle_copy_in_ms']:.2f} ms, torch "
-                     f"{row['torch_copy_in_ms']:.2f} ms; network alone (data on the GPU): npshuffle "
-                     f"{row['npshuffle_gpu_ms']:.2f} ms ({row['launches']} launches), "
-                     f"torch {row['torch_gpu_ms']:.2f} ms")
+            row.update(diagnostics(cuda_backend, runner, plan, weights, x, net, device, numba_sync, torch_sync))
+            line += (f"\n              input copy alone: pageable {row['npshuffle_copy_in_ms']:.2f} ms, pinned staging "
+                     f"1 thread {row['pinned_copy_in_1t_ms']:.2f} ms, {runner.copy_threads} threads "
+                     f"{row['pinned_copy_in_ms']:.2f} ms, torch {row['torch_copy_in_ms']:.2f} ms"
+                     f"\n              network alone (data on the GPU): npshuffle graph "
+                     f"{row['npshuffle_gpu_ms']:.2f} ms, {row['launches']} launches "
+                     f"{row['npshuffle_launches_ms']:.2f} ms"
+                     f" (host enqueue {row['enqueue_launches_ms']:.2f} ms, graph {row['enqueue_graph_ms']:.3f} ms), "
+                     f"torch {row['torch_gpu_ms']:.2f} ms; whole call without graph and pinned staging "
+                     f"{row['npshuffle_plain_ms']:.2f} ms")
+        if batch in breakdown_batches:
+            row["breakdown"] = kernel_breakdown(cuda_backend.cuda, runner, ws, repeats=1 if simulate else 10)
+            log(breakdown_tables(row["breakdown"], batch))
         rows.append(row)
         log(line)
     return rows
@@ -445,15 +603,21 @@ def table(rows: list[dict], info: dict, simulate: bool) -> str:
     if not simulate and all("npshuffle_gpu_ms" in r for r in rows):
         lines += [
             "",
-            "Where the time goes (ms): the input's host->device copy alone, and the network alone on data "
-            "already on the GPU:",
+            "Where the time goes (ms): the input's host->device copy alone (npshuffle: pageable as before, "
+            "pinned staging with 1 thread, with the threads a call uses), and the network alone on data "
+            "already on the GPU (npshuffle: CUDA graph replay, and launch by launch), then the host's "
+            "time to enqueue the launches, and a whole call as before (no graph, pageable copy):",
             "",
-            "| batch | npshuffle copy in | torch copy in | npshuffle network | torch network |",
-            "|---:|---:|---:|---:|---:|",
+            "| batch | copy in pageable | pinned 1 thread | pinned threaded | torch copy in | network graph "
+            "| network launches | torch network | enqueue launches (per launch) | enqueue graph | call as before |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [
-            f"| {r['batch']} | {r['npshuffle_copy_in_ms']:.2f} | {r['torch_copy_in_ms']:.2f} | "
-            f"{r['npshuffle_gpu_ms']:.2f} | {r['torch_gpu_ms']:.2f} |"
+            f"| {r['batch']} | {r['npshuffle_copy_in_ms']:.2f} | {r['pinned_copy_in_1t_ms']:.2f} | "
+            f"{r['pinned_copy_in_ms']:.2f} | {r['torch_copy_in_ms']:.2f} | "
+            f"{r['npshuffle_gpu_ms'] if r['graph'] else float('nan'):.2f} | {r['npshuffle_launches_ms']:.2f} | "
+            f"{r['torch_gpu_ms']:.2f} | {r['enqueue_launches_ms']:.2f} ({r['enqueue_launch_us']:.0f} us) | "
+            f"{r['enqueue_graph_ms']:.3f} | {r['npshuffle_plain_ms']:.2f} |"
             for r in rows
         ]
     lines += [
@@ -535,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"[1/3] kernels vs kernels.reference (+{time.perf_counter() - started:.0f} s)")
         kernel_checks(checks, args.simulate)
         log(f"[2/3] whole networks vs the NumPy backend (+{time.perf_counter() - started:.0f} s)")
-        model_checks(checks, args.simulate, cuda_backend)
+        model_checks(checks, args.simulate, cuda_backend, info)
         if not args.skip_benchmark:
             if not args.simulate and not torch.cuda.is_available():
                 failure = "torch does not see a CUDA device: no speed comparison"
