@@ -285,7 +285,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             continue
         p = sub.add_parser(name, help=help_text)
         if name == command:
-            module = importlib.import_module(module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:  # torch missing: say what to install, not a traceback
+                p.add_argument("rest", nargs=argparse.REMAINDER)
+                missing = f"`npshuffle {name}` needs {exc.name or 'an optional package'}: pip install torch==2.13.0"
+                p.set_defaults(run=lambda args, m=missing: fail(m))
+                continue
             getattr(module, add_arguments)(p)
             p.set_defaults(run=getattr(module, run))
     return parser
