@@ -89,7 +89,7 @@ BACKENDS: dict[str, Callable[[], object]] = {
 
 
 # what a Model runs on unless told otherwise
-DEFAULT_BACKEND = "numpy"
+DEFAULT_BACKEND = "numba"
 
 
 def _auto_backend():

@@ -1,0 +1,733 @@
+"""Numba CPU kernels: the fast path behind ``npshuffle.backend_numba``.
+
+``kernels.reference`` says *what* each op computes; this module computes the same numbers in a
+layout and loop order chosen for a CPU. Everything is compiled by Numba with ``cache=True``, so a
+new process loads machine code from ``__pycache__`` instead of compiling again (the first run
+compiles for ~20-40 s).
+
+Layout: padded channels-last images in one flat workspace
+----------------------------------------------------------
+Every activation of one image is a *padded NHWC* block inside one flat float32 array ``ws`` (the
+workspace), described by (offset, H, W, channel stride C)::
+
+    value of channel c at pixel (y, x)  =  ws[offset + ((y + 1) * (W + 2) + (x + 1)) * C + c]
+
+* **channels last**: a 1x1 conv is then one matrix product over all pixels (rows = pixels,
+  columns = channels), and depthwise / pooling loops vectorise over the contiguous channels;
+* **C is a multiple of 16** (one AVX-512 register of float32) and at least the channel count, so
+  channel loops run in whole 16-lane vectors; padding channels hold zeros or harmless finite
+  values and are never read as real channels;
+* **a one-pixel zero border** around every image, so the 3x3 depthwise conv and the 3x3 pools
+  (all of ShuffleNet's 3x3 ops have padding 1) read their neighbours without bounds checks. Nothing
+  ever writes a border, so it stays zero. (Zero is also the right padding for the max-pool here:
+  it follows the stem's ReLU, so every real value is >= 0.)
+
+Only the network input arrives as NCHW; :func:`pad_input` copies it into a zero-bordered NCHW
+block that the stem conv reads directly.
+
+The register-blocked GEMM micro-kernel
+--------------------------------------
+Every dense convolution (the stem's 3x3 conv, every 1x1 conv, grouped or not) and the classifier
+is a matrix product ``out[pixel, j] = bias[j] + sum_k A[pixel, k] * Wt[k, j]``. The inner kernel,
+:func:`_tile`, computes a tile of 4 pixels x NR output channels (NR = 16, 24, 32, 48 or 64) with
+the 4 x NR partial sums held in CPU registers for the whole k loop: per k it loads one row of NR
+weights, broadcasts 4 input values and issues 4 * NR/16 fused multiply-adds. On this 2-core
+AVX-512 machine that runs at 80-100 GFLOP/s per core on ShuffleNet's larger 1x1 convs, level with
+OpenBLAS (whose per-call overhead would dominate these small matrices anyway).
+
+Four details make LLVM generate that code, and each is load-bearing:
+
+1. the accumulators are stack arrays (:func:`_stack_floats`) indexed only by loop counters of
+   compile-time trip count (``numba.literally`` compiles :func:`_tile` once per NR), so LLVM
+   unrolls the j loops and promotes the 4 x NR floats to vector registers;
+2. the 4 pixel rows are written out by hand (``x0 .. x3``, ``acc0 .. acc3``), so no loop over
+   rows survives for LLVM to vectorise the wrong way;
+3. ``fastmath={"contract"}``: fused multiply-add is allowed, reassociation is not. With full
+   ``fastmath=True`` LLVM may instead vectorise the k loop as a reduction and gather the weights,
+   which is 20x slower;
+4. the epilogue reads each accumulator exactly once; and :func:`_tile` is a function of its own:
+   with an enclosing loop, or inlined into a caller's loop, LLVM leaves the accumulators in memory
+   (3x slower).
+
+Every array in a vectorised loop is indexed by the loop counter alone (``row[c]`` of a slice
+``row = ws[a:b]``, never ``ws[a + c]``): Numba checks a computed index for negative values, and
+that check stops LLVM from vectorising. The kernels slice :func:`_borrowed` views, which skip
+Numba's reference counting (an atomic add per slice, on a cache line both threads share).
+
+Weights are *packed* once by the backend: per output-channel tile, a panel of shape (1 + K, NR)
+whose row 0 is the bias and rows 1..K the transposed weights (zero-padded columns past the layer's
+width). The input side is read through an **offset table** ``koff``: ``A[pixel, k] =
+ws[row_base(pixel) + koff[k]]``. That one indirection lets a single kernel serve
+
+* a 1x1 conv reading any subset of its input's channels: a V2 unit's half (``koff = C/2 + k``),
+  Megvii's odd channels (``koff = 2k + 1``), or a V1 channel shuffle folded into the read
+  (``koff = permutation``) -- so split and shuffle cost no copy at all;
+* a dense KxK conv straight from the padded NCHW input (``koff`` = the offsets of the C*K*K taps).
+
+The other end, the *epilogue*, writes each output channel straight to its final slot, adding
+bias and ReLU on the way: interleaved with the passthrough channels, so a V2 unit's concat +
+channel shuffle costs nothing beyond copying the passthrough half in the same pass; after the
+pooled shortcut (V1's stride-2 concat); adding the residual (V1's stride-1 add); or summed into
+the global average pool (the V2 head conv's output is never stored). When the backend has given
+the output buffer room for whole tiles (``direct``), the micro-kernel stores straight from its
+registers; otherwise :func:`_finish_tile` handles the general cases (channel steps, partial tiles).
+
+Steps and threads
+-----------------
+The backend compiles a plan into a table of *steps* (a NumPy structured array, :data:`STEP_DTYPE`),
+one row per kernel launch, holding nothing but integers: buffer offsets and geometry, the weight
+offset, the offset tables and tile tables (in the int64 array ``itab``), the epilogue mode.
+:func:`run_step` executes one step, or one thread's share of it; :func:`forward` runs the whole
+table and the classifier, in one call from Python:
+
+* one image: every step split across the threads (by pixel tiles, or by output rows). A parallel
+  region costs ~1.3 us with Numba's OpenMP layer, so ~60 fork-joins per image are cheap;
+* a batch: each thread runs whole images in its own workspace, whose activations then stay in its
+  own core's L2 cache.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+FASTMATH = {"contract"}  # fused multiply-add yes, reassociation no (see the module docstring)
+LANES = 16  # float32 lanes of one AVX-512 register; every channel count is padded to a multiple
+ROWS = 4  # pixels per GEMM micro-tile
+TILE_WIDTHS = (64, 48, 32, 24, 16)  # the NR values the micro-kernel is compiled for
+
+# step kinds
+PAD_INPUT = 0  # NCHW image -> zero-bordered NCHW block (the stem conv's input)
+GEMM = 1  # dense / pointwise conv as a matrix product, with a fused epilogue
+DEPTHWISE = 2  # 3x3 depthwise conv, padding 1, any stride
+MAX_POOL = 3  # 3x3 max-pool, padding 1, any stride
+AVG_POOL = 4  # 3x3 average pool, padding 1 (zeros counted), any stride
+GLOBAL_POOL = 5  # mean over all pixels -> the pooled feature row
+
+STEP_FIELDS = (
+    "kind",
+    # input buffer: offset, interior height and width, padded width, channel stride
+    "src", "src_h", "src_w", "src_wp", "src_c",
+    # output buffer (always padded NHWC): offset, interior height and width, channel stride
+    "dst", "dst_h", "dst_w", "dst_c",
+    "stride", "relu",
+    # GEMM: reduction length per group, groups, offset table (groups * k entries in itab),
+    # row addressing (pixel (y, x) reads from src + ((y*stride + a_org) * src_wp + x*stride + a_org) * a_pix),
+    "k", "groups", "koff", "a_org", "a_pix",
+    # packed weights: first panel, floats per group; tile table (ntiles rows of 4 in itab), outputs per group
+    "w", "group_w", "tiles", "ntiles", "group_out",
+    # epilogue. mode: see EPI_*. Output channel jg (= g * group_out + j) goes to channel out_ch + out_step * jg
+    "mode", "out_ch", "out_step",
+    # auxiliary input (residual or passthrough source): a padded NHWC buffer with dst's height and width
+    "aux", "aux_c", "pass_from", "pass_step",
+    # 1: the micro-kernel may store whole tiles (and read whole tiles of the residual or
+    # passthrough) straight into / from the buffers: the backend checked that their channel strides
+    # have room for them (and that any spill into a later group's channels is overwritten later)
+    "direct",
+    # how a batch-1 pass splits this step across threads: SPLIT_NONE (thread 0 runs it, along with
+    # its unsplit neighbours), SPLIT_PIXELS (rows / pixel tiles) or SPLIT_COLUMNS (output-channel tiles)
+    "split",
+)
+STEP_DTYPE = np.dtype([(name, np.int64) for name in STEP_FIELDS])
+
+SPLIT_NONE, SPLIT_PIXELS, SPLIT_COLUMNS = 0, 1, 2
+
+# GEMM epilogues
+EPI_STORE = 0  # out[out_ch + out_step*jg] = relu?(acc)
+EPI_RESIDUAL = 1  # out[jg] = relu?(acc + aux[jg])                                     (V1, stride 1)
+EPI_INTERLEAVE = 2  # out[2jg + 1] = relu?(acc); out[2jg] = aux[pass_from + pass_step*jg] (torchvision V2)
+EPI_PASSTHROUGH = 3  # out[out_ch + out_step*jg] = relu?(acc); out[jg] = aux[pass_from + pass_step*jg]  (Megvii V2)
+EPI_POOL = 4  # pooled[jg] += relu?(acc) / (H*W): the global average pool fused into the head conv
+
+
+def new_steps(count: int) -> np.ndarray:
+    """An all-zero step table of ``count`` rows."""
+    return np.zeros(count, dtype=STEP_DTYPE)
+
+
+# --------------------------------------------------------------------------------------------------
+# layouts (plain NumPy, used once per model by the backend, and by the tests)
+
+
+def padded(channels: int) -> int:
+    """``channels`` rounded up to a whole number of 16-lane vectors."""
+    return -(-channels // LANES) * LANES
+
+
+def tile_widths(n: int) -> list[int]:
+    """Split ``n`` output channels into micro-kernel tiles: 64 wide, then the narrowest of
+    16/24/32/48 that holds the rest (so the tiles never cover more than ``padded(n)`` channels;
+    24 = one 16-lane and one 8-lane register, for the many 24-channel layers)."""
+    widths = []
+    while n > 0:
+        nr = next(w for w in sorted(TILE_WIDTHS) if w >= min(n, 64))
+        widths.append(nr)
+        n -= nr
+    return widths
+
+
+def pack_gemm(wt: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pack a (grouped) GEMM for :func:`gemm`: ``wt`` (groups, K, N) transposed weights, ``bias``
+    (groups * N,). Returns (panels, tile table, floats per group): group g's tile t is the (1 + K, nr)
+    panel at ``g * group_floats + table[t, 3]``, row 0 its bias; table rows are (first output
+    channel j0, width nr, valid columns n, panel offset)."""
+    groups, k, n_out = wt.shape
+    bias = np.asarray(bias, np.float32).reshape(groups, n_out)
+    table, panels, offset, j0 = [], [[] for _ in range(groups)], 0, 0
+    for nr in tile_widths(n_out):
+        n = min(nr, n_out - j0)
+        for g in range(groups):
+            panel = np.zeros((1 + k, nr), np.float32)
+            panel[0, :n] = bias[g, j0: j0 + n]
+            panel[1:, :n] = wt[g, :, j0: j0 + n]
+            panels[g].append(panel.ravel())
+        table.append((j0, nr, n, offset))
+        offset += (1 + k) * nr
+        j0 += n
+    return np.concatenate([np.concatenate(p) for p in panels]), np.array(table, np.int64), offset
+
+
+def pack_pointwise(weight: np.ndarray, bias: np.ndarray, groups: int):
+    """:func:`pack_gemm` for a 1x1 conv weight (O, C/groups, 1, 1)."""
+    out_channels, cg = weight.shape[:2]
+    return pack_gemm(weight.reshape(groups, out_channels // groups, cg).transpose(0, 2, 1), bias)
+
+
+def pack_dense(weight: np.ndarray, bias: np.ndarray):
+    """:func:`pack_gemm` for a dense conv weight (O, C, KH, KW): K runs over (c, dy, dx)."""
+    o = weight.shape[0]
+    return pack_gemm(weight.reshape(o, -1).T[None], bias)
+
+
+def dense_offsets(channels: int, kh: int, kw: int, padded_h: int, padded_w: int) -> np.ndarray:
+    """The offset table of a dense conv reading a zero-bordered NCHW block: tap (c, dy, dx) of the
+    window whose top-left is at offset 0."""
+    return np.array([c * padded_h * padded_w + dy * padded_w + dx
+                     for c in range(channels) for dy in range(kh) for dx in range(kw)], np.int64)
+
+
+def pack_depthwise(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """(10, padded(C)) for :func:`depthwise3x3`: the bias, then the taps (dy, dx) in row 1 + 3*dy + dx."""
+    c = weight.shape[0]
+    block = np.zeros((10, padded(c)), np.float32)
+    block[0, :c] = bias
+    block[1:, :c] = np.asarray(weight, np.float32).reshape(c, 9).T
+    return block
+
+
+def to_padded_nhwc(x: np.ndarray, stride: int | None = None) -> np.ndarray:
+    """(C, H, W) -> the flat padded NHWC block (zero border, channel stride ``stride`` >= C)."""
+    c, h, w = x.shape
+    stride = padded(c) if stride is None else stride
+    out = np.zeros((h + 2, w + 2, stride), np.float32)
+    out[1:-1, 1:-1, :c] = x.transpose(1, 2, 0)
+    return out.ravel()
+
+
+def from_padded_nhwc(block: np.ndarray, h: int, w: int, stride: int, channels: int, first: int = 0) -> np.ndarray:
+    """Inverse of :func:`to_padded_nhwc`: channels ``first .. first + channels - 1`` as (C, H, W)."""
+    img = block[: (h + 2) * (w + 2) * stride].reshape(h + 2, w + 2, stride)
+    return np.ascontiguousarray(img[1:-1, 1:-1, first: first + channels].transpose(2, 0, 1))
+
+
+@intrinsic
+def _stack_floats(typingctx, count):
+    """A pointer to ``count`` float32 on the stack (``count`` must be a literal integer).
+
+    Wrapped with ``numba.carray`` it is a small array that LLVM can keep entirely in registers,
+    which a heap array (``np.empty``) never is.
+    """
+    if not isinstance(count, types.IntegerLiteral):
+        return None
+    n = count.literal_value
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(types.float32), size=n)
+
+    return types.CPointer(types.float32)(count), codegen
+
+
+@intrinsic
+def _borrowed(typingctx, array):
+    """``array`` without reference counting (its meminfo set to NULL), for use inside one call.
+
+    Numba increments and decrements an array's reference count for every slice taken of it: an
+    atomic add on one cache line, which two threads slicing the same workspace pass back and
+    forth. The kernels slice borrowed views of arrays their caller keeps alive instead.
+    """
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        view = context.make_array(signature.args[0])(context, builder, value=args[0])
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)
+        view.parent = cgutils.get_null_value(view.parent.type)
+        return view._getvalue()
+
+    return array(array), codegen
+
+
+@njit(inline="always")
+def _split(total, part, nparts):
+    """The ``part``-th of ``nparts`` nearly equal ranges of ``range(total)``."""
+    return total * part // nparts, total * (part + 1) // nparts
+
+
+# --------------------------------------------------------------------------------------------------
+# the GEMM micro-kernel
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _tile(NR, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3):
+    """The micro-kernel: a 4 x NR tile of a GEMM whose A rows start at src[a0] .. src[a3].
+
+        acc_i[j] = panel[0, j] + sum_k src[a_i + koff[k]] * panel[1 + k, j]     (j < NR)
+
+    then stores relu?(acc_i[j]) at out[d_i + j] (``epilogue`` EPI_STORE); or relu?(acc_i[j] +
+    src[s_i + j]) there (EPI_RESIDUAL: V1's residual add); or (EPI_INTERLEAVE) relu?(acc_i[j]) at
+    out[d_i + 2j + 1] and the passthrough channel src[s_i + j] at out[d_i + 2j]: a V2 unit's
+    concat + shuffle(2). ``out`` is either the workspace itself (a "direct" store of whole tiles:
+    the columns past the layer's width hold zero weights and store zeros, or values a later tile
+    overwrites), or a scratch tile that :func:`_finish_tile` then distributes.
+
+    ``numba.literally`` compiles one version per tile width NR, in which the j loops have a
+    constant trip count: they unroll, and acc0..acc3 (4 x NR floats) live in registers.
+    """
+    numba.literally(NR)
+    acc0 = numba.carray(_stack_floats(NR), NR)
+    acc1 = numba.carray(_stack_floats(NR), NR)
+    acc2 = numba.carray(_stack_floats(NR), NR)
+    acc3 = numba.carray(_stack_floats(NR), NR)
+    for j in range(NR):
+        acc0[j] = panel[0, j]
+        acc1[j] = panel[0, j]
+        acc2[j] = panel[0, j]
+        acc3[j] = panel[0, j]
+    for k in range(K):
+        o = koff[k]
+        x0 = src[a0 + o]
+        x1 = src[a1 + o]
+        x2 = src[a2 + o]
+        x3 = src[a3 + o]
+        for j in range(NR):
+            w = panel[1 + k, j]
+            acc0[j] += x0 * w
+            acc1[j] += x1 * w
+            acc2[j] += x2 * w
+            acc3[j] += x3 * w
+    # the epilogue reads each accumulator once, straight from its register (modifying the stack
+    # arrays in place first would make LLVM spill them)
+    if epilogue == EPI_INTERLEAVE:
+        _store_interleaved(NR, acc0, out[d0: d0 + 2 * NR], src[s0: s0 + NR], relu)
+        _store_interleaved(NR, acc1, out[d1: d1 + 2 * NR], src[s1: s1 + NR], relu)
+        _store_interleaved(NR, acc2, out[d2: d2 + 2 * NR], src[s2: s2 + NR], relu)
+        _store_interleaved(NR, acc3, out[d3: d3 + 2 * NR], src[s3: s3 + NR], relu)
+    elif epilogue == EPI_RESIDUAL:
+        _store_sum(NR, acc0, out[d0: d0 + NR], src[s0: s0 + NR], relu)
+        _store_sum(NR, acc1, out[d1: d1 + NR], src[s1: s1 + NR], relu)
+        _store_sum(NR, acc2, out[d2: d2 + NR], src[s2: s2 + NR], relu)
+        _store_sum(NR, acc3, out[d3: d3 + NR], src[s3: s3 + NR], relu)
+    else:
+        _store(NR, acc0, out[d0: d0 + NR], relu)
+        _store(NR, acc1, out[d1: d1 + NR], relu)
+        _store(NR, acc2, out[d2: d2 + NR], relu)
+        _store(NR, acc3, out[d3: d3 + NR], relu)
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _store(NR, acc, out, relu):
+    if relu:
+        for j in range(NR):
+            out[j] = max(acc[j], 0.0)
+    else:
+        for j in range(NR):
+            out[j] = acc[j]
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _store_sum(NR, acc, out, residual, relu):
+    if relu:
+        for j in range(NR):
+            out[j] = max(acc[j] + residual[j], 0.0)
+    else:
+        for j in range(NR):
+            out[j] = acc[j] + residual[j]
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _store_interleaved(NR, acc, out, passthrough, relu):
+    """out[2j] = passthrough[j], out[2j + 1] = relu?(acc[j]): a V2 unit's concat + shuffle(2)."""
+    if relu:
+        for j in range(NR):
+            out[2 * j] = passthrough[j]
+            out[2 * j + 1] = max(acc[j], 0.0)
+    else:
+        for j in range(NR):
+            out[2 * j] = passthrough[j]
+            out[2 * j + 1] = acc[j]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _finish_tile(tile, nrows, n, jg, ws, rows, st, pooled, inv):
+    """Epilogue of one tile: row i's ``n`` valid outputs ``tile[i, :n]`` are output channels
+    ``jg .. jg+n-1`` of the pixel whose offsets in the output / auxiliary buffer are
+    ``rows[1, i]`` / ``rows[2, i]``."""
+    mode, relu = st.mode, st.relu
+    for i in range(nrows):
+        acc = tile[64 * i: 64 * i + n]
+        d, x = rows[1, i], rows[2, i]
+        if mode == EPI_POOL:
+            out = pooled[jg: jg + n]
+            if relu:
+                for j in range(n):
+                    out[j] += max(acc[j], 0.0) * inv
+            else:
+                for j in range(n):
+                    out[j] += acc[j] * inv
+        elif mode == EPI_RESIDUAL:
+            out = ws[d + jg: d + jg + n]
+            res = ws[x + jg: x + jg + n]
+            if relu:
+                for j in range(n):
+                    out[j] = max(acc[j] + res[j], 0.0)
+            else:
+                for j in range(n):
+                    out[j] = acc[j] + res[j]
+        elif mode == EPI_INTERLEAVE:
+            # channel shuffle(2) of concat(passthrough, main): passthrough j -> 2j, main j -> 2j + 1
+            out = ws[d + 2 * jg: d + 2 * (jg + n)]
+            p0 = x + st.pass_from + st.pass_step * jg
+            passthrough = ws[p0: p0 + st.pass_step * n: st.pass_step]
+            if relu:
+                for j in range(n):
+                    out[2 * j] = passthrough[j]
+                    out[2 * j + 1] = max(acc[j], 0.0)
+            else:
+                for j in range(n):
+                    out[2 * j] = passthrough[j]
+                    out[2 * j + 1] = acc[j]
+        else:
+            step = st.out_step
+            o0 = d + st.out_ch + step * jg
+            if step == 1:
+                out = ws[o0: o0 + n]
+            else:
+                out = ws[o0: o0 + step * n: step]
+            if relu:
+                for j in range(n):
+                    out[j] = max(acc[j], 0.0)
+            else:
+                for j in range(n):
+                    out[j] = acc[j]
+            if mode == EPI_PASSTHROUGH:  # concat(passthrough, main): passthrough j -> j
+                p0 = x + st.pass_from + st.pass_step * jg
+                passthrough = ws[p0: p0 + st.pass_step * n: st.pass_step]
+                out = ws[d + jg: d + jg + n]
+                for j in range(n):
+                    out[j] = passthrough[j]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def gemm(ws, wts, itab, st, pooled, part, nparts):
+    """One GEMM step (stem conv, 1x1 conv, grouped or not), or this thread's share of it.
+
+    Rows are the output pixels (in tiles of 4), columns the output channels (in tiles of NR, per
+    group). Threads split the pixel tiles, or the column tiles (``st.split``): a layer with few
+    pixels and many channels, and the pooling epilogue, where each thread must own its pooled
+    values.
+    """
+    ws, wts, itab, pooled = _borrowed(ws), _borrowed(wts), _borrowed(itab), _borrowed(pooled)
+    tile = _borrowed(np.empty(ROWS * 64, np.float32))
+    rows = np.empty((3, ROWS), np.int64)  # per tile row: offset of its A row, its output pixel, its aux pixel
+    K = st.k
+    Wo = st.dst_w
+    npix = st.dst_h * Wo
+    ncols = st.groups * st.ntiles
+    ntiles_pix = (npix + ROWS - 1) // ROWS
+    inv = np.float32(1.0) / np.float32(npix)
+    s, org, apix, awp = st.stride, st.a_org, st.a_pix, st.src_wp
+    relu = st.relu != 0
+    # store straight from the micro-kernel when the backend says whole tiles fit the output
+    direct = st.direct != 0 and (st.mode == EPI_STORE or st.mode == EPI_RESIDUAL or st.mode == EPI_INTERLEAVE)
+    interleave = direct and st.mode == EPI_INTERLEAVE
+    tiles = itab[st.tiles: st.tiles + 4 * st.ntiles].reshape((st.ntiles, 4))
+    if st.mode == EPI_POOL or st.split == SPLIT_COLUMNS:
+        t_lo, t_hi = 0, ntiles_pix
+        c_lo, c_hi = _split(ncols, part, nparts)
+        if st.mode == EPI_POOL:
+            for c in range(c_lo, c_hi):
+                g, t = c // st.ntiles, c % st.ntiles
+                jg = g * st.group_out + tiles[t, 0]
+                for j in range(jg, jg + tiles[t, 2]):
+                    pooled[j] = 0.0
+    else:
+        t_lo, t_hi = _split(ntiles_pix, part, nparts)
+        c_lo, c_hi = 0, ncols
+    for c in range(c_lo, c_hi):
+        g, t = c // st.ntiles, c % st.ntiles
+        j0, nr, n, poff = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3]
+        w0 = st.w + g * st.group_w + poff
+        panel = wts[w0: w0 + (K + 1) * nr].reshape((K + 1, nr))
+        koff = itab[st.koff + g * K: st.koff + (g + 1) * K]
+        jg = g * st.group_out + j0
+        y, x = divmod(t_lo * ROWS, Wo)  # output pixel of the next row, walked without divisions
+        for tp in range(t_lo, t_hi):
+            nrows = min(ROWS, npix - tp * ROWS)
+            for i in range(ROWS):
+                if i < nrows:
+                    rows[0, i] = st.src + ((y * s + org) * awp + x * s + org) * apix
+                    pix = (y + 1) * (Wo + 2) + x + 1  # the pixel in the padded output / aux buffer
+                    rows[1, i] = st.dst + pix * st.dst_c
+                    rows[2, i] = st.aux + pix * st.aux_c
+                    x += 1
+                    if x == Wo:
+                        x, y = 0, y + 1
+                else:  # past the last pixel: repeat the last A row (its result is dropped or stored twice)
+                    rows[0, i] = rows[0, nrows - 1]
+            a0, a1, a2, a3 = rows[0, 0], rows[0, 1], rows[0, 2], rows[0, 3]
+            if direct:  # store from registers; rows past the end store to the last pixel again
+                r1, r2, r3 = min(1, nrows - 1), min(2, nrows - 1), min(3, nrows - 1)
+                o = st.out_ch + (2 * jg if interleave else jg)
+                d0, d1, d2, d3 = rows[1, 0] + o, rows[1, r1] + o, rows[1, r2] + o, rows[1, r3] + o
+                p = st.pass_from + jg if interleave else jg  # passthrough or residual channel
+                s0, s1, s2, s3 = rows[2, 0] + p, rows[2, r1] + p, rows[2, r2] + p, rows[2, r3] + p
+                out, rl, epi = ws, relu, st.mode
+            else:  # into the scratch tile, for _finish_tile
+                d0, d1, d2, d3, out, rl, epi = 0, 64, 128, 192, tile, False, EPI_STORE
+                s0 = s1 = s2 = s3 = 0
+            if nr == 64:  # one compiled micro-kernel per tile width
+                _tile(64, ws, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, rl, epi, s0, s1, s2, s3)
+            elif nr == 48:
+                _tile(48, ws, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, rl, epi, s0, s1, s2, s3)
+            elif nr == 32:
+                _tile(32, ws, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, rl, epi, s0, s1, s2, s3)
+            elif nr == 24:
+                _tile(24, ws, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, rl, epi, s0, s1, s2, s3)
+            else:
+                _tile(16, ws, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, rl, epi, s0, s1, s2, s3)
+            if not direct:
+                _finish_tile(tile, nrows, n, jg, ws, rows, st, pooled, inv)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-channel ops: depthwise conv, pools
+#
+# Each works on one output pixel at a time: it takes the 9 input pixels under the 3x3 window as
+# 1-D slices of n channels (``_window``) and runs one loop over the channels, which LLVM
+# vectorises 16 channels per instruction. (Every array in that loop must be indexed by the loop
+# counter alone: with ``row[offset + c]`` Numba checks each index for negative values and LLVM
+# no longer vectorises.)
+
+
+@njit(cache=True, inline="always")
+def _window(ws, src, wp, C, n, oy, ox, s):
+    """The 3x3 window at output (oy, ox), stride s, padding 1, of a padded NHWC buffer of padded
+    width wp and channel stride C: its 9 pixels, as slices of their first n channels."""
+    top = src + (oy * s * wp + ox * s) * C  # padded coordinates: the window starts at (oy*s, ox*s)
+    mid = top + wp * C
+    bot = mid + wp * C
+    return (ws[top: top + n], ws[top + C: top + C + n], ws[top + 2 * C: top + 2 * C + n],
+            ws[mid: mid + n], ws[mid + C: mid + C + n], ws[mid + 2 * C: mid + 2 * C + n],
+            ws[bot: bot + n], ws[bot + C: bot + C + n], ws[bot + 2 * C: bot + 2 * C + n])
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def depthwise3x3(ws, wts, st, part, nparts):
+    """3x3 depthwise conv, padding 1, stride ``st.stride``, on the first ``st.k`` channels (a
+    multiple of 16) of padded NHWC buffers.
+
+    Weights: ``wts[st.w:]`` holds (10, k): row 0 the bias, row 1 + 3*dy + dx the tap (dy, dx).
+    Threads split the output rows.
+    """
+    ws, wts = _borrowed(ws), _borrowed(wts)
+    n = st.k
+    Wo = st.dst_w
+    w = wts[st.w: st.w + 10 * n].reshape((10, n))
+    b, w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9]
+    lo, hi = _split(st.dst_h, part, nparts)
+    for oy in range(lo, hi):
+        for ox in range(Wo):
+            t0, t1, t2, t3, t4, t5, t6, t7, t8 = _window(ws, st.src, st.src_w + 2, st.src_c, n, oy, ox, st.stride)
+            o = st.dst + ((oy + 1) * (Wo + 2) + ox + 1) * st.dst_c
+            out = ws[o: o + n]
+            for c in range(n):
+                out[c] = (b[c] + t0[c] * w0[c] + t1[c] * w1[c] + t2[c] * w2[c] + t3[c] * w3[c] + t4[c] * w4[c]
+                          + t5[c] * w5[c] + t6[c] * w6[c] + t7[c] * w7[c] + t8[c] * w8[c])
+            if st.relu:
+                for c in range(n):
+                    out[c] = max(out[c], 0.0)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def pool3x3(ws, st, part, nparts):
+    """3x3 max-pool (MAX_POOL) or average pool counting the zero padding (AVG_POOL), padding 1.
+
+    Reads src's first ``st.k`` channels (a multiple of 16), writes them to dst channels
+    ``out_ch ..`` (V1's stride-2 shortcut writes the first channels of the unit's output). The
+    max-pool relies on its input being >= 0 (it follows a ReLU), so the zero border never wins.
+    """
+    ws = _borrowed(ws)
+    n = st.k
+    Wo = st.dst_w
+    ninth = np.float32(1.0 / 9.0)
+    lo, hi = _split(st.dst_h, part, nparts)
+    for oy in range(lo, hi):
+        for ox in range(Wo):
+            t0, t1, t2, t3, t4, t5, t6, t7, t8 = _window(ws, st.src, st.src_w + 2, st.src_c, n, oy, ox, st.stride)
+            o = st.dst + ((oy + 1) * (Wo + 2) + ox + 1) * st.dst_c + st.out_ch
+            out = ws[o: o + n]
+            if st.kind == MAX_POOL:
+                for c in range(n):
+                    out[c] = max(max(max(t0[c], t1[c]), max(t2[c], t3[c])),
+                                 max(max(t4[c], t5[c]), max(max(t6[c], t7[c]), t8[c])))
+            else:
+                for c in range(n):
+                    out[c] = (t0[c] + t1[c] + t2[c] + t3[c] + t4[c] + t5[c] + t6[c] + t7[c] + t8[c]) * ninth
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def global_pool(ws, st, pooled, part, nparts):
+    """Mean over the interior pixels of src's first ``st.k`` channels (a multiple of 16), in
+    chunks of 16 channels split across threads."""
+    ws, pooled = _borrowed(ws), _borrowed(pooled)
+    C = st.src_c
+    H, W = st.src_h, st.src_w
+    inv = np.float32(1.0) / np.float32(H * W)
+    lo, hi = _split(st.k // LANES, part, nparts)
+    c0, c1 = lo * LANES, hi * LANES
+    out = pooled[c0: c1]
+    for j in range(c1 - c0):
+        out[j] = 0.0
+    for y in range(H):
+        for x in range(W):
+            p = st.src + ((y + 1) * (W + 2) + x + 1) * C + c0
+            pix = ws[p: p + c1 - c0]
+            for j in range(c1 - c0):
+                out[j] += pix[j]
+    for j in range(c1 - c0):
+        out[j] *= inv
+
+
+@njit(cache=True)
+def pad_input(ws, st, image, part, nparts):
+    """Copy an NCHW image (C, H, W) into the zero-bordered NCHW block at ``st.dst`` (border ``st.stride``)."""
+    ws, image = _borrowed(ws), _borrowed(image)
+    C, H, W = image.shape
+    p = st.stride
+    Hp, Wp = H + 2 * p, W + 2 * p
+    flat = image.ravel()
+    lo, hi = _split(C * H, part, nparts)
+    for r in range(lo, hi):
+        c, y = r // H, r % H
+        o = st.dst + (c * Hp + p + y) * Wp + p
+        out = ws[o: o + W]
+        row = flat[r * W: (r + 1) * W]
+        for x in range(W):
+            out[x] = row[x]
+
+
+# --------------------------------------------------------------------------------------------------
+# drivers
+
+
+@njit(cache=True)
+def run_step(ws, wts, itab, st, image, pooled, part, nparts):
+    """Execute this thread's share (``part`` of ``nparts``) of one step."""
+    kind = st.kind
+    if kind == GEMM:
+        gemm(ws, wts, itab, st, pooled, part, nparts)
+    elif kind == DEPTHWISE:
+        depthwise3x3(ws, wts, st, part, nparts)
+    elif kind == MAX_POOL or kind == AVG_POOL:
+        pool3x3(ws, st, part, nparts)
+    elif kind == GLOBAL_POOL:
+        global_pool(ws, st, pooled, part, nparts)
+    elif kind == PAD_INPUT:
+        pad_input(ws, st, image, part, nparts)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def classifier_part(features, wts, itab, fc, logits, part, nparts):
+    """logits = features @ W + b for this thread's range of column tiles (the classifier as a GEMM
+    whose rows are images). ``fc`` is a GEMM step: k = features, w/tiles/ntiles its packed weights."""
+    features, wts, itab, logits = _borrowed(features), _borrowed(wts), _borrowed(itab), _borrowed(logits)
+    tile = _borrowed(np.empty(ROWS * 64, np.float32))
+    K = fc.k
+    n_images = logits.shape[0]
+    lda = features.shape[1]
+    src = features.ravel()
+    koff = itab[fc.koff: fc.koff + K]
+    tiles = itab[fc.tiles: fc.tiles + 4 * fc.ntiles].reshape((fc.ntiles, 4))
+    c_lo, c_hi = _split(fc.ntiles, part, nparts)
+    # the same argument types as gemm's calls (literal constants would compile _tile once more)
+    zero, d1, d2, d3 = np.int64(0), np.int64(64), np.int64(128), np.int64(192)
+    store, relu = np.int64(EPI_STORE), fc.relu != 0
+    for r0 in range(0, n_images, ROWS):
+        nrows = min(ROWS, n_images - r0)
+        a0 = r0 * lda
+        a1 = (r0 + min(1, nrows - 1)) * lda
+        a2 = (r0 + min(2, nrows - 1)) * lda
+        a3 = (r0 + min(3, nrows - 1)) * lda
+        for t in range(c_lo, c_hi):
+            j0, nr, n, poff = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3]
+            panel = wts[fc.w + poff: fc.w + poff + (K + 1) * nr].reshape((K + 1, nr))
+            if nr == 64:
+                _tile(64, src, a0, a1, a2, a3, koff, K, panel, tile, zero, d1, d2, d3, relu, store,
+                      zero, zero, zero, zero)
+            elif nr == 48:
+                _tile(48, src, a0, a1, a2, a3, koff, K, panel, tile, zero, d1, d2, d3, relu, store,
+                      zero, zero, zero, zero)
+            elif nr == 32:
+                _tile(32, src, a0, a1, a2, a3, koff, K, panel, tile, zero, d1, d2, d3, relu, store,
+                      zero, zero, zero, zero)
+            elif nr == 24:
+                _tile(24, src, a0, a1, a2, a3, koff, K, panel, tile, zero, d1, d2, d3, relu, store,
+                      zero, zero, zero, zero)
+            else:
+                _tile(16, src, a0, a1, a2, a3, koff, K, panel, tile, zero, d1, d2, d3, relu, store,
+                      zero, zero, zero, zero)
+            for i in range(nrows):
+                for j in range(n):
+                    logits[r0 + i, j0 + j] = tile[64 * i + j]
+
+
+@njit(parallel=True, cache=True)
+def forward(workspaces, wts, itab, steps, rounds, images, features, fc_step, logits, nthreads, by_image):
+    """The whole network on ``images`` (N, C, H, W) -> ``logits`` (N, classes), on ``nthreads`` threads.
+
+    ``by_image``: thread t runs every step on images t, t + nthreads, ... in ``workspaces[t]``.
+    Otherwise the images go one after the other, in ``workspaces[0]``, through the *rounds* of
+    the step table: ``rounds[r] = (first, last)`` is either one step that the threads split as
+    its ``split`` field says, or a run of steps too small to split, which thread 0 runs. Then the
+    classifier, its column tiles split across the threads.
+
+    There is a single ``prange`` (one fork-join per round): Numba compiles each ``prange`` body
+    into a separate function with its own copy of every kernel it calls, so one loop keeps the
+    first run's compile time down.
+    """
+    n_images = images.shape[0]
+    nsteps = steps.shape[0]
+    nrounds = rounds.shape[0]  # >= 1 (Numba may evaluate rounds[r % nrounds] before the branch that uses it)
+    total = 2 if by_image else n_images * nrounds + 1
+    # plain int64 arguments everywhere: a literal 0 or prange's unsigned index would make Numba
+    # compile every kernel again for those argument types
+    whole, one = np.int64(0), np.int64(1)
+    for r in range(total):
+        for t in prange(nthreads):
+            part = np.int64(t)
+            if r == total - 1:
+                classifier_part(features, wts, itab, fc_step[0], logits, part, nthreads)
+            elif by_image:
+                for n in range(part, n_images, nthreads):
+                    for s in range(nsteps):
+                        run_step(workspaces[part], wts, itab, steps[s], images[n], features[n], whole, one)
+            else:
+                n, first, last = r // nrounds, rounds[r % nrounds, 0], rounds[r % nrounds, 1]
+                if last - first == 1 and steps[first].split != SPLIT_NONE:
+                    run_step(workspaces[0], wts, itab, steps[first], images[n], features[n], part, nthreads)
+                elif part == 0:
+                    for s in range(first, last):
+                        run_step(workspaces[0], wts, itab, steps[s], images[n], features[n], whole, one)

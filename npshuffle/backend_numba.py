@@ -1,0 +1,575 @@
+"""The Numba backend: a plan compiled into a table of kernel launches over one flat workspace.
+
+``NumbaBackend().prepare(plan, weights)`` does all the one-time work:
+
+1. **packs the weights** (once) into ``wts``, one flat float32 array: every GEMM layer (stem,
+   1x1 convs, classifier) as (1 + K, NR) panels with the bias in row 0 (see ``kernels.cpu``),
+   every depthwise conv as (10, C) rows, channel counts padded to multiples of 16;
+2. **compiles the plan into steps** (once per input size): a structured array with one row per
+   kernel launch, saying where each activation lives in the workspace and how each layer reads
+   and writes channels. Channel split, concat and shuffle become *index maps* inside those rows:
+
+   ==============================  ============================================================
+   plan says                       the steps do
+   ==============================  ============================================================
+   V2 split (halves/interleaved)   pw1 reads its half through its offset table (``C/2 + k`` or
+                                   ``2k + 1``); nothing is copied out
+   V2 concat + shuffle(2)          pw2 writes main-branch channel j to output slot 2j + 1 and, in
+                                   the same pass, copies passthrough channel j to slot 2j
+   V2 concat (Megvii)              pw2 writes to slots C/2 + j and copies passthrough 2j -> j
+   V2 stride 2 concat (+shuffle)   proj_pw writes slots 2j (or j), pw2 slots 2j + 1 (or cin + j)
+   V1 shuffle after pw1            the depthwise filters are permuted and pw2 reads its groups'
+                                   channels through the permutation: no data moves
+   V1 stride-1 add + ReLU          pw2's epilogue adds the unit input and applies the ReLU
+   V1 stride-2 concat              the average pool writes channels [0, cin), pw2 [cin, cout)
+   head conv + global pool         the head's epilogue sums into the pooled features; the head's
+                                   output is never stored
+   ==============================  ============================================================
+
+3. **allocates the workspaces** (once per input size and thread count): buffers of the same
+   shape are reused between units, so a stage ping-pongs between two output buffers and one
+   scratch buffer per intermediate, and stays in cache. Output buffers get a channel stride with
+   room for the micro-kernel's whole tiles, so it can store straight from its registers.
+
+A call is then one compiled call from Python (``kernels.cpu.forward``): a batch runs image by
+image on each thread; a single image has every step split across the threads, or runs on one
+thread when the machine is busy (see :class:`_Schedule`). Nothing large is allocated per call.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends import BackendError
+from .plan import ConvLayer, Plan, V1Unit, V2Unit
+
+try:
+    import numba
+
+    from kernels import cpu
+except ImportError as exc:  # pragma: no cover - exercised only without numba
+    raise BackendError(f"the numba backend needs the numba package ({exc}); use backend='numpy'") from None
+
+LANES = cpu.LANES
+COMPILE_NOTICE_AFTER_S = 1.0
+
+
+_pad16 = cpu.padded
+
+
+class _Packer:
+    """Appends float32 / int64 blocks to one flat array each, 64-byte aligned."""
+
+    def __init__(self, dtype):
+        self.dtype, self.blocks, self.size = dtype, [], 0
+
+    def add(self, block: np.ndarray) -> int:
+        block = np.asarray(block, dtype=self.dtype).ravel()
+        pad = -self.size % LANES
+        if pad:
+            self.blocks.append(np.zeros(pad, self.dtype))
+            self.size += pad
+        offset = self.size
+        self.blocks.append(block)
+        self.size += block.size
+        return offset
+
+    def array(self) -> np.ndarray:
+        return np.concatenate(self.blocks) if self.blocks else np.zeros(0, self.dtype)
+
+
+@dataclass(frozen=True)
+class _Gemm:
+    """A packed GEMM layer (see ``kernels.cpu.pack_gemm``): panels at ``w``, tile table at ``tiles``."""
+
+    w: int
+    k: int
+    groups: int
+    group_out: int
+    group_w: int
+    tiles: int  # offset of the tile table in itab
+    ntiles: int
+
+    @classmethod
+    def add(cls, wts: _Packer, itab: _Packer, packed, groups: int, k: int, group_out: int) -> _Gemm:
+        panels, table, group_w = packed
+        return cls(wts.add(panels), k, groups, group_out, group_w, itab.add(table), len(table))
+
+
+@dataclass(frozen=True)
+class _Buf:
+    """A padded NHWC activation in the workspace: ``channels`` real ones, stride ``c``."""
+
+    offset: int
+    h: int
+    w: int
+    c: int
+    channels: int
+
+
+class _Workspace:
+    """Hands out workspace regions; a released region is reused for the next buffer of the same
+    padded shape (so the zero borders written at allocation stay valid)."""
+
+    def __init__(self):
+        self.size = 0
+        self.free: dict[tuple[int, int, int], list[int]] = {}
+
+    def raw(self, floats: int) -> int:
+        offset = self.size
+        self.size += -(-floats // LANES) * LANES
+        return offset
+
+    def alloc(self, h: int, w: int, channels: int, min_stride: int = 0) -> _Buf:
+        c = _pad16(max(channels, min_stride))
+        pool = self.free.get((h, w, c))
+        offset = pool.pop() if pool else self.raw((h + 2) * (w + 2) * c)
+        return _Buf(offset, h, w, c, channels)
+
+    def release(self, *bufs: _Buf) -> None:
+        for b in bufs:
+            self.free.setdefault((b.h, b.w, b.c), []).append(b.offset)
+
+
+def _reach(g: _Gemm, first: int) -> int:
+    """One past the last channel the whole tiles of a GEMM write, its outputs starting at ``first``."""
+    return first + (g.groups - 1) * g.group_out + sum(cpu.tile_widths(g.group_out))
+
+
+# Splitting a step across the threads pays when each thread gets ~10 us of work or more; below
+# that, the fork-join and moving data between the cores' caches cost more than they save. The
+# rates (ns per unit of work) are rough single-thread measurements on a 2-core AVX-512 machine.
+SPLIT_ABOVE_NS = 10_000
+NS_PER_MAC = {cpu.GEMM: 1 / 30, cpu.DEPTHWISE: 1 / 8, cpu.MAX_POOL: 1 / 16, cpu.AVG_POOL: 1 / 16}
+
+
+def _split_policy(st) -> int:
+    """How the threads split one step of a batch-1 pass (see ``kernels.cpu.SPLIT_*``)."""
+    kind, pixels, rows = int(st["kind"]), int(st["dst_h"] * st["dst_w"]), int(st["dst_h"])
+    if kind == cpu.PAD_INPUT:
+        return cpu.SPLIT_PIXELS
+    if kind == cpu.GEMM:
+        columns = int(st["groups"] * st["ntiles"])
+        work = pixels * int(st["k"] * st["groups"] * st["group_out"]) * NS_PER_MAC[cpu.GEMM]
+        if st["mode"] == cpu.EPI_POOL:  # threads must own their pooled values: split the columns
+            return cpu.SPLIT_COLUMNS if columns > 1 and work >= SPLIT_ABOVE_NS else cpu.SPLIT_NONE
+        if pixels >= 64:  # at least 16 pixel tiles
+            return cpu.SPLIT_PIXELS if work >= SPLIT_ABOVE_NS else cpu.SPLIT_NONE
+        # the last stage's 7x7 pixels: too few tiles to share unless there is plenty of work; with
+        # enough output-channel tiles, sharing those is better (each thread reads half the weights).
+        # (Not for groups: a grouped layer's tile may spill into the next group, done after it.)
+        if st["groups"] == 1 and columns >= 4 and work >= 2 * SPLIT_ABOVE_NS:
+            return cpu.SPLIT_COLUMNS
+        return cpu.SPLIT_PIXELS if work >= 2.5 * SPLIT_ABOVE_NS else cpu.SPLIT_NONE
+    if kind in NS_PER_MAC:
+        work = pixels * 9 * int(st["k"]) * NS_PER_MAC[kind]
+        return cpu.SPLIT_PIXELS if work >= SPLIT_ABOVE_NS and rows >= 8 else cpu.SPLIT_NONE
+    return cpu.SPLIT_NONE
+
+
+def _rounds(steps: np.ndarray) -> np.ndarray:
+    """(first, last) step of each fork-join of a batch-1 pass: one split step, or a run of
+    unsplit steps that one thread runs."""
+    rounds, first = [], 0
+    while first < len(steps):
+        last = first + 1
+        if steps[first]["split"] == cpu.SPLIT_NONE:
+            while last < len(steps) and steps[last]["split"] == cpu.SPLIT_NONE:
+                last += 1
+        rounds.append((first, last))
+        first = last
+    return np.array(rounds, np.int64).reshape(-1, 2)
+
+
+def _conv_out(size: int, layer: ConvLayer) -> int:
+    return (size + 2 * layer.padding - layer.kernel) // layer.stride + 1
+
+
+class _Compiler:
+    """Plan + packed weights + input size -> step table, offset tables, workspace size."""
+
+    def __init__(self, packed: _PackedPlan, height: int, width: int):
+        self.p = packed
+        self.itab = _Packer(np.int64)
+        self.itab.blocks, self.itab.size = list(packed.itab_blocks), packed.itab_size
+        self.ws = _Workspace()
+        self.rows: list[dict] = []
+        self.labels: list[str] = []
+        self._build(height, width)
+
+    def step(self, label: str, **fields) -> None:
+        self.rows.append(fields)
+        self.labels.append(label)
+
+    # -- step builders ---------------------------------------------------------------------------
+
+    def gemm(self, label, g: _Gemm, src: _Buf, dst: _Buf, koff: np.ndarray, relu: bool, mode=cpu.EPI_STORE, **epi):
+        self.step(
+            label, kind=cpu.GEMM, src=src.offset, src_h=src.h, src_w=src.w, src_wp=src.w + 2, src_c=src.c,
+            dst=dst.offset, dst_h=dst.h, dst_w=dst.w, dst_c=dst.c, stride=1, relu=int(relu),
+            k=g.k, groups=g.groups, koff=self.itab.add(koff), a_org=1, a_pix=src.c,
+            w=g.w, group_w=g.group_w, tiles=g.tiles, ntiles=g.ntiles, group_out=g.group_out,
+            mode=mode, direct=int(self._direct(g, dst, mode, epi)), **{"out_step": 1, **epi},
+        )
+
+    @staticmethod
+    def _direct(g: _Gemm, dst: _Buf, mode: int, epi: dict) -> bool:
+        """May the micro-kernel store whole tiles straight into ``dst`` (and read whole tiles of the
+        residual / passthrough)? Only if every channel a tile touches lies inside the pixel's
+        channel stride, for the output and for the auxiliary input. (A grouped layer's tile may
+        spill into the next group's channels: the next group, computed after it by the same
+        thread, overwrites them.)"""
+        if epi.get("out_step", 1) != 1:
+            return False
+        if mode == cpu.EPI_STORE or mode == cpu.EPI_RESIDUAL:
+            reach = _reach(g, epi.get("out_ch", 0))
+            return reach <= dst.c and (mode == cpu.EPI_STORE or reach <= epi["aux_c"])
+        if mode == cpu.EPI_INTERLEAVE:
+            return g.groups == 1 and dst.c >= 2 * _reach(g, 0) and epi.get("pass_step") == 1
+        return False
+
+    def depthwise(self, layer: ConvLayer, src: _Buf, dst: _Buf) -> None:
+        self.step(
+            layer.name, kind=cpu.DEPTHWISE, src=src.offset, src_h=src.h, src_w=src.w, src_c=src.c,
+            dst=dst.offset, dst_h=dst.h, dst_w=dst.w, dst_c=dst.c, k=_pad16(layer.in_channels),
+            stride=layer.stride, relu=int(layer.relu), w=self.p.depthwise[layer.name],
+        )
+
+    def pool(self, label: str, kind: int, src: _Buf, dst: _Buf, stride: int, out_ch: int = 0) -> None:
+        self.step(
+            label, kind=kind, src=src.offset, src_h=src.h, src_w=src.w, src_c=src.c, k=_pad16(src.channels),
+            dst=dst.offset, dst_h=dst.h, dst_w=dst.w, dst_c=dst.c, stride=stride, out_ch=out_ch,
+        )
+
+    # -- the network -----------------------------------------------------------------------------
+
+    def _build(self, height: int, width: int) -> None:
+        plan = self.p.plan
+        stem = plan.stem
+        pad = stem.padding
+        hp, wp = height + 2 * pad, width + 2 * pad
+        image = self.ws.raw(3 * hp * wp)
+        self.step("input", kind=cpu.PAD_INPUT, dst=image, stride=pad)
+        ho, wo = _conv_out(height, stem), _conv_out(width, stem)
+        x = self.ws.alloc(ho, wo, stem.out_channels)
+        koff = cpu.dense_offsets(stem.in_channels, stem.kernel, stem.kernel, hp, wp)
+        g = self.p.gemms[stem.name]
+        self.step(
+            stem.name, kind=cpu.GEMM, src=image, src_h=hp, src_w=wp, src_wp=wp, src_c=1,
+            dst=x.offset, dst_h=ho, dst_w=wo, dst_c=x.c, stride=stem.stride, relu=int(stem.relu),
+            k=g.k, groups=1, koff=self.itab.add(koff), a_org=0, a_pix=1,
+            w=g.w, group_w=g.group_w, tiles=g.tiles, ntiles=g.ntiles, group_out=g.group_out,
+            mode=cpu.EPI_STORE, out_step=1, direct=1,
+        )
+        pooled = self.ws.alloc((ho - 1) // 2 + 1, (wo - 1) // 2 + 1, stem.out_channels)
+        self.pool("max_pool", cpu.MAX_POOL, x, pooled, 2)
+        self.ws.release(x)
+        x = pooled
+        for unit in plan.units:
+            out = self.v1_unit(unit, x) if isinstance(unit, V1Unit) else self.v2_unit(unit, x)
+            self.ws.release(x)
+            x = out
+        if plan.head is not None:
+            g = self.p.gemms[plan.head.name]
+            self.gemm(plan.head.name + "+pool", g, x, x, np.arange(g.k), plan.head.relu, mode=cpu.EPI_POOL)
+        else:
+            self.step("global_pool", kind=cpu.GLOBAL_POOL, src=x.offset, src_h=x.h, src_w=x.w, src_c=x.c,
+                      k=_pad16(x.channels))
+        self.features = _pad16(plan.classifier.in_features)
+
+    def v2_unit(self, u: V2Unit, x: _Buf) -> _Buf:
+        p, ws = self.p, self.ws
+        ho, wo = _conv_out(x.h, u.dw), _conv_out(x.w, u.dw)
+        # a shuffled output gets room for pw2's whole tiles, interleaved (see _direct)
+        out = ws.alloc(ho, wo, u.out_channels, 2 * _pad16(u.out_channels // 2) if u.shuffle_after else 0)
+        mid = u.pw1.out_channels
+        if u.stride == 1:
+            half = x.channels // 2
+            if u.split == "halves":
+                main, pass_from, pass_step = half + np.arange(half), 0, 1
+            else:  # interleaved: passthrough = even channels, main branch = odd channels
+                main, pass_from, pass_step = 2 * np.arange(half) + 1, 0, 2
+            m1 = ws.alloc(x.h, x.w, mid)
+            self.gemm(u.pw1.name, p.gemms[u.pw1.name], x, m1, main, u.pw1.relu)
+            m2 = ws.alloc(ho, wo, mid)
+            self.depthwise(u.dw, m1, m2)
+            epi = dict(aux=x.offset, aux_c=x.c, pass_from=pass_from, pass_step=pass_step)
+            if u.shuffle_after:  # shuffle(concat(pass, main), 2): pass j -> 2j, main j -> 2j + 1
+                self.gemm(u.pw2.name, p.gemms[u.pw2.name], m2, out, np.arange(mid), u.pw2.relu,
+                          mode=cpu.EPI_INTERLEAVE, **epi)
+            else:  # concat(pass, main)
+                self.gemm(u.pw2.name, p.gemms[u.pw2.name], m2, out, np.arange(mid), u.pw2.relu,
+                          mode=cpu.EPI_PASSTHROUGH, out_ch=half, **epi)
+            ws.release(m1, m2)
+            return out
+        # stride 2: concat(proj(x), main(x)), then maybe shuffle(2)
+        n_proj, n_main = u.proj_pw.out_channels, u.pw2.out_channels
+        if u.shuffle_after:
+            if n_proj != n_main:
+                raise BackendError(f"{u.name}: shuffle(2) after a concat of unequal branches is not supported")
+            proj_place, main_place = dict(out_ch=0, out_step=2), dict(out_ch=1, out_step=2)
+        else:
+            proj_place, main_place = dict(out_ch=0, out_step=1), dict(out_ch=n_proj, out_step=1)
+        t1 = ws.alloc(ho, wo, x.channels)
+        self.depthwise(u.proj_dw, x, t1)
+        self.gemm(u.proj_pw.name, p.gemms[u.proj_pw.name], t1, out, np.arange(x.channels), u.proj_pw.relu, **proj_place)
+        m1 = ws.alloc(x.h, x.w, mid)
+        self.gemm(u.pw1.name, p.gemms[u.pw1.name], x, m1, np.arange(x.channels), u.pw1.relu)
+        m2 = ws.alloc(ho, wo, mid)
+        self.depthwise(u.dw, m1, m2)
+        self.gemm(u.pw2.name, p.gemms[u.pw2.name], m2, out, np.arange(mid), u.pw2.relu, **main_place)
+        ws.release(t1, m1, m2)
+        return out
+
+    def v1_unit(self, u: V1Unit, x: _Buf) -> _Buf:
+        p, ws = self.p, self.ws
+        ho, wo = _conv_out(x.h, u.dw), _conv_out(x.w, u.dw)
+        g1, g2 = p.gemms[u.pw1.name], p.gemms[u.pw2.name]
+        first = 0 if u.stride == 1 else u.in_channels  # stride 2: pw2 writes after the pooled shortcut
+        # channel strides with room for whole tiles (see _direct); a stride-1 unit's input, read as
+        # the residual, is the previous unit's output, allocated the same way
+        out = ws.alloc(ho, wo, u.out_channels, _reach(g2, first))
+        mid = u.pw1.out_channels
+        m1 = ws.alloc(x.h, x.w, mid, _reach(g1, 0))
+        self.gemm(u.pw1.name, g1, x, m1, np.arange(g1.groups * g1.k), u.pw1.relu)  # group g: channels g*k ..
+        m2 = ws.alloc(ho, wo, mid)
+        self.depthwise(u.dw, m1, m2)  # filters stored permuted: m2 holds the *unshuffled* channels
+        read = p.shuffles.get(u.name, np.arange(mid))  # pw2's input channel c' is m2's channel read[c']
+        if u.stride == 1:
+            self.gemm(u.pw2.name + "+add", g2, m2, out, read, True, mode=cpu.EPI_RESIDUAL, aux=x.offset, aux_c=x.c)
+        else:
+            # the pool writes channels [0, cin) (and may spill past cin: so it goes first)
+            self.pool(u.name + ".avg_pool", cpu.AVG_POOL, x, out, u.stride)
+            self.gemm(u.pw2.name, g2, m2, out, read, True, out_ch=first)
+        ws.release(m1, m2)
+        return out
+
+    def arrays(self):
+        steps = cpu.new_steps(len(self.rows))
+        for i, row in enumerate(self.rows):
+            for key, value in row.items():
+                steps[i][key] = value
+            steps[i]["split"] = _split_policy(steps[i])
+        return steps, _rounds(steps), self.itab.array(), self.ws.size
+
+
+class _PackedPlan:
+    """Weights packed once per model (independent of the input size)."""
+
+    def __init__(self, plan: Plan, weights: dict[str, np.ndarray]):
+        from kernels.reference import shuffle_permutation
+
+        self.plan = plan
+        wts, itab = _Packer(np.float32), _Packer(np.int64)
+        self.gemms: dict[str, _Gemm] = {}
+        self.depthwise: dict[str, int] = {}
+        self.shuffles: dict[str, np.ndarray] = {}
+
+        def w(layer):
+            return (np.asarray(weights[f"{layer.name}.weight"], np.float32),
+                    np.asarray(weights[f"{layer.name}.bias"], np.float32))
+
+        for layer in (plan.stem, plan.head):
+            if layer is None:
+                continue
+            weight, bias = w(layer)
+            if layer.groups != 1:
+                raise BackendError(f"{layer.name}: grouped stem/head convs are not supported")
+            o, c, kh, kw = weight.shape
+            self.gemms[layer.name] = _Gemm.add(wts, itab, cpu.pack_dense(weight, bias), 1, c * kh * kw, o)
+        for unit in plan.units:
+            for layer in unit.convs():
+                weight, bias = w(layer)
+                if layer.kernel == 1:
+                    g = layer.groups
+                    self.gemms[layer.name] = _Gemm.add(wts, itab, cpu.pack_pointwise(weight, bias, g), g,
+                                                       layer.in_channels // g, layer.out_channels // g)
+                    continue
+                if not (layer.kernel == 3 and layer.padding == 1 and layer.groups == layer.in_channels):
+                    raise BackendError(f"{layer.name}: only 3x3 depthwise convs with padding 1 are supported")
+                if isinstance(unit, V1Unit) and layer is unit.dw and unit.groups > 1:
+                    # V1's shuffle sits between pw1 and dw: keep pw1's output unshuffled, give its
+                    # channel c the filter of the shuffled channel it becomes, and let pw2 read
+                    # shuffled channel c' from channel perm[c'] (see _Compiler.v1_unit)
+                    perm = shuffle_permutation(unit.dw.in_channels, unit.groups, unit.shuffle)
+                    self.shuffles[unit.name] = perm
+                    order = np.argsort(perm)  # unshuffled channel c is shuffled channel order[c]
+                    weight, bias = weight[order], bias[order]
+                self.depthwise[layer.name] = wts.add(cpu.pack_depthwise(weight, bias))
+        c = plan.classifier
+        weight = np.asarray(weights[f"{c.name}.weight"], np.float32)
+        bias = np.asarray(weights[f"{c.name}.bias"], np.float32)
+        self.fc = _Gemm.add(wts, itab, cpu.pack_gemm(weight.T[None], bias), 1, c.in_features, c.num_classes)
+        self.fc_koff = itab.add(np.arange(c.in_features))
+        self.wts = wts.array()
+        self.itab_blocks, self.itab_size = list(itab.blocks), itab.size
+        fc = self.fc_step = cpu.new_steps(1)
+        fc["kind"], fc["k"], fc["w"], fc["koff"] = cpu.GEMM, self.fc.k, self.fc.w, self.fc_koff
+        fc["tiles"], fc["ntiles"], fc["groups"], fc["group_out"] = self.fc.tiles, self.fc.ntiles, 1, self.fc.group_out
+
+
+class _Compiled:
+    """Per input size: steps, offset tables, workspaces (per thread count), output buffers (per batch)."""
+
+    def __init__(self, packed: _PackedPlan, height: int, width: int):
+        compiler = _Compiler(packed, height, width)
+        self.steps, self.rounds, self.itab, self.ws_size = compiler.arrays()
+        self.labels = compiler.labels
+        self.features = compiler.features
+        self.workspaces: np.ndarray | None = None
+        self.outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def workspace(self, nthreads: int) -> np.ndarray:
+        if self.workspaces is None or self.workspaces.shape[0] < nthreads:
+            self.workspaces = np.zeros((nthreads, self.ws_size), np.float32)
+        return self.workspaces
+
+    def output(self, n: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+        if n not in self.outputs:
+            self.outputs[n] = (np.zeros((n, self.features), np.float32), np.zeros((n, classes), np.float32))
+        return self.outputs[n]
+
+
+_compiled_once: set[str] = set()
+_compile_lock = threading.Lock()
+
+
+def _first_call(fn, *args):
+    """Call ``fn``; the first call per process may compile (or load from cache). If that takes more
+    than a second, say so on stderr while it happens and report the time when done."""
+    name = fn.__name__
+    if name in _compiled_once:
+        return fn(*args)
+    with _compile_lock:
+        start = time.perf_counter()
+        announced = threading.Event()
+
+        def announce():
+            announced.set()
+            print("npshuffle: compiling the Numba kernels (first run only, cached afterwards)...",
+                  file=sys.stderr, flush=True)
+
+        timer = threading.Timer(COMPILE_NOTICE_AFTER_S, announce)
+        timer.daemon = True
+        timer.start()
+        try:
+            result = fn(*args)
+        finally:
+            timer.cancel()
+        if announced.is_set():
+            print(f"npshuffle: compiled in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        _compiled_once.add(name)
+        return result
+
+
+class _Schedule:
+    """How a batch of one runs: every step split across all threads, or the whole pass on one.
+
+    Split, a pass is ~50 fork-joins. That is fastest on an idle machine, but when other processes
+    keep the cores busy each fork-join can wait milliseconds for a preempted thread, and one
+    thread (an OpenMP team of one: nothing to wait for) is then many times faster. So batch-1
+    calls are timed, and each uses the schedule with the lower best time over the last second
+    (the best, not the median: a burst of interference, say another runtime's threads still
+    spinning for 50 ms, only makes some calls slower, while lasting contention slows them all);
+    the other one is timed again once the time spent since its last timing reaches 20x its cost
+    (so probing costs at most ~5 %). Until both are timed, the load average picks the first.
+    """
+
+    WINDOW_S, PROBE_EVERY = 1.0, 20.0
+
+    def __init__(self):
+        self.recent: dict[bool, list[tuple[float, float]]] = {False: [], True: []}  # single? -> (when, seconds)
+        self.since_probe = 0.0
+        try:
+            self.busy = os.getloadavg()[0] >= (os.cpu_count() or 1) - 0.5
+        except (AttributeError, OSError):  # no load average on this OS
+            self.busy = False
+
+    def single_thread(self) -> bool:
+        if not self.recent[self.busy]:
+            return self.busy
+        best = {mode: min(t for _, t in times) if times else 0.0 for mode, times in self.recent.items()}
+        slower = best[True] >= best[False]  # (an untimed schedule counts as 0: it goes first)
+        if self.since_probe >= self.PROBE_EVERY * best[slower]:
+            self.since_probe = 0.0
+            return slower
+        return not slower
+
+    def record(self, single: bool, seconds: float) -> None:
+        now = time.perf_counter()
+        times = self.recent[single]
+        times.append((now, seconds))
+        while len(times) > 1 and times[0][0] < now - self.WINDOW_S:  # keep the last second (at least one)
+            times.pop(0)
+        self.since_probe += seconds
+
+
+class NumbaRunner:
+    """The runner ``NumbaBackend.prepare`` returns: ``runner(x)`` maps (N, 3, H, W) float32 to logits.
+
+    Everything that depends on the input size (steps, workspaces) is built on the first call with
+    that size and kept, so later calls allocate nothing but the returned logits. Calls from several
+    Python threads are serialised (they share the workspaces).
+    """
+
+    def __init__(self, plan: Plan, weights: dict[str, np.ndarray]):
+        if not plan.stem.relu:
+            raise BackendError("the numba backend's max-pool relies on the stem's ReLU")
+        self.plan = plan
+        self.packed = _PackedPlan(plan, weights)
+        self._programs: dict[tuple[int, int], _Compiled] = {}
+        self._schedules: dict[tuple[int, int], _Schedule] = {}
+        self._lock = threading.Lock()
+
+    def program(self, height: int, width: int) -> _Compiled:
+        """The compiled steps for one input size (built on first use)."""
+        prog = self._programs.get((height, width))
+        if prog is None:
+            prog = self._programs[(height, width)] = _Compiled(self.packed, height, width)
+            self._schedules[(height, width)] = _Schedule()
+        return prog
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1] != self.plan.stem.in_channels:
+            raise ValueError(f"expected a batch of shape (N, {self.plan.stem.in_channels}, H, W), got {x.shape}")
+        n, _, h, w = x.shape
+        with self._lock:
+            prog = self.program(h, w)
+            nthreads = numba.get_num_threads()
+            schedule = self._schedules[(h, w)]
+            choose = n == 1 and nthreads > 1
+            timed = choose and cpu.forward.__name__ in _compiled_once  # (not a call that compiles)
+            single = choose and schedule.single_thread()
+            threads = 1 if single else nthreads
+            # a batch: each thread takes whole images; one thread: the whole pass in one fork-join
+            by_image = n > 1 or single or threads == 1
+            features, logits = prog.output(n, self.plan.classifier.num_classes)
+            ws = prog.workspace(threads if by_image else 1)
+            start = time.perf_counter()
+            if single:
+                numba.set_num_threads(1)  # a team of one thread: no fork-join waits on anybody
+            try:
+                _first_call(cpu.forward, ws, self.packed.wts, prog.itab, prog.steps, prog.rounds, x, features,
+                            self.packed.fc_step, logits, threads, by_image)
+            finally:
+                if single:
+                    numba.set_num_threads(nthreads)
+            if timed:
+                schedule.record(single, time.perf_counter() - start)
+            return logits.copy()
+
+
+class NumbaBackend:
+    """Numba kernels (``kernels.cpu``) over a packed, compiled plan; see the module docstring."""
+
+    name = "numba"
+
+    def prepare(self, plan: Plan, weights: dict[str, np.ndarray]) -> NumbaRunner:
+        return NumbaRunner(plan, weights)

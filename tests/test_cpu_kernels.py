@@ -1,0 +1,348 @@
+"""Every Numba kernel of ``kernels.cpu`` against its ``kernels.reference`` twin.
+
+Each test builds one step the way ``npshuffle.backend_numba`` does (padded channels-last buffers
+in a flat workspace, packed weights, offset tables), runs it through ``cpu.run_step`` -- split
+into 1 to 3 parts, as the threads split it -- and compares with the plain NumPy reference on
+random shapes: odd sizes, strides 1 to 3, groups, channel counts on both sides of the 16-lane
+and 64-wide tile boundaries, every epilogue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import cpu
+from kernels import reference as ref
+
+SETTINGS = settings(max_examples=25, deadline=None)
+TOL = 1e-5
+
+
+class Arena:
+    """A flat float32 workspace holding the buffers of one step, plus its weights and int table."""
+
+    def __init__(self):
+        self.blocks: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, block: np.ndarray) -> int:
+        offset = self.size
+        self.blocks.append(np.asarray(block, np.float32).ravel())
+        self.size += self.blocks[-1].size
+        return offset
+
+    def zeros(self, n: int) -> int:
+        return self.add(np.zeros(n, np.float32))
+
+    def array(self) -> np.ndarray:
+        return np.concatenate(self.blocks + [np.zeros(64, np.float32)])
+
+
+def run(fields: dict, ws: np.ndarray, wts=None, itab=None, image=None, pooled=None, nparts: int = 1) -> None:
+    """Run one step (``fields``) with exactly the argument types the backend uses."""
+    steps = cpu.new_steps(1)
+    for key, value in fields.items():
+        steps[0][key] = value
+    wts = np.zeros(16, np.float32) if wts is None else np.ascontiguousarray(wts, np.float32)
+    itab = np.zeros(16, np.int64) if itab is None else np.ascontiguousarray(itab, np.int64)
+    image = np.zeros((1, 1, 1), np.float32) if image is None else image
+    pooled = np.zeros(16, np.float32) if pooled is None else pooled
+    for part in range(nparts):
+        cpu.run_step(ws, wts, itab, steps[0], image, pooled, np.int64(part), np.int64(nparts))
+
+
+def buffer(ws: np.ndarray, offset: int, h: int, w: int, stride: int, channels: int, first: int = 0) -> np.ndarray:
+    return cpu.from_padded_nhwc(ws[offset:], h, w, stride, channels, first)
+
+
+def close(ours: np.ndarray, expected: np.ndarray) -> None:
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=TOL * scale)
+
+
+# --------------------------------------------------------------------------------------------------
+# GEMM: 1x1 convs with every input map and epilogue
+
+
+@st.composite
+def pointwise_cases(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3, 4]))
+    return dict(
+        h=draw(st.integers(1, 9)), w=draw(st.integers(1, 9)), groups=groups,
+        cg=draw(st.integers(1, 20)), og=draw(st.sampled_from([1, 5, 16, 17, 20, 24, 30, 48, 58, 64, 70, 88, 116])),
+        relu=draw(st.booleans()), read=draw(st.sampled_from(["all", "upper", "odd", "permuted"])),
+        nparts=draw(st.integers(1, 3)), seed=draw(st.integers(0, 2**31 - 1)),
+        # threads split pixel tiles, or (ungrouped layers) output-channel tiles
+        split=cpu.SPLIT_PIXELS if groups > 1 else draw(st.sampled_from([cpu.SPLIT_PIXELS, cpu.SPLIT_COLUMNS])),
+    )
+
+
+def pointwise_setup(case, arena: Arena):
+    """Source buffer, weights, offset table; returns what the reference needs."""
+    rng = np.random.default_rng(case["seed"])
+    h, w, g = case["h"], case["w"], case["groups"]
+    cin, cout = g * case["cg"], g * case["og"]
+    src_channels = cin if case["read"] in ("all", "permuted") else 2 * cin
+    x = rng.standard_normal((src_channels, h, w)).astype(np.float32)
+    koff = {
+        "all": np.arange(cin),
+        "upper": cin + np.arange(cin),  # a V2 unit's second half
+        "odd": 2 * np.arange(cin) + 1,  # Megvii's odd channels
+        "permuted": rng.permutation(cin),  # a V1 channel shuffle folded into the read
+    }[case["read"]]
+    weight = rng.standard_normal((cout, case["cg"], 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    panels, table, group_w = cpu.pack_pointwise(weight, bias, g)
+    src_c = cpu.padded(src_channels)
+    src = arena.add(cpu.to_padded_nhwc(x, src_c))
+    wts = np.concatenate([panels, np.zeros(64, np.float32)])
+    itab = np.concatenate([table.ravel(), koff]).astype(np.int64)
+    fields = dict(
+        kind=cpu.GEMM, src=src, src_h=h, src_w=w, src_wp=w + 2, src_c=src_c, dst_h=h, dst_w=w,
+        stride=1, relu=int(case["relu"]), k=case["cg"], groups=g, koff=table.size, a_org=1, a_pix=src_c,
+        w=0, group_w=group_w, tiles=0, ntiles=len(table), group_out=case["og"], out_step=1, split=case["split"],
+    )
+    conv = ref.pointwise_conv2d(x[koff][None], weight, bias, groups=g)[0]  # (cout, h, w), no ReLU yet
+    return x, conv, wts, itab, fields
+
+
+def reach(case, first: int = 0) -> int:
+    """One past the last channel whole tiles write (the backend's rule for direct stores)."""
+    return first + (case["groups"] - 1) * case["og"] + sum(cpu.tile_widths(case["og"]))
+
+
+def relu_if(flag: bool, y: np.ndarray) -> np.ndarray:
+    return np.maximum(y, 0) if flag else y
+
+
+@SETTINGS
+@given(case=pointwise_cases(), out_ch=st.sampled_from([0, 1, 3]), out_step=st.sampled_from([1, 2]),
+       direct=st.booleans())
+def test_pointwise_store(case, out_ch, out_step, direct):
+    arena = Arena()
+    _, conv, wts, itab, fields = pointwise_setup(case, arena)
+    cout = conv.shape[0]
+    # direct stores write whole tiles from registers: the output needs a channel stride with room for them
+    direct = direct and out_step == 1
+    dst_channels = out_ch + out_step * (cout - 1) + 1
+    dst_c = max(cpu.padded(dst_channels), reach(case, out_ch) if direct else 0)
+    dst = arena.zeros((case["h"] + 2) * (case["w"] + 2) * dst_c)
+    ws = arena.array()
+    run({**fields, "dst": dst, "dst_c": dst_c, "out_ch": out_ch, "out_step": out_step, "direct": int(direct)},
+        ws, wts, itab, nparts=case["nparts"])
+    ours = buffer(ws, dst, case["h"], case["w"], dst_c, dst_channels)[out_ch::out_step]
+    close(ours, relu_if(case["relu"], conv))
+
+
+@SETTINGS
+@given(case=pointwise_cases(), direct=st.booleans())
+def test_pointwise_residual(case, direct):
+    """V1 stride 1: relu(x + pw2(...)), with pw2's output added to the unit input in the epilogue."""
+    arena = Arena()
+    _, conv, wts, itab, fields = pointwise_setup(case, arena)
+    cout, h, w = conv.shape
+    residual = np.random.default_rng(case["seed"] + 1).standard_normal(conv.shape).astype(np.float32)
+    c = max(cpu.padded(cout), reach(case) if direct else 0)
+    aux = arena.add(cpu.to_padded_nhwc(residual, c))
+    dst = arena.zeros((h + 2) * (w + 2) * c)
+    ws = arena.array()
+    run({**fields, "dst": dst, "dst_c": c, "mode": cpu.EPI_RESIDUAL, "aux": aux, "aux_c": c, "direct": int(direct)},
+        ws, wts, itab, nparts=case["nparts"])
+    expected = ref.bias_relu((conv + residual)[None], None, relu=case["relu"])[0]
+    close(buffer(ws, dst, h, w, c, cout), expected)
+
+
+@SETTINGS
+@given(case=pointwise_cases(), split=st.sampled_from(["halves", "interleaved"]), shuffle=st.booleans(),
+       direct=st.booleans())
+def test_pointwise_concat_shuffle(case, split, shuffle, direct):
+    """A V2 stride-1 unit's end: out = [shuffle(concat(passthrough, relu(pw2)), 2)], where the
+    passthrough half of the unit input ``x2`` is copied in the same pass (its split folded in)."""
+    arena = Arena()
+    _, conv, wts, itab, fields = pointwise_setup(case, arena)
+    cout, h, w = conv.shape
+    unit_in = np.random.default_rng(case["seed"] + 2).standard_normal((2 * cout, h, w)).astype(np.float32)
+    passthrough, _ = ref.split_channels(unit_in[None], split)
+    expected = ref.concat_channels(passthrough, relu_if(case["relu"], conv)[None])
+    aux_c = cpu.padded(2 * cout)
+    aux = arena.add(cpu.to_padded_nhwc(unit_in, aux_c))
+    pass_step = 1 if split == "halves" else 2
+    epi = dict(aux=aux, aux_c=aux_c, pass_from=0, pass_step=pass_step)
+    if shuffle:
+        expected = ref.channel_shuffle(expected, 2, "torchvision")
+        direct = direct and case["groups"] == 1 and pass_step == 1
+        dst_c = max(2 * reach(case), cpu.padded(2 * cout)) if direct else cpu.padded(2 * cout)  # room for whole tiles
+        epi.update(mode=cpu.EPI_INTERLEAVE, direct=int(direct))
+    else:
+        dst_c = cpu.padded(2 * cout)
+        epi.update(mode=cpu.EPI_PASSTHROUGH, out_ch=cout)
+    dst = arena.zeros((h + 2) * (w + 2) * dst_c)
+    ws = arena.array()
+    run({**fields, "dst": dst, "dst_c": dst_c, **epi}, ws, wts, itab, nparts=case["nparts"])
+    close(buffer(ws, dst, h, w, dst_c, 2 * cout), expected[0])
+
+
+@SETTINGS
+@given(case=pointwise_cases())
+def test_pointwise_global_pool(case):
+    """The V2 head: global_avg_pool(relu(conv)) summed in the epilogue, the conv output never stored."""
+    arena = Arena()
+    _, conv, wts, itab, fields = pointwise_setup(case, arena)
+    ws = arena.array()
+    pooled = np.full(cpu.padded(conv.shape[0]), 7.0, np.float32)  # stale values must be overwritten
+    run({**fields, "mode": cpu.EPI_POOL}, ws, wts, itab, pooled=pooled, nparts=case["nparts"])
+    expected = ref.global_avg_pool(relu_if(case["relu"], conv)[None])[0]
+    close(pooled[: conv.shape[0]], expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# the first dense conv: input padding + GEMM over the taps
+
+
+@SETTINGS
+@given(cin=st.integers(1, 4), cout=st.sampled_from([1, 8, 12, 24, 33, 48, 70]), k=st.sampled_from([1, 2, 3, 5]),
+       stride=st.integers(1, 3), extra=st.tuples(st.integers(0, 9), st.integers(0, 9)), pad=st.integers(0, 2),
+       relu=st.booleans(), direct=st.booleans(), nparts=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_dense_conv(cin, cout, k, stride, extra, pad, relu, direct, nparts, seed):
+    rng = np.random.default_rng(seed)
+    pad = min(pad, k // 2)
+    h, w = k + extra[0], k + extra[1]
+    image = rng.standard_normal((cin, h, w)).astype(np.float32)
+    weight = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    expected = ref.conv2d(image[None], weight, bias, stride=stride, padding=pad, relu=relu)[0]
+    ho, wo = expected.shape[1:]
+    hp, wp = h + 2 * pad, w + 2 * pad
+    arena = Arena()
+    block = arena.zeros(cin * hp * wp)
+    c = cpu.padded(cout)
+    dst = arena.zeros((ho + 2) * (wo + 2) * c)
+    ws = arena.array()
+    run(dict(kind=cpu.PAD_INPUT, dst=block, stride=pad), ws, image=image, nparts=nparts)
+    panels, table, group_w = cpu.pack_dense(weight, bias)
+    koff = cpu.dense_offsets(cin, k, k, hp, wp)
+    run(dict(kind=cpu.GEMM, src=block, src_h=hp, src_w=wp, src_wp=wp, src_c=1, dst=dst, dst_h=ho, dst_w=wo, dst_c=c,
+             stride=stride, relu=int(relu), k=cin * k * k, groups=1, koff=table.size, a_org=0, a_pix=1, w=0,
+             group_w=group_w, tiles=0, ntiles=len(table), group_out=cout, out_step=1, direct=int(direct)),
+        ws, panels, np.concatenate([table.ravel(), koff]), nparts=nparts)
+    close(buffer(ws, dst, ho, wo, c, cout), expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-channel ops
+
+
+@st.composite
+def per_channel_cases(draw):
+    c = draw(st.integers(1, 40))
+    return dict(c=c, h=draw(st.integers(1, 11)), w=draw(st.integers(1, 11)), stride=draw(st.integers(1, 3)),
+                src_extra=draw(st.sampled_from([0, 0, 16])), nparts=draw(st.integers(1, 3)),
+                seed=draw(st.integers(0, 2**31 - 1)))
+
+
+def per_channel_setup(case, arena: Arena, x: np.ndarray, dst_channels: int):
+    h, w, s = case["h"], case["w"], case["stride"]
+    ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
+    src_c = cpu.padded(case["c"]) + case["src_extra"]  # a wider buffer, like an interleaved V2 output
+    src = arena.add(cpu.to_padded_nhwc(x, src_c))
+    dst_c = cpu.padded(dst_channels)
+    dst = arena.zeros((ho + 2) * (wo + 2) * dst_c)
+    fields = dict(src=src, src_h=h, src_w=w, src_c=src_c, k=cpu.padded(case["c"]), dst=dst, dst_h=ho, dst_w=wo,
+                  dst_c=dst_c, stride=s)
+    return fields, ho, wo, dst, dst_c
+
+
+@SETTINGS
+@given(case=per_channel_cases(), relu=st.booleans())
+def test_depthwise(case, relu):
+    rng = np.random.default_rng(case["seed"])
+    c = case["c"]
+    x = rng.standard_normal((c, case["h"], case["w"])).astype(np.float32)
+    weight = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    arena = Arena()
+    fields, ho, wo, dst, dst_c = per_channel_setup(case, arena, x, c)
+    ws = arena.array()
+    run({**fields, "kind": cpu.DEPTHWISE, "relu": int(relu), "w": 0}, ws, cpu.pack_depthwise(weight, bias),
+        nparts=case["nparts"])
+    expected = ref.depthwise_conv2d(x[None], weight, bias, stride=case["stride"], padding=1, relu=relu)[0]
+    close(buffer(ws, dst, ho, wo, dst_c, c), expected)
+
+
+@SETTINGS
+@given(case=per_channel_cases())
+def test_max_pool(case):
+    x = np.abs(np.random.default_rng(case["seed"]).standard_normal((case["c"], case["h"], case["w"])))
+    x = x.astype(np.float32)  # the kernel's contract: its input follows a ReLU
+    arena = Arena()
+    fields, ho, wo, dst, dst_c = per_channel_setup(case, arena, x, case["c"])
+    ws = arena.array()
+    run({**fields, "kind": cpu.MAX_POOL}, ws, nparts=case["nparts"])
+    close(buffer(ws, dst, ho, wo, dst_c, case["c"]), ref.max_pool2d(x[None], 3, case["stride"], 1)[0])
+
+
+@SETTINGS
+@given(case=per_channel_cases(), extra=st.integers(0, 40))
+def test_avg_pool_into_concat(case, extra):
+    """V1's stride-2 shortcut: avg_pool(x) written to the first channels of a wider output."""
+    x = np.random.default_rng(case["seed"]).standard_normal((case["c"], case["h"], case["w"])).astype(np.float32)
+    arena = Arena()
+    fields, ho, wo, dst, dst_c = per_channel_setup(case, arena, x, case["c"] + extra)
+    ws = arena.array()
+    run({**fields, "kind": cpu.AVG_POOL, "out_ch": 0}, ws, nparts=case["nparts"])
+    expected = ref.avg_pool2d(x[None], 3, case["stride"], 1, count_include_pad=True)[0]
+    close(buffer(ws, dst, ho, wo, dst_c, case["c"]), expected)
+
+
+@SETTINGS
+@given(case=per_channel_cases())
+def test_global_pool(case):
+    x = np.random.default_rng(case["seed"]).standard_normal((case["c"], case["h"], case["w"])).astype(np.float32)
+    arena = Arena()
+    fields, *_ = per_channel_setup(case, arena, x, case["c"])
+    ws = arena.array()
+    pooled = np.full(cpu.padded(case["c"]), 7.0, np.float32)
+    run({**fields, "kind": cpu.GLOBAL_POOL}, ws, pooled=pooled, nparts=case["nparts"])
+    close(pooled[: case["c"]], ref.global_avg_pool(x[None])[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# the classifier
+
+
+@SETTINGS
+@given(n=st.integers(1, 9), features=st.integers(1, 80), classes=st.sampled_from([1, 10, 17, 64, 100, 130]),
+       nparts=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_classifier(n, features, classes, nparts, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype(np.float32)
+    weight = rng.standard_normal((classes, features)).astype(np.float32)
+    bias = rng.standard_normal(classes).astype(np.float32)
+    panels, table, _ = cpu.pack_gemm(weight.T[None], bias)
+    itab = np.concatenate([table.ravel(), np.arange(features)]).astype(np.int64)
+    fc = cpu.new_steps(1)
+    fc["kind"], fc["k"], fc["w"], fc["koff"] = cpu.GEMM, features, 0, table.size
+    fc["tiles"], fc["ntiles"] = 0, len(table)
+    padded = np.zeros((n, cpu.padded(features)), np.float32)
+    padded[:, :features] = x
+    logits = np.zeros((n, classes), np.float32)
+    for part in range(nparts):
+        cpu.classifier_part(padded, panels, itab, fc[0], logits, np.int64(part), np.int64(nparts))
+    close(logits, ref.linear(x, weight, bias))
+
+
+# --------------------------------------------------------------------------------------------------
+# layout helpers
+
+
+def test_layout_round_trip_and_tiles():
+    x = np.arange(5 * 3 * 4, dtype=np.float32).reshape(5, 3, 4)
+    block = cpu.to_padded_nhwc(x, 16)
+    assert block.shape == (5 * 6 * 16,)
+    np.testing.assert_array_equal(cpu.from_padded_nhwc(block, 3, 4, 16, 5), x)
+    assert block.reshape(5, 6, 16)[0].sum() == 0 and block.reshape(5, 6, 16)[:, 0].sum() == 0  # zero border
+    for n in range(1, 300):
+        widths = cpu.tile_widths(n)
+        assert n <= sum(widths) <= cpu.padded(n) and all(w in cpu.TILE_WIDTHS for w in widths)
