@@ -1,0 +1,148 @@
+"""Class-per-folder image data sets and the seed's reproducible train/validation split (no torch).
+
+A data set is a folder with one sub-folder per class (``flower_photos/daisy/*.jpg``, ...). The
+split reproduces the seed project's ``utils.read_split_data`` exactly::
+
+    random.seed(0)
+    classes = sorted(sub-folders)
+    for each class, in that order:
+        images = sorted(files ending .jpg/.JPG/.png/.PNG)
+        val = random.sample(images, k=int(len(images) * 0.2))
+        the rest (in sorted order) -> train
+
+(one ``random.Random(0)`` here instead of the global generator: the same numbers). Files are
+recorded relative to the data folder with ``/`` separators, so a ``split.json`` written on one
+machine selects the same photos on another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".JPG", ".png", ".PNG")
+SPLIT_FORMAT = "npshuffle-split"
+
+
+class DatasetError(ValueError):
+    """A data folder or split file that cannot be used; the message says why."""
+
+
+@dataclass
+class Split:
+    """A seed-style split: class names (index order) and relative file paths per part."""
+
+    classes: list[str]
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    seed: int = 0
+    val_rate: float = 0.2
+
+    def label_of(self, relpath: str) -> int:
+        """The class index of a file, from its folder name."""
+        return self.classes.index(class_of(relpath))
+
+    def labels(self, part: str) -> list[int]:
+        index = {name: i for i, name in enumerate(self.classes)}
+        return [index[class_of(p)] for p in getattr(self, part)]
+
+    def class_indices(self) -> dict[str, str]:
+        """The seed's ``class_indices.json`` content: ``{"0": "daisy", ...}``."""
+        return {str(i): name for i, name in enumerate(self.classes)}
+
+    def to_dict(self) -> dict:
+        return {
+            "format": SPLIT_FORMAT, "seed": self.seed, "val_rate": self.val_rate,
+            "classes": self.classes, "train": self.train, "val": self.val,
+        }
+
+
+def class_of(relpath: str) -> str:
+    """The class (first folder) of a relative path ``daisy/123.jpg``."""
+    return relpath.replace(os.sep, "/").split("/", 1)[0]
+
+
+def list_classes(root: str | os.PathLike) -> list[str]:
+    """Sorted names of the sub-folders of ``root`` (the seed's class order)."""
+    root = str(root)
+    if not os.path.isdir(root):
+        raise DatasetError(f"{root}: no such data folder (expected one sub-folder of images per class)")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise DatasetError(f"{root}: no class sub-folders found (expected e.g. {root}/daisy/*.jpg)")
+    return classes
+
+
+def list_images(root: str | os.PathLike, cls: str) -> list[str]:
+    """Sorted relative paths ``cls/name.jpg`` of the images (seed's extensions) of one class."""
+    folder = os.path.join(str(root), cls)
+    names = sorted(n for n in os.listdir(folder) if os.path.splitext(n)[-1] in IMAGE_EXTENSIONS)
+    return [f"{cls}/{n}" for n in names]
+
+
+def list_dataset(root: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(classes, every image as a relative path), in the seed's order."""
+    classes = list_classes(root)
+    files = [p for cls in classes for p in list_images(root, cls)]
+    if not files:
+        raise DatasetError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+    return classes, files
+
+
+def seed_split(root: str | os.PathLike, val_rate: float = 0.2, seed: int = 0) -> Split:
+    """The seed's ``read_split_data(root, val_rate)`` split (see the module docstring)."""
+    if not 0.0 <= val_rate < 1.0:
+        raise DatasetError(f"val_rate must be in [0, 1), got {val_rate}")
+    rng = random.Random(seed)
+    classes = list_classes(root)
+    split = Split(classes, seed=seed, val_rate=val_rate)
+    for cls in classes:
+        images = list_images(root, cls)
+        val = set(rng.sample(images, k=int(len(images) * val_rate)))
+        for path in images:
+            (split.val if path in val else split.train).append(path)
+    if not split.train:
+        raise DatasetError(f"{root}: no training images")
+    return split
+
+
+def write_split(split: Split, out_dir: str | os.PathLike) -> tuple[str, str]:
+    """Write ``split.json`` and ``class_indices.json`` into ``out_dir``; returns both paths."""
+    out_dir = str(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    split_path = os.path.join(out_dir, "split.json")
+    classes_path = os.path.join(out_dir, "class_indices.json")
+    with open(split_path, "w", encoding="utf-8") as f:
+        json.dump(split.to_dict(), f, indent=1)
+    with open(classes_path, "w", encoding="utf-8") as f:
+        json.dump(split.class_indices(), f, indent=4)
+    return split_path, classes_path
+
+
+def read_split(path: str | os.PathLike) -> Split:
+    """Read a ``split.json`` written by :func:`write_split`."""
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if data.get("format") != SPLIT_FORMAT:
+            raise DatasetError(f"{path}: not an npshuffle split file (format is not {SPLIT_FORMAT!r})")
+        return Split(
+            [str(c) for c in data["classes"]], [str(p) for p in data["train"]], [str(p) for p in data["val"]],
+            seed=int(data.get("seed", 0)), val_rate=float(data.get("val_rate", 0.2)),
+        )
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{path}: cannot read the split file ({type(exc).__name__}: {exc})") from None
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as an RGB PIL image (decoded now; the file is closed)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the image ({exc})") from None

@@ -1,0 +1,107 @@
+"""`npshuffle eval`: exact counts on hand-made cases (no torch needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from npshuffle import evaluate as E
+from npshuffle.datasets import seed_split, write_split
+from npshuffle.model_file import DEFAULT_RECIPES
+
+
+def test_summarize_counts_by_hand():
+    names = ["a", "b", "c", "d", "e", "f"]
+    labels = [0, 0, 0, 1, 1, 2, 5, 5]
+    logits = np.full((8, 6), 0.0)
+    # predictions: 0, 0, 1 | 1, 2 | 2 | 5, 0   -> 5 of 8 right
+    for row, pred in enumerate([0, 0, 1, 1, 2, 2, 5, 0]):
+        logits[row, pred] = 10.0
+    # top-5 ranks: give the wrong rows' true class a rank inside (row 2) or outside (row 7) the top 5
+    logits[2, 0] = 5.0  # true class 0 second: in top-5
+    logits[7, :] = [10, 9, 8, 7, 6, -1]  # true class 5 ranked last: not in top-5
+    logits[4, 1] = -5.0  # true class 1 ranked last: not in top-5
+    r = E.summarize(labels, logits, names)
+    assert r["count"] == 8
+    assert r["top1"] == 5 / 8
+    assert r["top5"] == 6 / 8
+    assert r["confusion"] == [
+        [2, 1, 0, 0, 0, 0],
+        [0, 1, 1, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0, 1],
+    ]
+    assert r["per_class"]["a"] == {"correct": 2, "total": 3, "accuracy": 2 / 3}
+    assert r["per_class"]["b"] == {"correct": 1, "total": 2, "accuracy": 0.5}
+    assert r["per_class"]["d"] == {"correct": 0, "total": 0, "accuracy": None}
+    assert r["per_class"]["f"]["accuracy"] == 0.5
+    text = E.format_report(r)
+    assert "top-1 accuracy: 62.50% (5/8)" in text and "top-5 accuracy: 75.00%" in text
+    assert "\n  a    2    1    0    0    0    0\n" in text
+
+
+def test_no_top5_under_five_classes():
+    r = E.summarize([0, 1], [[1.0, 0.0], [1.0, 0.0]], ["x", "y"])
+    assert r["top5"] is None and r["top1"] == 0.5
+    assert "top-5" not in E.format_report(r)
+
+
+class ColourModel:
+    """A stub model: predicts the brightest channel (red, green, blue) of the preprocessed image."""
+
+    class_names = ["blue", "green", "red"]
+    recipe = dict(DEFAULT_RECIPES["torchvision"], resize=40, crop=32)
+    metadata: dict = {}
+
+    def forward(self, batch):
+        means = batch.mean(axis=(2, 3))  # (N, 3) in RGB order, normalised
+        return means[:, ::-1]  # columns: blue, green, red
+
+
+@pytest.fixture
+def colour_dir(tmp_path):
+    colours = {"red": (250, 0, 0), "green": (0, 250, 0), "blue": (0, 0, 250)}
+    # 4 images per folder; the 'red' folder also holds one green image (a mislabelled photo)
+    for name, rgb in colours.items():
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            Image.new("RGB", (50, 44), rgb).save(tmp_path / name / f"{i}.png")
+    Image.new("RGB", (50, 44), colours["green"]).save(tmp_path / "red" / "9.png")
+    return tmp_path
+
+
+def test_evaluate_model_counts_exactly(colour_dir):
+    files = E.labelled_files(str(colour_dir), None)
+    r = E.evaluate_model(ColourModel(), str(colour_dir), files, batch_size=3)
+    assert r["count"] == 13
+    assert r["confusion"] == [[4, 0, 0], [0, 4, 0], [0, 1, 4]]
+    assert r["per_class"]["red"] == {"correct": 4, "total": 5, "accuracy": 0.8}
+    assert r["top1"] == 12 / 13
+
+
+def test_run_eval_on_a_split_file(colour_dir, tmp_path, monkeypatch, capsys):
+    split = seed_split(colour_dir)
+    split_path, _ = write_split(split, tmp_path / "run")
+    monkeypatch.setattr(E, "load_model", lambda name, backend="numpy": ColourModel())
+    args = E.add_eval_arguments(argparse.ArgumentParser()).parse_args(
+        [str(colour_dir), "--model", "stub", "--split", split_path, "--json", str(tmp_path / "r.json")])
+    assert E.run_eval(args) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    # int(4 * 0.2) = 0 val images for blue and green, int(5 * 0.2) = 1 for red
+    assert r["count"] == len(split.val) == 1
+    assert "top-1 accuracy" in capsys.readouterr().out
+
+
+def test_unknown_folder_is_a_clear_error(colour_dir, monkeypatch, capsys):
+    (colour_dir / "purple").mkdir()
+    Image.new("RGB", (40, 40), (128, 0, 128)).save(colour_dir / "purple" / "0.png")
+    monkeypatch.setattr(E, "load_model", lambda name, backend="numpy": ColourModel())
+    args = E.add_eval_arguments(argparse.ArgumentParser()).parse_args([str(colour_dir), "--model", "stub"])
+    assert E.run_eval(args) == 2
+    assert "purple" in capsys.readouterr().err

@@ -1,0 +1,223 @@
+"""The trainer: seed-style split, arch names, a tiny end-to-end run -> model file, resume, distillation."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from npshuffle import train as T  # noqa: E402
+from npshuffle.archs import V1Spec, V2Spec, v1_spec, v2_spec  # noqa: E402
+from npshuffle.datasets import read_split, seed_split, write_split  # noqa: E402
+from npshuffle.model import Model  # noqa: E402
+from npshuffle.model_file import DEFAULT_RECIPES  # noqa: E402
+from npshuffle.preprocess import preprocess_batch  # noqa: E402
+from npshuffle.torch_ref import build_torch_model  # noqa: E402
+
+TINY_V2 = "v2:stem=4,stages=8-16,repeats=1-1,head=16"
+TINY_V1 = "v1:groups=2,stem=4,stages=16-32,repeats=1-1"
+CLASSES = ("cat", "dog", "eel")
+COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "eel": (40, 40, 200)}
+
+
+def seed_read_split_data(root: str, val_rate: float = 0.2):
+    """The seed project's utils.read_split_data, as published (global random, os.listdir)."""
+    random.seed(0)
+    flower_class = [cla for cla in os.listdir(root) if os.path.isdir(os.path.join(root, cla))]
+    flower_class.sort()
+    class_indices = dict((k, v) for v, k in enumerate(flower_class))
+    train_images_path, train_images_label, val_images_path, val_images_label = [], [], [], []
+    supported = [".jpg", ".JPG", ".png", ".PNG"]
+    for cla in flower_class:
+        cla_path = os.path.join(root, cla)
+        images = [os.path.join(root, cla, i) for i in os.listdir(cla_path) if os.path.splitext(i)[-1] in supported]
+        images.sort()
+        image_class = class_indices[cla]
+        val_path = random.sample(images, k=int(len(images) * val_rate))
+        for img_path in images:
+            if img_path in val_path:
+                val_images_path.append(img_path)
+                val_images_label.append(image_class)
+            else:
+                train_images_path.append(img_path)
+                train_images_label.append(image_class)
+    return train_images_path, train_images_label, val_images_path, val_images_label, class_indices
+
+
+def make_images(root, per_class: int = 5, size=(48, 40)) -> str:
+    rng = np.random.default_rng(0)
+    for cls in CLASSES:
+        os.makedirs(os.path.join(root, cls), exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(COLOURS[cls], 30, size=(size[1], size[0], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(os.path.join(root, cls, f"img{i:02d}.jpg"))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("data"))
+
+
+def tiny_args(data_dir, out, *extra):
+    return [data_dir, "--out", str(out), "--arch", TINY_V2, "--epochs", "1", "--batch-size", "4",
+            "--img-size", "32", "--val-resize", "40", "--val-crop", "32", "--workers", "0", "--threads", "1",
+            "--lr", "0.05", *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert T.main(tiny_args(data_dir, out)) == 0
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_split_matches_the_seed_and_is_reproducible(tmp_path):
+    counts = {"b_class": 11, "a_class": 7, "c_class": 23}
+    for cls, n in counts.items():
+        (tmp_path / cls).mkdir()
+        for i in range(n):
+            ext = [".jpg", ".JPG", ".png", ".PNG"][i % 4]
+            (tmp_path / cls / f"f{(i * 7919) % 101:03d}{ext}").write_bytes(b"")
+        (tmp_path / cls / "notes.txt").write_bytes(b"")  # not an image: ignored
+        (tmp_path / cls / "x.jpeg").write_bytes(b"")  # not a seed extension: ignored
+    (tmp_path / "stray.jpg").write_bytes(b"")  # not in a class folder: ignored
+
+    split = seed_split(tmp_path)
+    again = seed_split(tmp_path)
+    assert (split.train, split.val) == (again.train, again.val)
+
+    train, train_labels, val, val_labels, indices = seed_read_split_data(str(tmp_path))
+    assert split.classes == sorted(counts) == list(indices)
+    rel = lambda paths: [os.path.relpath(p, tmp_path).replace(os.sep, "/") for p in paths]  # noqa: E731
+    assert split.train == rel(train)
+    assert split.val == rel(val)
+    assert split.labels("train") == train_labels and split.labels("val") == val_labels
+    assert len(split.val) == sum(int(n * 0.2) for n in counts.values())
+
+    split_path, classes_path = write_split(split, tmp_path / "out")
+    assert read_split(split_path).val == split.val
+    assert json.loads(open(classes_path).read()) == {"0": "a_class", "1": "b_class", "2": "c_class"}
+
+
+def test_arch_names():
+    assert T.parse_arch("shufflenet_v1_g3_x0_5", 5) == v1_spec(3, "0.5x", 5)
+    assert T.parse_arch("shufflenet_v2_x1_0", 5) == v2_spec("1.0x", 5)
+    assert T.parse_arch(TINY_V2, 3) == V2Spec(4, (8, 16), 16, (1, 1), 3)
+    assert T.parse_arch(TINY_V1, 3) == V1Spec(2, 4, (16, 32), (1, 1), 3)
+    for bad in ("shufflenet_v3_x1_0", "shufflenet_v2_x0_7", "v2:stem=4", "v1:groups=3,stem=4,stages=10,repeats=1"):
+        with pytest.raises(Exception, match="architecture|ShuffleNet"):
+            T.parse_arch(bad, 3)
+
+
+def test_random_resized_crop_is_torchvisions_algorithm():
+    torch.manual_seed(1)
+    for _ in range(200):
+        top, left, h, w = T.random_resized_crop_params(60, 40)
+        assert 0 <= top and top + h <= 40 and 0 <= left and left + w <= 60 and h > 0 and w > 0
+    # the fallback: impossible scales give the central crop clipped to the ratio range
+    assert T.random_resized_crop_params(100, 20, scale=(5.0, 5.0)) == (0, 36, 20, 27)
+
+
+def test_tiny_training_run_writes_a_model_file_the_engine_runs(tiny_run, data_dir):
+    out = tiny_run
+    for name in ("split.json", "class_indices.json", "metrics.jsonl", "last.pth", "best.pth", "model.npz"):
+        assert (out / name).exists(), name
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["epoch"] for r in rows] == [1]
+    assert set(rows[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr"}
+
+    model = Model.load(out / "model.npz")
+    assert model.class_names == list(CLASSES)
+    assert model.metadata["val_accuracy"] == pytest.approx(rows[0]["val_acc"])
+    assert model.metadata["trained"]["epochs"] == 1
+    assert (model.recipe["resize"], model.recipe["crop"]) == (40, 32)
+
+    # the engine's logits equal the torch network's (best.pth) on the same preprocessed images
+    torch_model = build_torch_model(T.parse_arch(TINY_V2, 3), "torchvision")
+    torch_model.load_state_dict(torch.load(out / "best.pth", weights_only=True))
+    torch_model.eval()
+    split = read_split(out / "split.json")
+    images = [Image.open(os.path.join(data_dir, p)).convert("RGB") for p in split.train[:6]]
+    batch = preprocess_batch(images, model.recipe)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(model.forward(batch), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_normalize_matches_each_dialects_recipe():
+    pixels = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
+    for dialect, recipe in DEFAULT_RECIPES.items():
+        got = T.Normalize(recipe, channels_last=True)(pixels).numpy()
+        x = pixels.numpy().astype(np.float32)
+        if recipe["channel_order"] == "BGR":
+            x = x[..., ::-1]
+        want = ((x * recipe["scale"] - np.float32(recipe["mean"])) / np.float32(recipe["std"])).transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=dialect)
+
+
+def test_resume_after_interrupt_continues_at_the_right_epoch(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original = T.Progress.update
+
+    def interrupt_in_epoch_2(self, n, **stats):
+        if self.label.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+        return original(self, n, **stats)
+
+    monkeypatch.setattr(T.Progress, "update", interrupt_in_epoch_2)
+    args = tiny_args(data_dir, out)
+    args[args.index("--epochs") + 1] = "3"
+    assert T.main(args) == 130
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["epoch"] == 1 and not (out / "model.npz").exists()
+
+    monkeypatch.setattr(T.Progress, "update", original)
+    assert T.main([data_dir, "--out", str(out), "--resume"]) == 0
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 3
+    # the lr schedule continued where it stopped: epoch 3 uses the cosine factor of step 2
+    lf = ((1 + np.cos(2 * np.pi / 3)) / 2) * (1 - 0.1) + 0.1
+    assert rows[2]["lr"] == pytest.approx(0.05 * lf)
+    trained = Model.load(out / "model.npz").metadata["trained"]
+    assert trained["epochs"] == 3 and trained["resumed_with"][0].endswith("--resume")
+
+
+def test_init_drops_a_mismatched_classifier_and_distillation_runs(tiny_run, data_dir, tmp_path):
+    # a 7-class "pretrained" V1 checkpoint in Megvii keys: the classifier must be re-initialised
+    spec = T.parse_arch(TINY_V1, 7)
+    pretrained = build_torch_model(spec, "megvii")
+    torch.save({"state_dict": {"module." + k: v for k, v in pretrained.state_dict().items()}}, tmp_path / "init.pth")
+    out = tmp_path / "student"
+    args = [data_dir, "--out", str(out), "--init", str(tmp_path / "init.pth"), "--epochs", "1",
+            "--batch-size", "4", "--img-size", "32", "--val-resize", "40", "--val-crop", "32", "--workers", "0",
+            "--threads", "1", "--freeze", "--teacher", str(tiny_run / "best.pth"), "--lr", "0.01"]
+    assert T.main(args) == 0
+    model = Model.load(out / "model.npz")
+    assert model.file.dialect == "megvii" and model.file.spec == T.parse_arch(TINY_V1, 3)
+    trained = torch.load(out / "best.pth", weights_only=True)
+    for key, value in pretrained.state_dict().items():  # frozen: only the classifier changed
+        if not key.startswith("classifier."):
+            assert torch.equal(trained[key], value), key
+    assert trained["classifier.0.weight"].shape == (3, 32)
+
+
+def test_bad_init_is_a_clear_error(data_dir, tmp_path, capsys):
+    spec = T.parse_arch(TINY_V1, 3)
+    torch.save(build_torch_model(spec, "megvii").state_dict(), tmp_path / "v1.pth")
+    code = T.main([data_dir, "--out", str(tmp_path / "o"), "--arch", TINY_V2, "--init", str(tmp_path / "v1.pth"),
+                   "--epochs", "1", "--workers", "0"])
+    assert code == 2
+    assert "does not fit" in capsys.readouterr().err
+    assert T.main([data_dir, "--out", str(tmp_path / "o"), "--init", str(tmp_path / "m.npz"), "--workers", "0"]) == 2
+    assert "BN-folded" in capsys.readouterr().err
