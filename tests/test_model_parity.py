@@ -13,38 +13,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npshuffle.archs import V1Spec, V2Spec
 from npshuffle.model import Model
 from npshuffle.torch_ref import build_torch_model, randomize_
+from tests.strategies import v1_specs, v2_specs
 from weights_convert import convert_file
 
 RELATIVE_TOLERANCE = 1e-4
-
-
-@st.composite
-def v1_specs(draw):
-    g = draw(st.sampled_from([1, 2, 3, 4, 8]))
-    stages = draw(st.integers(1, 3))
-    stem = g * draw(st.integers(1, 3))
-    widths, previous = [], stem
-    for _ in range(stages):
-        width = 4 * g * draw(st.integers(previous // (4 * g) + 1, previous // (4 * g) + 3))
-        widths.append(width)
-        previous = width
-    repeats = tuple(draw(st.integers(1, 3)) for _ in range(stages))
-    return V1Spec(g, stem, tuple(widths), repeats, draw(st.integers(1, 12)))
-
-
-@st.composite
-def v2_specs(draw):
-    stages = draw(st.integers(1, 3))
-    stem = draw(st.integers(3, 24))
-    widths, previous = [], stem
-    for _ in range(stages):  # widening stages, as every published V2 (Megvii's wiring requires it)
-        widths.append(2 * draw(st.integers(previous // 2 + 1, previous // 2 + 12)))
-        previous = widths[-1]
-    repeats = tuple(draw(st.integers(1, 3)) for _ in range(stages))
-    return V2Spec(stem, tuple(widths), draw(st.integers(4, 64)), repeats, draw(st.integers(1, 12)))
 
 
 def wrap_and_save(state_dict, path, wrapping: str, legacy: bool):

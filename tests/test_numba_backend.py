@@ -18,11 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npshuffle import backend_numba
-from npshuffle.archs import V1Spec, V2Spec, build_plan, v1_spec, v2_spec
+from npshuffle.archs import V2Spec, build_plan, v1_spec, v2_spec
 from npshuffle.backend_numba import NumbaBackend
 from npshuffle.backends import NumpyBackend, get_backend
 from npshuffle.model import Model
 from tests.conftest import REPO, WEIGHTS, require
+from tests.strategies import v1_specs, v2_specs
 
 RELATIVE_TOLERANCE = 1e-4
 
@@ -44,35 +45,9 @@ def assert_matches(ours: np.ndarray, expected: np.ndarray) -> None:
     np.testing.assert_allclose(ours, expected, rtol=0, atol=RELATIVE_TOLERANCE * scale)
 
 
-@st.composite
-def v1_specs(draw):
-    g = draw(st.sampled_from([1, 2, 3, 4, 8]))
-    stages = draw(st.integers(1, 3))
-    stem = g * draw(st.integers(1, 3))
-    widths, previous = [], stem
-    for _ in range(stages):
-        width = 4 * g * draw(st.integers(previous // (4 * g) + 1, previous // (4 * g) + 3))
-        widths.append(width)
-        previous = width
-    repeats = tuple(draw(st.integers(1, 3)) for _ in range(stages))
-    return V1Spec(g, stem, tuple(widths), repeats, draw(st.integers(1, 70)))
-
-
-@st.composite
-def v2_specs(draw):
-    stages = draw(st.integers(1, 3))
-    stem = draw(st.integers(3, 24))
-    widths, previous = [], stem
-    for _ in range(stages):  # widening stages, as Megvii's wiring requires
-        widths.append(2 * draw(st.integers(previous // 2 + 1, previous // 2 + 40)))
-        previous = widths[-1]
-    repeats = tuple(draw(st.integers(1, 3)) for _ in range(stages))
-    return V2Spec(stem, tuple(widths), draw(st.integers(4, 80)), repeats, draw(st.integers(1, 70)))
-
-
 @settings(max_examples=30, deadline=None)
 @given(
-    spec=st.one_of(v1_specs(), v2_specs()),
+    spec=st.one_of(v1_specs(max_classes=70), v2_specs(max_step=40, max_head=80, max_classes=70)),
     dialect=st.sampled_from(["torchvision", "megvii"]),
     batch=st.integers(1, 4),
     height=st.integers(32, 80),
