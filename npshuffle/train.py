@@ -620,7 +620,7 @@ def _train(args: argparse.Namespace) -> int:
             plot_curves(read_metrics(metrics_path), os.path.join(out, "curves.png"))
     except KeyboardInterrupt:
         save_last(epoch)
-        cmd = f"python -m npshuffle.train {shlex.quote(config['data_dir'])} --out {shlex.quote(out)} --resume"
+        cmd = f"npshuffle train {shlex.quote(config['data_dir'])} --out {shlex.quote(out)} --resume"
         log(f"\ninterrupted during epoch {epoch + 1}: saved {last_path}; resume with:\n  {cmd}")
         return 130
     finally:
