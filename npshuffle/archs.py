@@ -204,20 +204,25 @@ def build_plan(spec: V1Spec | V2Spec, dialect: str = "torchvision") -> Plan:
     return Plan(stem, tuple(units), head, Classifier("classifier", features, spec.num_classes))
 
 
-def _units_with_strides(spec):
-    """Yield (unit index, input width, output width, stride, first unit of the network?)."""
+def unit_layout(spec: V1Spec | V2Spec):
+    """Yield (unit index, stage index, input width, output width, stride) for every unit, in order.
+
+    Each stage starts with a stride-2 unit that widens ``cin -> cout``; the rest keep ``cout``.
+    Unit 0 is the first unit of the network (V1 does not group its first 1x1 conv).
+    """
     index, in_channels = 0, spec.stem_channels
-    for out_channels, repeats in zip(spec.stage_channels, spec.stage_repeats, strict=True):
+    for stage, (out_channels, repeats) in enumerate(zip(spec.stage_channels, spec.stage_repeats, strict=True)):
         for i in range(repeats):
-            yield index, in_channels, out_channels, (2 if i == 0 else 1), index == 0
+            yield index, stage, in_channels, out_channels, (2 if i == 0 else 1)
             index, in_channels = index + 1, out_channels
 
 
 def _v1_units(spec: V1Spec, dialect: str) -> list[V1Unit]:
     units = []
     g = spec.groups
-    for index, cin, cout, stride, first in _units_with_strides(spec):
+    for index, _, cin, cout, stride in unit_layout(spec):
         name = f"units.{index}"
+        first = index == 0
         mid = cout // 4
         branch_out = cout - cin if stride == 2 else cout  # stride 2 concatenates the pooled input
         units.append(
@@ -235,7 +240,7 @@ def _v1_units(spec: V1Spec, dialect: str) -> list[V1Unit]:
 
 def _v2_units(spec: V2Spec, dialect: str) -> list[V2Unit]:
     units = []
-    for index, cin, cout, stride, _ in _units_with_strides(spec):
+    for index, _, cin, cout, stride in unit_layout(spec):
         name = f"units.{index}"
         if dialect == "torchvision":
             # both branches give cout/2 channels; a stride-1 unit's main branch sees cout/2 of them

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .archs import V1Spec, V2Spec, check_spec
+from .archs import V1Spec, V2Spec, check_spec, unit_layout
 
 
 def shuffle_torchvision(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -47,6 +47,20 @@ def _conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int 
 
 def _stem(cout: int) -> nn.Sequential:
     return nn.Sequential(*_conv_bn(3, cout, 3, 2))
+
+
+def _add_stages(model: nn.Module, spec, make_unit) -> list[str]:
+    """torchvision style: attach ``stage2``, ``stage3``, ... (nn.Sequential of units) to ``model``.
+
+    ``make_unit(unit index, cin, cout, stride)`` builds one unit; returns the stage names in order.
+    """
+    stages: list[list[nn.Module]] = [[] for _ in spec.stage_channels]
+    for index, stage, cin, cout, stride in unit_layout(spec):
+        stages[stage].append(make_unit(index, cin, cout, stride))
+    names = [f"stage{i + 2}" for i in range(len(stages))]
+    for name, units in zip(names, stages, strict=True):
+        setattr(model, name, nn.Sequential(*units))
+    return names
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,14 +103,8 @@ class TorchvisionV2(nn.Module):
         check_spec(spec)
         self.conv1 = _stem(spec.stem_channels)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = spec.stem_channels
-        self.stage_names = []
-        for i, (cout, repeats) in enumerate(zip(spec.stage_channels, spec.stage_repeats, strict=True)):
-            units = [TorchvisionV2Unit(cin, cout, 2)] + [TorchvisionV2Unit(cout, cout, 1) for _ in range(repeats - 1)]
-            self.stage_names.append(f"stage{i + 2}")
-            setattr(self, self.stage_names[-1], nn.Sequential(*units))
-            cin = cout
-        self.conv5 = nn.Sequential(*_conv_bn(cin, spec.head_channels))
+        self.stage_names = _add_stages(self, spec, lambda i, cin, cout, stride: TorchvisionV2Unit(cin, cout, stride))
+        self.conv5 = nn.Sequential(*_conv_bn(spec.stage_channels[-1], spec.head_channels))
         self.fc = nn.Linear(spec.head_channels, spec.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,16 +145,10 @@ class TorchvisionV1(nn.Module):
         check_spec(spec)
         self.conv1 = _stem(spec.stem_channels)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = spec.stem_channels
-        self.stage_names = []
-        for i, (cout, repeats) in enumerate(zip(spec.stage_channels, spec.stage_repeats, strict=True)):
-            units = []
-            for r in range(repeats):
-                units.append(TorchvisionV1Unit(cin, cout, 2 if r == 0 else 1, spec.groups, first=i == 0 and r == 0))
-                cin = cout
-            self.stage_names.append(f"stage{i + 2}")
-            setattr(self, self.stage_names[-1], nn.Sequential(*units))
-        self.fc = nn.Linear(cin, spec.num_classes)
+        self.stage_names = _add_stages(
+            self, spec, lambda i, cin, cout, stride: TorchvisionV1Unit(cin, cout, stride, spec.groups, first=i == 0)
+        )
+        self.fc = nn.Linear(spec.stage_channels[-1], spec.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.conv1(x))
@@ -193,13 +195,10 @@ class MegviiV1(nn.Module):
         check_spec(spec)
         self.first_conv = _stem(spec.stem_channels)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        units, cin = [], spec.stem_channels
-        for i, (cout, repeats) in enumerate(zip(spec.stage_channels, spec.stage_repeats, strict=True)):
-            for r in range(repeats):
-                units.append(MegviiV1Unit(cin, cout, 2 if r == 0 else 1, spec.groups, first=i == 0 and r == 0))
-                cin = cout
-        self.features = nn.Sequential(*units)
-        self.classifier = nn.Sequential(nn.Linear(cin, spec.num_classes, bias=False))
+        self.features = nn.Sequential(*(
+            MegviiV1Unit(cin, cout, stride, spec.groups, first=i == 0) for i, _, cin, cout, stride in unit_layout(spec)
+        ))
+        self.classifier = nn.Sequential(nn.Linear(spec.stage_channels[-1], spec.num_classes, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.maxpool(self.first_conv(x)))
@@ -239,13 +238,10 @@ class MegviiV2(nn.Module):
         check_spec(spec)
         self.first_conv = _stem(spec.stem_channels)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        units, cin = [], spec.stem_channels
-        for cout, repeats in zip(spec.stage_channels, spec.stage_repeats, strict=True):
-            for r in range(repeats):
-                units.append(MegviiV2Unit(cin, cout, 2 if r == 0 else 1))
-                cin = cout
-        self.features = nn.Sequential(*units)
-        self.conv_last = nn.Sequential(*_conv_bn(cin, spec.head_channels))
+        self.features = nn.Sequential(
+            *(MegviiV2Unit(cin, cout, stride) for _, _, cin, cout, stride in unit_layout(spec))
+        )
+        self.conv_last = nn.Sequential(*_conv_bn(spec.stage_channels[-1], spec.head_channels))
         self.classifier = nn.Sequential(nn.Linear(spec.head_channels, spec.num_classes, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,12 @@ class KeyMap:
     convs: dict[str, tuple[str, str]] = field(default_factory=dict)
     classifier: tuple[str, str | None] = ("", None)
 
+    def add_conv_bn(self, layer: str, conv: str) -> None:
+        """Plan layer ``layer`` is the conv at ``conv`` (e.g. "stage2.0.branch2.3") followed by the
+        batch norm right after it in the same nn.Sequential ("stage2.0.branch2.4")."""
+        sequential, index = conv.rsplit(".", 1)
+        self.convs[layer] = (conv, f"{sequential}.{int(index) + 1}")
+
 
 def shape_of(state_dict: dict, key: str) -> tuple[int, ...]:
     """The shape of ``state_dict[key]``, or a ConversionError naming the missing key."""

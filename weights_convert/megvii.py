@@ -81,7 +81,7 @@ def infer_spec(state_dict: dict, version: int) -> V1Spec | V2Spec:
 
 def key_map(plan: Plan, spec: V1Spec | V2Spec) -> KeyMap:
     keys = KeyMap(classifier=("classifier.0.weight", None))
-    keys.convs["stem"] = ("first_conv.0", "first_conv.1")
+    keys.add_conv_bn("stem", "first_conv.0")
     for i, unit in enumerate(plan.units):
         if spec.version == 2:
             parts = {"pw1": "branch_main.0", "dw": "branch_main.3", "pw2": "branch_main.5"}
@@ -90,8 +90,7 @@ def key_map(plan: Plan, spec: V1Spec | V2Spec) -> KeyMap:
         else:
             parts = {"pw1": "branch_main_1.0", "dw": "branch_main_1.3", "pw2": "branch_main_2.0"}
         for layer, conv in parts.items():
-            seq, idx = conv.rsplit(".", 1)
-            keys.convs[f"{unit.name}.{layer}"] = (f"features.{i}.{conv}", f"features.{i}.{seq}.{int(idx) + 1}")
+            keys.add_conv_bn(f"{unit.name}.{layer}", f"features.{i}.{conv}")
     if plan.head is not None:
-        keys.convs["head"] = ("conv_last.0", "conv_last.1")
+        keys.add_conv_bn("head", "conv_last.0")
     return keys

@@ -60,7 +60,7 @@ def infer_spec(state_dict: dict, version: int) -> V1Spec | V2Spec:
 
 def key_map(plan: Plan, spec: V1Spec | V2Spec) -> KeyMap:
     keys = KeyMap(classifier=("fc.weight", "fc.bias"))
-    keys.convs["stem"] = ("conv1.0", "conv1.1")
+    keys.add_conv_bn("stem", "conv1.0")
     unit_prefixes = [f"stage{s + 2}.{j}" for s, n in enumerate(spec.stage_repeats) for j in range(n)]
     for unit, prefix in zip(plan.units, unit_prefixes, strict=True):
         if spec.version == 2:
@@ -70,8 +70,7 @@ def key_map(plan: Plan, spec: V1Spec | V2Spec) -> KeyMap:
         else:
             parts = {"pw1": "branch.0", "dw": "branch.4", "pw2": "branch.6"}
         for layer, conv in parts.items():
-            seq, idx = conv.rsplit(".", 1)
-            keys.convs[f"{unit.name}.{layer}"] = (f"{prefix}.{conv}", f"{prefix}.{seq}.{int(idx) + 1}")
+            keys.add_conv_bn(f"{unit.name}.{layer}", f"{prefix}.{conv}")
     if plan.head is not None:
-        keys.convs["head"] = ("conv5.0", "conv5.1")
+        keys.add_conv_bn("head", "conv5.0")
     return keys
