@@ -21,7 +21,7 @@ from kernels import cpu
 from npshuffle.archs import build_plan, v1_spec, v2_spec
 from npshuffle.backend_numba import NumbaBackend
 
-KIND_NAMES = {cpu.PAD_INPUT: "input", cpu.GEMM: "gemm", cpu.DEPTHWISE: "depthwise", cpu.MAX_POOL: "max_pool",
+KIND_NAMES = {cpu.PHASE_INPUT: "input", cpu.STEM_POOL: "stem+max_pool", cpu.GEMM: "gemm", cpu.DEPTHWISE: "depthwise",
               cpu.AVG_POOL: "avg_pool", cpu.GLOBAL_POOL: "global_pool"}
 
 
@@ -50,6 +50,9 @@ def macs(step) -> int:
         return pixels * int(step["k"] * step["groups"] * step["group_out"])
     if step["kind"] == cpu.DEPTHWISE:
         return pixels * 9 * int(step["src_c"])
+    if step["kind"] == cpu.STEM_POOL:  # the conv's output is 4x the pooled pixels
+        stem_pixels = ((int(step["src_h"]) - 1) // 2 + 1) * ((int(step["src_w"]) - 1) // 2 + 1)
+        return stem_pixels * 9 * int(step["k"]) * int(step["group_out"])
     return 0
 
 

@@ -17,18 +17,18 @@ workspace), described by (offset, H, W, channel stride C)::
 * **C is a multiple of 16** (one AVX-512 register of float32) and at least the channel count, so
   channel loops run in whole 16-lane vectors; padding channels hold zeros or harmless finite
   values and are never read as real channels;
-* **a one-pixel zero border** around every image, so the 3x3 depthwise conv and the 3x3 pools
-  (all of ShuffleNet's 3x3 ops have padding 1) read their neighbours without bounds checks. Nothing
-  ever writes a border, so it stays zero. (Zero is also the right padding for the max-pool here:
-  it follows the stem's ReLU, so every real value is >= 0.)
+* **a one-pixel zero border** around every image, so the 3x3 depthwise conv and the 3x3 average
+  pool (all of ShuffleNet's 3x3 ops have padding 1) read their neighbours without bounds checks.
+  Nothing ever writes a border, so it stays zero.
 
-Only the network input arrives as NCHW; :func:`pad_input` copies it into a zero-bordered NCHW
-block that the stem conv reads directly.
+Only the network input arrives as NCHW; :func:`phase_input` copies it into rows split by column
+phase, from which :func:`stem_pool` computes the stem conv and its max-pool in one pass (see the
+section on the stem below).
 
 The register-blocked GEMM micro-kernel
 --------------------------------------
-Every dense convolution (the stem's 3x3 conv, every 1x1 conv, grouped or not) and the classifier
-is a matrix product ``out[pixel, j] = bias[j] + sum_k A[pixel, k] * Wt[k, j]``. The inner kernel,
+Every 1x1 convolution (grouped or not) and the classifier is a matrix product
+``out[pixel, j] = bias[j] + sum_k A[pixel, k] * Wt[k, j]``. The inner kernel,
 :func:`_tile`, computes a tile of 4 pixels x NR output channels (NR = 16, 24, 32, 48 or 64) with
 the 4 x NR partial sums held in CPU registers for the whole k loop: per k it loads one row of NR
 weights, broadcasts 4 input values and issues 4 * NR/16 fused multiply-adds. On this 2-core
@@ -57,12 +57,10 @@ Numba's reference counting (an atomic add per slice, on a cache line both thread
 Weights are *packed* once by the backend: per output-channel tile, a panel of shape (1 + K, NR)
 whose row 0 is the bias and rows 1..K the transposed weights (zero-padded columns past the layer's
 width). The input side is read through an **offset table** ``koff``: ``A[pixel, k] =
-ws[row_base(pixel) + koff[k]]``. That one indirection lets a single kernel serve
-
-* a 1x1 conv reading any subset of its input's channels: a V2 unit's half (``koff = C/2 + k``),
-  Megvii's odd channels (``koff = 2k + 1``), or a V1 channel shuffle folded into the read
-  (``koff = permutation``) -- so split and shuffle cost no copy at all;
-* a dense KxK conv straight from the padded NCHW input (``koff`` = the offsets of the C*K*K taps).
+ws[row_base(pixel) + koff[k]]``. That one indirection lets a single kernel serve a 1x1 conv
+reading any subset of its input's channels: a V2 unit's half (``koff = C/2 + k``),
+Megvii's odd channels (``koff = 2k + 1``), or a V1 channel shuffle folded into the read
+(``koff = permutation``) -- so split and shuffle cost no copy at all.
 
 The other end, the *epilogue*, writes each output channel straight to its final slot, adding
 bias and ReLU on the way: interleaved with the passthrough channels, so a V2 unit's concat +
@@ -88,11 +86,21 @@ table and the classifier, in one call from Python:
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 from numba import njit, prange, types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
+
+# LLVM's SLP vectoriser, which Numba leaves off by default, is what turns the micro-kernels'
+# epilogues (fully unrolled loops over a tile's accumulators: bias, ReLU, residual, interleaved
+# stores) into vector instructions; without it they run one float at a time (5-15 % of a GEMM
+# here). Numba re-reads its NUMBA_* environment variables before each compilation, so the setting
+# goes there (for the rest of this process; set NUMBA_SLP_VECTORIZE=0 beforehand to opt out).
+os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
+config.reload_config()
 
 FASTMATH = {"contract"}  # fused multiply-add yes, reassociation no (see the module docstring)
 LANES = 16  # float32 lanes of one AVX-512 register; every channel count is padded to a multiple
@@ -100,10 +108,10 @@ ROWS = 4  # pixels per GEMM micro-tile
 TILE_WIDTHS = (64, 48, 32, 24, 16)  # the NR values the micro-kernel is compiled for
 
 # step kinds
-PAD_INPUT = 0  # NCHW image -> zero-bordered NCHW block (the stem conv's input)
+PHASE_INPUT = 0  # NCHW image -> zero-bordered rows split into 4 column phases (the stem's input)
 GEMM = 1  # dense / pointwise conv as a matrix product, with a fused epilogue
 DEPTHWISE = 2  # 3x3 depthwise conv, padding 1, any stride
-MAX_POOL = 3  # 3x3 max-pool, padding 1, any stride
+STEM_POOL = 3  # the stem: 3x3 conv stride 2 + ReLU + 3x3 max-pool stride 2 (all padding 1), fused
 AVG_POOL = 4  # 3x3 average pool, padding 1 (zeros counted), any stride
 GLOBAL_POOL = 5  # mean over all pixels -> the pooled feature row
 
@@ -196,19 +204,6 @@ def pack_pointwise(weight: np.ndarray, bias: np.ndarray, groups: int):
     return pack_gemm(weight.reshape(groups, out_channels // groups, cg).transpose(0, 2, 1), bias)
 
 
-def pack_dense(weight: np.ndarray, bias: np.ndarray):
-    """:func:`pack_gemm` for a dense conv weight (O, C, KH, KW): K runs over (c, dy, dx)."""
-    o = weight.shape[0]
-    return pack_gemm(weight.reshape(o, -1).T[None], bias)
-
-
-def dense_offsets(channels: int, kh: int, kw: int, padded_h: int, padded_w: int) -> np.ndarray:
-    """The offset table of a dense conv reading a zero-bordered NCHW block: tap (c, dy, dx) of the
-    window whose top-left is at offset 0."""
-    return np.array([c * padded_h * padded_w + dy * padded_w + dx
-                     for c in range(channels) for dy in range(kh) for dx in range(kw)], np.int64)
-
-
 def pack_depthwise(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """(10, padded(C)) for :func:`depthwise3x3`: the bias, then the taps (dy, dx) in row 1 + 3*dy + dx."""
     c = weight.shape[0]
@@ -256,7 +251,9 @@ def _borrowed(typingctx, array):
 
     Numba increments and decrements an array's reference count for every slice taken of it: an
     atomic add on one cache line, which two threads slicing the same workspace pass back and
-    forth. The kernels slice borrowed views of arrays their caller keeps alive instead.
+    forth. The kernels slice borrowed views of arrays their caller keeps alive instead. (Never of
+    an array the kernel allocates itself: Numba frees it as soon as its last counted reference
+    dies, which may be right after this call.)
     """
     if not isinstance(array, types.Array):
         return None
@@ -440,7 +437,7 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
     values.
     """
     ws, wts, itab, pooled = _borrowed(ws), _borrowed(wts), _borrowed(itab), _borrowed(pooled)
-    tile = _borrowed(np.empty(ROWS * 64, np.float32))
+    tile = np.empty(ROWS * 64, np.float32)  # scratch (not _borrowed: see there)
     rows = np.empty((3, ROWS), np.int64)  # per tile row: offset of its A row, its output pixel, its aux pixel
     K = st.k
     Wo = st.dst_w
@@ -562,12 +559,11 @@ def depthwise3x3(ws, wts, st, part, nparts):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def pool3x3(ws, st, part, nparts):
-    """3x3 max-pool (MAX_POOL) or average pool counting the zero padding (AVG_POOL), padding 1.
+def avg_pool3x3(ws, st, part, nparts):
+    """3x3 average pool counting the zero padding (padding 1, any stride): V1's stride-2 shortcut.
 
     Reads src's first ``st.k`` channels (a multiple of 16), writes them to dst channels
-    ``out_ch ..`` (V1's stride-2 shortcut writes the first channels of the unit's output). The
-    max-pool relies on its input being >= 0 (it follows a ReLU), so the zero border never wins.
+    ``out_ch ..`` (the first channels of the unit's output, before pw2's).
     """
     ws = _borrowed(ws)
     n = st.k
@@ -579,13 +575,8 @@ def pool3x3(ws, st, part, nparts):
             t0, t1, t2, t3, t4, t5, t6, t7, t8 = _window(ws, st.src, st.src_w + 2, st.src_c, n, oy, ox, st.stride)
             o = st.dst + ((oy + 1) * (Wo + 2) + ox + 1) * st.dst_c + st.out_ch
             out = ws[o: o + n]
-            if st.kind == MAX_POOL:
-                for c in range(n):
-                    out[c] = max(max(max(t0[c], t1[c]), max(t2[c], t3[c])),
-                                 max(max(t4[c], t5[c]), max(max(t6[c], t7[c]), t8[c])))
-            else:
-                for c in range(n):
-                    out[c] = (t0[c] + t1[c] + t2[c] + t3[c] + t4[c] + t5[c] + t6[c] + t7[c] + t8[c]) * ninth
+            for c in range(n):
+                out[c] = (t0[c] + t1[c] + t2[c] + t3[c] + t4[c] + t5[c] + t6[c] + t7[c] + t8[c]) * ninth
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -611,22 +602,189 @@ def global_pool(ws, st, pooled, part, nparts):
         out[j] *= inv
 
 
+# --------------------------------------------------------------------------------------------------
+# the stem: 3x3 conv, stride 2 (+ bias + ReLU), then 3x3 max-pool, stride 2, in one pass
+#
+# The stem has 3 input channels, so the channels-last GEMM above has only 27 multiply-adds per
+# output to amortise its loads and its epilogue, and the max-pool would read back a 112x112 map
+# that has fallen out of the L2 cache. Here the conv is vectorised over *pixels* instead: a
+# micro-tile is 8 output channels x 32 output columns of one row, 16 registers of accumulators,
+# and every tap costs two vector loads and eight broadcast weights for 16 vector FMAs.
+#
+# Both stride-2 ops want every other column. So the input is stored split into its four column
+# phases (padded column 4q + p at phase p, position q), and the stem computes its even output
+# columns 2q (taps at 4q + kx) and odd ones 2q + 1 (taps at 4q + 2 + kx) as separate rows E and O:
+# each tap of each is a *contiguous* run of q. The max-pool's window at pooled column q covers stem
+# columns 2q - 1, 2q, 2q + 1, that is O[q - 1], E[q], O[q]: contiguous again. Three stem rows are
+# kept in a small per-thread ring; each pooled row computes two new ones. The ReLU comes free: the
+# pooled maximum starts at 0 (max(0, a, b, ...) = max(relu(a), relu(b), ...)), which also makes
+# the zero padding of the max-pool right.
+
+STEM_CB = 8  # output channels per stem micro-tile
+STEM_QB = 32  # output columns per stem micro-tile (two 16-lane vectors)
+
+
+def stem_geometry(height: int, width: int) -> tuple[int, int, int, int, int, int]:
+    """(stem H, stem W, pooled H, pooled W, NX, Q) for an input of ``height`` x ``width``: NX = the
+    pooled width rounded up to whole micro-tiles, Q = floats per input phase row (NX + 16: a tile
+    reads one position past NX)."""
+    hs, ws = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+    hp, wp = (hs - 1) // 2 + 1, (ws - 1) // 2 + 1
+    nx = -(-wp // STEM_QB) * STEM_QB
+    return hs, ws, hp, wp, nx, nx + 16
+
+
+def pack_stem(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """(nblocks, 1 + C*9, 8) for :func:`stem_pool`: per block of 8 output channels, row 0 the bias
+    and row 1 + 9c + 3dy + dx the tap (c, dy, dx); channels past the last are zero."""
+    o, c = weight.shape[:2]
+    nblocks = -(-o // STEM_CB)
+    packed = np.zeros((nblocks * STEM_CB, 1 + 9 * c), np.float32)
+    packed[:o, 0] = bias
+    packed[:o, 1:] = np.asarray(weight, np.float32).reshape(o, 9 * c)
+    return np.ascontiguousarray(packed.reshape(nblocks, STEM_CB, 1 + 9 * c).transpose(0, 2, 1))
+
+
 @njit(cache=True)
-def pad_input(ws, st, image, part, nparts):
-    """Copy an NCHW image (C, H, W) into the zero-bordered NCHW block at ``st.dst`` (border ``st.stride``)."""
+def phase_input(ws, st, image, part, nparts):
+    """Copy an NCHW image (C, H, W) into zero-padded rows split by column phase: row r (0..H+1,
+    padded) of channel c starts at ``st.dst + (c * (H + 2) + r) * 4 * Q`` (Q = ``st.src_wp``), and
+    holds phase p (padded columns 4q + p) at [p * Q, (p + 1) * Q). Threads split the rows."""
     ws, image = _borrowed(ws), _borrowed(image)
     C, H, W = image.shape
-    p = st.stride
-    Hp, Wp = H + 2 * p, W + 2 * p
-    flat = image.ravel()
-    lo, hi = _split(C * H, part, nparts)
-    for r in range(lo, hi):
-        c, y = r // H, r % H
-        o = st.dst + (c * Hp + p + y) * Wp + p
-        out = ws[o: o + W]
-        row = flat[r * W: (r + 1) * W]
-        for x in range(W):
-            out[x] = row[x]
+    Q = st.src_wp
+    lo, hi = _split(C * (H + 2), part, nparts)
+    for rr in range(lo, hi):
+        r = rr % (H + 2)
+        row = ws[st.dst + rr * 4 * Q: st.dst + (rr + 1) * 4 * Q]
+        for i in range(4 * Q):
+            row[i] = 0.0
+        if 1 <= r <= H:
+            src = image[rr // (H + 2), r - 1]
+            for x in range(W):  # image column x is padded column x + 1
+                row[((x + 1) % 4) * Q + (x + 1) // 4] = src[x]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _stem_tile(inp, a, toff, K, wp, out, o0, o_stride):
+    """The stem micro-kernel: 8 output channels x 32 columns.
+
+        acc_co[i] = wp[0, co] + sum_t inp[a + toff[t] + i] * wp[1 + t, co]     (co < 8, i < 32)
+
+    stored (no ReLU) at out[o0 + co * o_stride + i]. As in :func:`_tile`, the accumulator rows are
+    written out by hand so that LLVM keeps them in 16 registers."""
+    acc0 = numba.carray(_stack_floats(32), 32)
+    acc1 = numba.carray(_stack_floats(32), 32)
+    acc2 = numba.carray(_stack_floats(32), 32)
+    acc3 = numba.carray(_stack_floats(32), 32)
+    acc4 = numba.carray(_stack_floats(32), 32)
+    acc5 = numba.carray(_stack_floats(32), 32)
+    acc6 = numba.carray(_stack_floats(32), 32)
+    acc7 = numba.carray(_stack_floats(32), 32)
+    b = wp[0]
+    for i in range(32):
+        acc0[i] = b[0]
+        acc1[i] = b[1]
+        acc2[i] = b[2]
+        acc3[i] = b[3]
+        acc4[i] = b[4]
+        acc5[i] = b[5]
+        acc6[i] = b[6]
+        acc7[i] = b[7]
+    for t in range(K):
+        s = a + toff[t]
+        x = inp[s: s + 32]
+        w = wp[1 + t]
+        w0, w1, w2, w3, w4, w5, w6, w7 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]
+        for i in range(32):
+            v = x[i]
+            acc0[i] += w0 * v
+            acc1[i] += w1 * v
+            acc2[i] += w2 * v
+            acc3[i] += w3 * v
+            acc4[i] += w4 * v
+            acc5[i] += w5 * v
+            acc6[i] += w6 * v
+            acc7[i] += w7 * v
+    # plain copies: they store straight from the registers (a max() here would be scalarised)
+    _copy32(acc0, out[o0: o0 + 32])
+    _copy32(acc1, out[o0 + o_stride: o0 + o_stride + 32])
+    _copy32(acc2, out[o0 + 2 * o_stride: o0 + 2 * o_stride + 32])
+    _copy32(acc3, out[o0 + 3 * o_stride: o0 + 3 * o_stride + 32])
+    _copy32(acc4, out[o0 + 4 * o_stride: o0 + 4 * o_stride + 32])
+    _copy32(acc5, out[o0 + 5 * o_stride: o0 + 5 * o_stride + 32])
+    _copy32(acc6, out[o0 + 6 * o_stride: o0 + 6 * o_stride + 32])
+    _copy32(acc7, out[o0 + 7 * o_stride: o0 + 7 * o_stride + 32])
+
+
+@njit(inline="always")
+def _copy32(acc, out):
+    for i in range(32):
+        out[i] = acc[i]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def stem_pool(ws, wts, st, part, nparts):
+    """The stem conv (3x3, stride 2, padding 1, + bias + ReLU) and the 3x3 / 2 max-pool after it,
+    from :func:`phase_input`'s rows at ``st.src`` (image ``st.src_h`` x ``st.src_w``, ``st.k``
+    channels, Q = ``st.src_wp``) to the padded NHWC buffer at ``st.dst``.
+
+    Weights: :func:`pack_stem`'s blocks at ``wts[st.w:]``, ``st.group_out`` output channels. Threads
+    split the pooled rows (each recomputes the one stem row it shares with its neighbour).
+    """
+    ws, wts = _borrowed(ws), _borrowed(wts)
+    H, W, Q = st.src_h, st.src_w, st.src_wp
+    K = 9 * st.k
+    nblocks = (st.group_out + STEM_CB - 1) // STEM_CB
+    cop = nblocks * STEM_CB
+    wpk = wts[st.w: st.w + nblocks * (1 + K) * STEM_CB].reshape((nblocks, 1 + K, STEM_CB))
+    Hs, Ws = (H - 1) // 2 + 1, (W - 1) // 2 + 1
+    Hp, Wp = st.dst_h, st.dst_w
+    NX = Q - 16
+    L = NX + 16  # one ring row (channel, phase): position 1 + q holds column q, position 0 stays 0
+    ring = np.zeros(3 * cop * 2 * L, np.float32)  # (stem row % 3, channel, phase, position)
+    pooled = np.empty(cop * NX, np.float32)  # (channel, pooled column)
+    # tap (c, dy, dx) of output column 2q + phase reads padded column 4q + 2 * phase + dx
+    toff = np.empty((2, K), np.int64)
+    for ph in range(2):
+        for t in range(K):
+            c, dy, dx = t // 9, t % 9 // 3, t % 3
+            col = 2 * ph + dx
+            toff[ph, t] = ((c * (H + 2) + dy) * 4 + col % 4) * Q + col // 4
+    valid = ((Ws + 1) // 2, Ws // 2)  # stem columns 2q (E) and 2q + 1 (O) that exist
+    lo, hi = _split(Hp, part, nparts)
+    have = -1  # the last stem row in the ring
+    for py in range(lo, hi):
+        first, last = max(2 * py - 1, 0), min(2 * py + 1, Hs - 1)
+        for sy in range(max(first, have + 1), last + 1):
+            slot = sy % 3
+            for ph in range(2):
+                for cb in range(nblocks):
+                    o0 = ((slot * cop + cb * STEM_CB) * 2 + ph) * L + 1
+                    for qb in range(0, NX, STEM_QB):
+                        _stem_tile(ws, st.src + 2 * sy * 4 * Q + qb, toff[ph], K, wpk[cb], ring, o0 + qb, 2 * L)
+                for co in range(cop):  # columns past the stem's last: zero, as the pool's padding
+                    r0 = ((slot * cop + co) * 2 + ph) * L + 1
+                    tail = ring[r0 + valid[ph]: r0 + NX]
+                    for i in range(NX - valid[ph]):
+                        tail[i] = 0.0
+        have = last
+        for co in range(cop):
+            m = pooled[co * NX: co * NX + Wp]
+            for q in range(Wp):
+                m[q] = 0.0  # the ReLU, and the zero padding
+            for sy in range(first, last + 1):
+                e0 = (sy % 3 * cop + co) * 2 * L
+                even = ring[e0 + 1: e0 + 1 + Wp]  # E[q]
+                left = ring[e0 + L: e0 + L + Wp]  # O[q - 1]
+                right = ring[e0 + L + 1: e0 + L + 1 + Wp]  # O[q]
+                for q in range(Wp):
+                    m[q] = max(max(m[q], even[q]), max(left[q], right[q]))
+        row = st.dst + ((py + 1) * (Wp + 2) + 1) * st.dst_c
+        for q in range(Wp):  # (channel, column) -> channels-last
+            out = ws[row + q * st.dst_c: row + q * st.dst_c + cop]
+            for co in range(cop):
+                out[co] = pooled[co * NX + q]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -641,12 +799,14 @@ def run_step(ws, wts, itab, st, image, pooled, part, nparts):
         gemm(ws, wts, itab, st, pooled, part, nparts)
     elif kind == DEPTHWISE:
         depthwise3x3(ws, wts, st, part, nparts)
-    elif kind == MAX_POOL or kind == AVG_POOL:
-        pool3x3(ws, st, part, nparts)
+    elif kind == AVG_POOL:
+        avg_pool3x3(ws, st, part, nparts)
+    elif kind == STEM_POOL:
+        stem_pool(ws, wts, st, part, nparts)
     elif kind == GLOBAL_POOL:
         global_pool(ws, st, pooled, part, nparts)
-    elif kind == PAD_INPUT:
-        pad_input(ws, st, image, part, nparts)
+    elif kind == PHASE_INPUT:
+        phase_input(ws, st, image, part, nparts)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -654,7 +814,7 @@ def classifier_part(features, wts, itab, fc, logits, part, nparts):
     """logits = features @ W + b for this thread's range of column tiles (the classifier as a GEMM
     whose rows are images). ``fc`` is a GEMM step: k = features, w/tiles/ntiles its packed weights."""
     features, wts, itab, logits = _borrowed(features), _borrowed(wts), _borrowed(itab), _borrowed(logits)
-    tile = _borrowed(np.empty(ROWS * 64, np.float32))
+    tile = np.empty(ROWS * 64, np.float32)  # scratch (not _borrowed: see there)
     K = fc.k
     n_images = logits.shape[0]
     lda = features.shape[1]

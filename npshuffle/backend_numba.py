@@ -2,9 +2,10 @@
 
 ``NumbaBackend().prepare(plan, weights)`` does all the one-time work:
 
-1. **packs the weights** (once) into ``wts``, one flat float32 array: every GEMM layer (stem,
-   1x1 convs, classifier) as (1 + K, NR) panels with the bias in row 0 (see ``kernels.cpu``),
-   every depthwise conv as (10, C) rows, channel counts padded to multiples of 16;
+1. **packs the weights** (once) into ``wts``, one flat float32 array: every GEMM layer (1x1
+   convs, classifier) as (1 + K, NR) panels with the bias in row 0 (see ``kernels.cpu``), every
+   depthwise conv as (10, C) rows, channel counts padded to multiples of 16, and the stem conv
+   in blocks of 8 output channels for the fused stem + max-pool kernel;
 2. **compiles the plan into steps** (once per input size): a structured array with one row per
    kernel launch, saying where each activation lives in the workspace and how each layer reads
    and writes channels. Channel split, concat and shuffle become *index maps* inside those rows:
@@ -146,13 +147,13 @@ def _reach(g: _Gemm, first: int) -> int:
 # that, the fork-join and moving data between the cores' caches cost more than they save. The
 # rates (ns per unit of work) are rough single-thread measurements on a 2-core AVX-512 machine.
 SPLIT_ABOVE_NS = 10_000
-NS_PER_MAC = {cpu.GEMM: 1 / 30, cpu.DEPTHWISE: 1 / 8, cpu.MAX_POOL: 1 / 16, cpu.AVG_POOL: 1 / 16}
+NS_PER_MAC = {cpu.GEMM: 1 / 30, cpu.DEPTHWISE: 1 / 8, cpu.AVG_POOL: 1 / 16}
 
 
 def _split_policy(st) -> int:
     """How the threads split one step of a batch-1 pass (see ``kernels.cpu.SPLIT_*``)."""
     kind, pixels, rows = int(st["kind"]), int(st["dst_h"] * st["dst_w"]), int(st["dst_h"])
-    if kind == cpu.PAD_INPUT:
+    if kind == cpu.PHASE_INPUT or kind == cpu.STEM_POOL:
         return cpu.SPLIT_PIXELS
     if kind == cpu.GEMM:
         columns = int(st["groups"] * st["ntiles"])
@@ -252,25 +253,14 @@ class _Compiler:
     def _build(self, height: int, width: int) -> None:
         plan = self.p.plan
         stem = plan.stem
-        pad = stem.padding
-        hp, wp = height + 2 * pad, width + 2 * pad
-        image = self.ws.raw(3 * hp * wp)
-        self.step("input", kind=cpu.PAD_INPUT, dst=image, stride=pad)
-        ho, wo = _conv_out(height, stem), _conv_out(width, stem)
-        x = self.ws.alloc(ho, wo, stem.out_channels)
-        koff = cpu.dense_offsets(stem.in_channels, stem.kernel, stem.kernel, hp, wp)
-        g = self.p.gemms[stem.name]
+        _, _, hp, wp, _, q = cpu.stem_geometry(height, width)
+        image = self.ws.raw(stem.in_channels * (height + 2) * 4 * q)
+        self.step("input", kind=cpu.PHASE_INPUT, dst=image, src_wp=q)
+        x = self.ws.alloc(hp, wp, stem.out_channels)
         self.step(
-            stem.name, kind=cpu.GEMM, src=image, src_h=hp, src_w=wp, src_wp=wp, src_c=1,
-            dst=x.offset, dst_h=ho, dst_w=wo, dst_c=x.c, stride=stem.stride, relu=int(stem.relu),
-            k=g.k, groups=1, koff=self.itab.add(koff), a_org=0, a_pix=1,
-            w=g.w, group_w=g.group_w, tiles=g.tiles, ntiles=g.ntiles, group_out=g.group_out,
-            mode=cpu.EPI_STORE, out_step=1, direct=1,
+            "stem+max_pool", kind=cpu.STEM_POOL, src=image, src_h=height, src_w=width, src_wp=q, k=stem.in_channels,
+            dst=x.offset, dst_h=hp, dst_w=wp, dst_c=x.c, w=self.p.stem, group_out=stem.out_channels,
         )
-        pooled = self.ws.alloc((ho - 1) // 2 + 1, (wo - 1) // 2 + 1, stem.out_channels)
-        self.pool("max_pool", cpu.MAX_POOL, x, pooled, 2)
-        self.ws.release(x)
-        x = pooled
         for unit in plan.units:
             out = self.v1_unit(unit, x) if isinstance(unit, V1Unit) else self.v2_unit(unit, x)
             self.ws.release(x)
@@ -375,14 +365,17 @@ class _PackedPlan:
             return (np.asarray(weights[f"{layer.name}.weight"], np.float32),
                     np.asarray(weights[f"{layer.name}.bias"], np.float32))
 
-        for layer in (plan.stem, plan.head):
-            if layer is None:
-                continue
-            weight, bias = w(layer)
-            if layer.groups != 1:
-                raise BackendError(f"{layer.name}: grouped stem/head convs are not supported")
-            o, c, kh, kw = weight.shape
-            self.gemms[layer.name] = _Gemm.add(wts, itab, cpu.pack_dense(weight, bias), 1, c * kh * kw, o)
+        stem = plan.stem
+        if not (stem.kernel == 3 and stem.stride == 2 and stem.padding == 1 and stem.groups == 1 and stem.relu):
+            raise BackendError(f"{stem.name}: the numba backend's stem kernel needs a 3x3 conv, stride 2, "
+                               f"padding 1, ungrouped, with ReLU (got {stem})")
+        self.stem = wts.add(cpu.pack_stem(*w(stem)))
+        if plan.head is not None:
+            weight, bias = w(plan.head)
+            if plan.head.kernel != 1 or plan.head.groups != 1:
+                raise BackendError(f"{plan.head.name}: the head conv must be 1x1 and ungrouped")
+            self.gemms[plan.head.name] = _Gemm.add(wts, itab, cpu.pack_pointwise(weight, bias, 1), 1,
+                                                   plan.head.in_channels, plan.head.out_channels)
         for unit in plan.units:
             for layer in unit.convs():
                 weight, bias = w(layer)
@@ -519,8 +512,6 @@ class NumbaRunner:
     """
 
     def __init__(self, plan: Plan, weights: dict[str, np.ndarray]):
-        if not plan.stem.relu:
-            raise BackendError("the numba backend's max-pool relies on the stem's ReLU")
         self.plan = plan
         self.packed = _PackedPlan(plan, weights)
         self._programs: dict[tuple[int, int], _Compiled] = {}
