@@ -512,11 +512,12 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
 # --------------------------------------------------------------------------------------------------
 # per-channel ops: depthwise conv, pools
 #
-# Each works on one output pixel at a time: it takes the 9 input pixels under the 3x3 window as
-# 1-D slices of n channels (``_window``) and runs one loop over the channels, which LLVM
-# vectorises 16 channels per instruction. (Every array in that loop must be indexed by the loop
-# counter alone: with ``row[offset + c]`` Numba checks each index for negative values and LLVM
-# no longer vectorises.)
+# These loop over the channels innermost, which LLVM vectorises 16 channels per instruction -- if
+# it can see that the loop reads consecutive floats. A signed index ``row[offset + c]`` hides that:
+# Numba wraps negative indices around (``i + len`` if ``i < 0``), a select per element. Two ways
+# out: slices indexed by the loop counter alone (``_window``: 9 slices per output pixel, which
+# costs as much as the arithmetic for ShuffleNet's narrow layers), or *unsigned* indices, which
+# Numba never wraps (the depthwise conv: no slicing in its pixel loop at all).
 
 
 @njit(cache=True, inline="always")
@@ -537,25 +538,44 @@ def depthwise3x3(ws, wts, st, part, nparts):
     multiple of 16) of padded NHWC buffers.
 
     Weights: ``wts[st.w:]`` holds (10, k): row 0 the bias, row 1 + 3*dy + dx the tap (dy, dx).
-    Threads split the output rows.
+    Threads split the output rows; each row runs in blocks of 16 channels (:func:`_depthwise_block`).
     """
     ws, wts = _borrowed(ws), _borrowed(wts)
-    n = st.k
-    Wo = st.dst_w
+    n, C, s = st.k, st.src_c, st.stride
+    Wo, dC = st.dst_w, st.dst_c
+    row_floats = (st.src_w + 2) * C  # one padded input row
     w = wts[st.w: st.w + 10 * n].reshape((10, n))
-    b, w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9]
     lo, hi = _split(st.dst_h, part, nparts)
     for oy in range(lo, hi):
-        for ox in range(Wo):
-            t0, t1, t2, t3, t4, t5, t6, t7, t8 = _window(ws, st.src, st.src_w + 2, st.src_c, n, oy, ox, st.stride)
-            o = st.dst + ((oy + 1) * (Wo + 2) + ox + 1) * st.dst_c
-            out = ws[o: o + n]
-            for c in range(n):
-                out[c] = (b[c] + t0[c] * w0[c] + t1[c] * w1[c] + t2[c] * w2[c] + t3[c] * w3[c] + t4[c] * w4[c]
-                          + t5[c] * w5[c] + t6[c] * w6[c] + t7[c] * w7[c] + t8[c] * w8[c])
-            if st.relu:
-                for c in range(n):
-                    out[c] = max(out[c], 0.0)
+        top = st.src + oy * s * row_floats  # padded coordinates: the windows start at row oy * s
+        rows = ws[top: top + 3 * row_floats]
+        o = st.dst + ((oy + 1) * (Wo + 2) + 1) * dC
+        out = ws[o: o + Wo * dC]
+        for cb in range(0, n, LANES):
+            _depthwise_block(rows, w, cb, out, Wo, row_floats, C, s, dC, st.relu != 0)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _depthwise_block(rows, w, cb, out, Wo, R, C, s, dC, relu):
+    """Channels cb .. cb+15 of one output row: out[ox * dC + cb + c] from the three input rows
+    ``rows`` (R floats each, channel stride C), stride s. The 10 weight vectors are copied to the
+    stack first, where LLVM keeps them in registers for the whole row; every index is unsigned."""
+    k = numba.carray(_stack_floats(160), 160)  # k[16 * i + c] = w[i, cb + c]
+    for i in range(10):
+        wi = w[i, cb: cb + LANES]
+        for c in range(LANES):
+            k[16 * i + c] = wi[c]
+    U = np.uint64
+    c1, c2, r1, r2 = U(C), U(2 * C), U(R), U(2 * R)
+    for ox in range(Wo):
+        p = U(ox * s * C + cb)  # the window's top-left pixel, channel cb
+        q = U(ox * dC + cb)
+        for c in range(U(LANES)):
+            v = (k[c] + rows[p + c] * k[16 + c] + rows[p + c1 + c] * k[32 + c] + rows[p + c2 + c] * k[48 + c]
+                 + rows[p + r1 + c] * k[64 + c] + rows[p + r1 + c1 + c] * k[80 + c]
+                 + rows[p + r1 + c2 + c] * k[96 + c] + rows[p + r2 + c] * k[112 + c]
+                 + rows[p + r2 + c1 + c] * k[128 + c] + rows[p + r2 + c2 + c] * k[144 + c])
+            out[q + c] = max(v, 0.0) if relu else v
 
 
 @njit(fastmath=FASTMATH, cache=True)
