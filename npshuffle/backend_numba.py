@@ -18,7 +18,8 @@
    V2 concat + shuffle(2)          pw2 writes main-branch channel j to output slot 2j + 1 and, in
                                    the same pass, copies passthrough channel j to slot 2j
    V2 concat (Megvii)              pw2 writes to slots C/2 + j and copies passthrough 2j -> j
-   V2 stride 2 concat (+shuffle)   proj_pw writes slots 2j (or j), pw2 slots 2j + 1 (or cin + j)
+   V2 stride 2 concat + shuffle    proj_pw writes a buffer of its own, which pw2 interleaves with
+                                   its outputs as above (Megvii: proj_pw slots j, pw2 cin + j)
    V1 shuffle after pw1            the depthwise filters are permuted and pw2 reads its groups'
                                    channels through the permutation: no data moves
    V1 stride-1 add + ReLU          pw2's epilogue adds the unit input and applies the ReLU
@@ -299,21 +300,28 @@ class _Compiler:
             ws.release(m1, m2)
             return out
         # stride 2: concat(proj(x), main(x)), then maybe shuffle(2)
-        n_proj, n_main = u.proj_pw.out_channels, u.pw2.out_channels
-        if u.shuffle_after:
-            if n_proj != n_main:
-                raise BackendError(f"{u.name}: shuffle(2) after a concat of unequal branches is not supported")
-            proj_place, main_place = dict(out_ch=0, out_step=2), dict(out_ch=1, out_step=2)
-        else:
-            proj_place, main_place = dict(out_ch=0, out_step=1), dict(out_ch=n_proj, out_step=1)
+        n_proj = u.proj_pw.out_channels
         t1 = ws.alloc(ho, wo, x.channels)
         self.depthwise(u.proj_dw, x, t1)
-        self.gemm(u.proj_pw.name, p.gemms[u.proj_pw.name], t1, out, np.arange(x.channels), u.proj_pw.relu, **proj_place)
         m1 = ws.alloc(x.h, x.w, mid)
         self.gemm(u.pw1.name, p.gemms[u.pw1.name], x, m1, np.arange(x.channels), u.pw1.relu)
         m2 = ws.alloc(ho, wo, mid)
         self.depthwise(u.dw, m1, m2)
-        self.gemm(u.pw2.name, p.gemms[u.pw2.name], m2, out, np.arange(mid), u.pw2.relu, **main_place)
+        if u.shuffle_after:
+            if n_proj != u.pw2.out_channels:
+                raise BackendError(f"{u.name}: shuffle(2) after a concat of unequal branches is not supported")
+            # shuffle(concat(proj, main), 2): proj j -> 2j, main j -> 2j + 1. The projection goes to a
+            # buffer of its own, which pw2 then interleaves with its outputs exactly as a stride-1
+            # unit's pw2 does with the passthrough half (two whole-tile stores instead of two
+            # stride-2 scatters)
+            t2 = ws.alloc(ho, wo, n_proj)
+            self.gemm(u.proj_pw.name, p.gemms[u.proj_pw.name], t1, t2, np.arange(x.channels), u.proj_pw.relu)
+            self.gemm(u.pw2.name, p.gemms[u.pw2.name], m2, out, np.arange(mid), u.pw2.relu, mode=cpu.EPI_INTERLEAVE,
+                      aux=t2.offset, aux_c=t2.c, pass_from=0, pass_step=1)
+            ws.release(t2)
+        else:  # concat(proj, main)
+            self.gemm(u.proj_pw.name, p.gemms[u.proj_pw.name], t1, out, np.arange(x.channels), u.proj_pw.relu)
+            self.gemm(u.pw2.name, p.gemms[u.pw2.name], m2, out, np.arange(mid), u.pw2.relu, out_ch=n_proj)
         ws.release(t1, m1, m2)
         return out
 
