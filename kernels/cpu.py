@@ -336,6 +336,7 @@ def _tile(NR, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, ep
 
 @njit(fastmath=FASTMATH, inline="always")
 def _store(NR, acc, out, relu):
+    """out[j] = relu?(acc[j]), j < NR."""
     if relu:
         for j in range(NR):
             out[j] = max(acc[j], 0.0)
@@ -346,6 +347,7 @@ def _store(NR, acc, out, relu):
 
 @njit(fastmath=FASTMATH, inline="always")
 def _store_sum(NR, acc, out, residual, relu):
+    """out[j] = relu?(acc[j] + residual[j]): V1's residual add."""
     if relu:
         for j in range(NR):
             out[j] = max(acc[j] + residual[j], 0.0)
@@ -371,7 +373,8 @@ def _store_interleaved(NR, acc, out, passthrough, relu):
 def _finish_tile(tile, nrows, n, jg, ws, rows, st, pooled, inv):
     """Epilogue of one tile: row i's ``n`` valid outputs ``tile[i, :n]`` are output channels
     ``jg .. jg+n-1`` of the pixel whose offsets in the output / auxiliary buffer are
-    ``rows[1, i]`` / ``rows[2, i]``."""
+    ``rows[1, i]`` / ``rows[2, i]``. (The micro-kernel's own stores, with a runtime width and any
+    channel step, plus the pooled sum and the Megvii passthrough copy.)"""
     mode, relu = st.mode, st.relu
     for i in range(nrows):
         acc = tile[64 * i: 64 * i + n]
@@ -385,40 +388,18 @@ def _finish_tile(tile, nrows, n, jg, ws, rows, st, pooled, inv):
                 for j in range(n):
                     out[j] += acc[j] * inv
         elif mode == EPI_RESIDUAL:
-            out = ws[d + jg: d + jg + n]
-            res = ws[x + jg: x + jg + n]
-            if relu:
-                for j in range(n):
-                    out[j] = max(acc[j] + res[j], 0.0)
-            else:
-                for j in range(n):
-                    out[j] = acc[j] + res[j]
+            _store_sum(n, acc, ws[d + jg: d + jg + n], ws[x + jg: x + jg + n], relu)
         elif mode == EPI_INTERLEAVE:
-            # channel shuffle(2) of concat(passthrough, main): passthrough j -> 2j, main j -> 2j + 1
-            out = ws[d + 2 * jg: d + 2 * (jg + n)]
             p0 = x + st.pass_from + st.pass_step * jg
             passthrough = ws[p0: p0 + st.pass_step * n: st.pass_step]
-            if relu:
-                for j in range(n):
-                    out[2 * j] = passthrough[j]
-                    out[2 * j + 1] = max(acc[j], 0.0)
-            else:
-                for j in range(n):
-                    out[2 * j] = passthrough[j]
-                    out[2 * j + 1] = acc[j]
+            _store_interleaved(n, acc, ws[d + 2 * jg: d + 2 * (jg + n)], passthrough, relu)
         else:
             step = st.out_step
             o0 = d + st.out_ch + step * jg
-            if step == 1:
-                out = ws[o0: o0 + n]
+            if step == 1:  # (a contiguous slice: vectorised stores)
+                _store(n, acc, ws[o0: o0 + n], relu)
             else:
-                out = ws[o0: o0 + step * n: step]
-            if relu:
-                for j in range(n):
-                    out[j] = max(acc[j], 0.0)
-            else:
-                for j in range(n):
-                    out[j] = acc[j]
+                _store(n, acc, ws[o0: o0 + step * n: step], relu)
             if mode == EPI_PASSTHROUGH:  # concat(passthrough, main): passthrough j -> j
                 p0 = x + st.pass_from + st.pass_step * jg
                 passthrough = ws[p0: p0 + st.pass_step * n: st.pass_step]
