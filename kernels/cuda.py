@@ -248,6 +248,15 @@ def conv2d_kernel(x, w, bias, out, stride, padding, groups, relu):
             out[n, o, oy, ox] = v
 
 
+@cuda.jit(device=True)
+def _plane_pixel(channels, out_h, out_w):
+    """This thread's output element in the per-channel kernels' launch shape (one block row per
+    (n, c) plane, one thread per output pixel): (n, c, oy, ox, inside the plane?)."""
+    plane = cuda.blockIdx.x
+    pixel = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+    return plane // channels, plane % channels, pixel // out_w, pixel % out_w, pixel < out_h * out_w
+
+
 @cuda.jit
 def depthwise_kernel(x, w, bias, out, stride, padding, relu):
     """out[n, c, oy, ox] = relu?(sum_{ky, kx} x[n, c, oy*s - p + ky, ox*s - p + kx] * w[c, 0, ky, kx] + bias[c]).
@@ -257,12 +266,9 @@ def depthwise_kernel(x, w, bias, out, stride, padding, relu):
     overlapping input rows, which the cache serves.
     """
     channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
-    plane = cuda.blockIdx.x
-    n, c = plane // channels, plane % channels
-    pixel = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-    if pixel >= out_h * out_w:
+    n, c, oy, ox, inside = _plane_pixel(channels, out_h, out_w)
+    if not inside:
         return
-    oy, ox = pixel // out_w, pixel % out_w
     acc = np.float32(0.0)
     for ky in range(w.shape[2]):
         iy = oy * stride - padding + ky
@@ -396,12 +402,9 @@ def max_pool_kernel(x, out, kernel, stride, padding):
     """out[n, c, oy, ox] = max of the kernel x kernel window at (oy*s - p, ox*s - p); taps in the
     padding are skipped, which is padding with -inf. One thread per output element."""
     channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
-    plane = cuda.blockIdx.x
-    n, c = plane // channels, plane % channels
-    pixel = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-    if pixel >= out_h * out_w:
+    n, c, oy, ox, inside = _plane_pixel(channels, out_h, out_w)
+    if not inside:
         return
-    oy, ox = pixel // out_w, pixel % out_w
     best = np.float32(-math.inf)
     for ky in range(kernel):
         iy = oy * stride - padding + ky
@@ -422,12 +425,9 @@ def avg_pool_kernel(x, out, kernel, stride, padding, count_include_pad, out_offs
     ``x``: ShuffleNet V1's stride-2 unit stores its pooled shortcut straight into channels
     [0, C) of the unit's output. One thread per output element."""
     channels, out_h, out_w = x.shape[1], out.shape[2], out.shape[3]
-    plane = cuda.blockIdx.x
-    n, c = plane // channels, plane % channels
-    pixel = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-    if pixel >= out_h * out_w:
+    n, c, oy, ox, inside = _plane_pixel(channels, out_h, out_w)
+    if not inside:
         return
-    oy, ox = pixel // out_w, pixel % out_w
     total = np.float32(0.0)
     count = 0
     for ky in range(kernel):
