@@ -8,6 +8,7 @@ weights, random batch and input sizes; both threading schedules; the real Megvii
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from npshuffle import backend_numba
 from npshuffle.archs import V2Spec, build_plan, v1_spec, v2_spec
 from npshuffle.backend_numba import NumbaBackend
-from npshuffle.backends import NumpyBackend, get_backend
+from npshuffle.backends import BackendError, NumpyBackend, get_backend
 from npshuffle.model import Model
 from tests.conftest import REPO, WEIGHTS, require
 from tests.strategies import v1_specs, v2_specs
@@ -162,3 +163,12 @@ def test_batch1_schedule_settles_on_the_faster_and_keeps_probing(split_ms, singl
     assert 0 < later.count(not faster)  # still probing
     spent_probing = later.count(not faster) * max(split_ms, single_ms)
     assert spent_probing < 0.1 * sum(single_ms if c else split_ms for c in later)
+
+
+@pytest.mark.parametrize("change", [dict(stride=1), dict(kernel=5, padding=2), dict(relu=False)])
+def test_a_stem_the_fused_kernel_cannot_run_is_refused_by_name(change):
+    """The fused stem + max-pool kernel is for ShuffleNet's stem: 3x3, stride 2, padding 1, ReLU."""
+    plan = build_plan(v2_spec("0.5x"))
+    other = dataclasses.replace(plan, stem=dataclasses.replace(plan.stem, **change))
+    with pytest.raises(BackendError, match=other.stem.name):
+        NumbaBackend().prepare(other, random_weights(other, 0))
