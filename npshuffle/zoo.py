@@ -40,7 +40,7 @@ ENTRIES = (
     ZooEntry(
         "flowers_v2", "flowers_v2_x0_5.npz", "flower_photos (5 classes)",
         FLOWERS_SOURCE + ", ShuffleNet V2 x0.5 from scratch, distilled from 'flowers'", "MIT",
-        "flower_photos val top-1 87.7 % (seed-style split, 731 photos; npshuffle eval)",
+        "flower_photos val top-1 88.9 % (seed-style split, 731 photos; npshuffle eval)",
     ),
     ZooEntry(
         "imagenet_v1_g3_x0_5", "imagenet_v1_g3_x0_5.npz", "ImageNet-1k (1000 classes)", MEGVII_SOURCE, "MIT",
