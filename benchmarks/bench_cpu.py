@@ -12,9 +12,13 @@ float32), the script
 2. checks that the four runtimes agree (max |difference| / max |logit| against torch);
 3. times npshuffle-numba, npshuffle-numpy (the reference backend), torch eager and ONNX Runtime
    (all graph optimisations, ``--threads`` intra-op threads) *interleaved*: rounds of a block of
-   calls of each runtime in turn (rotating who goes first), each block led by 0.1 s of untimed
-   calls, so that the previous runtime's worker threads, which keep spinning for up to ~50 ms
-   after their last call (ONNX Runtime's do), never count against the next. Batch 1 is the
+   calls of each runtime in turn (rotating who goes first), each block preceded by 0.2 s of idle
+   time and 0.1 s of untimed calls, so that the previous runtime's worker threads, which keep
+   spinning after their last call (ONNX Runtime's for ~50 ms, the NumPy reference's BLAS threads
+   for longer), never count against the next. (Without the idle time, a block after the NumPy
+   reference's found both cores busy: for V2 x2.0 at batch 1 that made ONNX Runtime 15.9 ms
+   instead of 9.3, and npshuffle-numba's batch-1 schedule fall back to one thread, 16.2 ms instead
+   of 8.7.) Batch 1 is the
    median of 200 calls in blocks of 10, batch 32 the median of 10 calls in blocks of 2 (the
    NumPy reference is timed at batch 1 only, unless ``--numpy-batch32``). Many small blocks,
    because on a shared (virtual) machine the cores' speed drifts by tens of percent over
@@ -159,15 +163,18 @@ class Contestants:
 # timing
 
 
-def interleaved(runs: dict, x: np.ndarray, calls: int, per_block: int, lead_s: float = 0.1) -> dict[str, float]:
+def interleaved(runs: dict, x: np.ndarray, calls: int, per_block: int, lead_s: float = 0.1,
+                settle_s: float = 0.2) -> dict[str, float]:
     """Median seconds per call of each runtime, timed in interleaved blocks of ``per_block`` calls,
-    each block led by ``lead_s`` seconds (at least one call) of untimed calls."""
+    each block preceded by ``settle_s`` seconds of sleep and ``lead_s`` seconds (at least one call)
+    of untimed calls."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     order = list(runs)
     rounds = -(-calls // per_block)
     for r in range(rounds):
         for name in order[r % len(order):] + order[: r % len(order)]:  # rotate who goes first
             run = runs[name]
+            time.sleep(settle_s)  # the previous runtime's spinning threads go to sleep
             start = time.perf_counter()
             run(x)
             while time.perf_counter() - start < lead_s:
