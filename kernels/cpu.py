@@ -334,6 +334,22 @@ def _tile(NR, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, ep
         _store(NR, acc3, out[d3: d3 + NR], relu)
 
 
+@njit(inline="always")
+def _tile_nr(nr, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3):
+    """:func:`_tile` for a tile width ``nr`` known only at run time: one compiled micro-kernel per
+    width of :data:`TILE_WIDTHS` (inlined into the caller; :func:`_tile` itself never is)."""
+    if nr == 64:
+        _tile(64, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
+    elif nr == 48:
+        _tile(48, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
+    elif nr == 32:
+        _tile(32, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
+    elif nr == 24:
+        _tile(24, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
+    else:
+        _tile(16, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
+
+
 @njit(fastmath=FASTMATH, inline="always")
 def _store(NR, acc, out, relu):
     """out[j] = relu?(acc[j]), j < NR."""
@@ -476,16 +492,7 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
             else:  # into the scratch tile, for _finish_tile
                 d0, d1, d2, d3, out, rl, epi = 0, 64, 128, 192, tile, False, EPI_STORE
                 s0 = s1 = s2 = s3 = 0
-            if nr == 64:  # one compiled micro-kernel per tile width
-                _tile(64, ws, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, rl, epi, s0, s1, s2, s3)
-            elif nr == 48:
-                _tile(48, ws, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, rl, epi, s0, s1, s2, s3)
-            elif nr == 32:
-                _tile(32, ws, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, rl, epi, s0, s1, s2, s3)
-            elif nr == 24:
-                _tile(24, ws, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, rl, epi, s0, s1, s2, s3)
-            else:
-                _tile(16, ws, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, rl, epi, s0, s1, s2, s3)
+            _tile_nr(nr, ws, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, rl, epi, s0, s1, s2, s3)
             if not direct:
                 _finish_tile(tile, nrows, n, jg, ws, rows, st, pooled, inv)
 
@@ -835,21 +842,8 @@ def classifier_part(features, wts, itab, fc, logits, part, nparts):
         for t in range(c_lo, c_hi):
             j0, nr, n, poff = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3]
             panel = wts[fc.w + poff: fc.w + poff + (K + 1) * nr].reshape((K + 1, nr))
-            if nr == 64:
-                _tile(64, src, a0, a1, a2, a3, koff, K, panel, tile, zero, d1, d2, d3, relu, store,
-                      zero, zero, zero, zero)
-            elif nr == 48:
-                _tile(48, src, a0, a1, a2, a3, koff, K, panel, tile, zero, d1, d2, d3, relu, store,
-                      zero, zero, zero, zero)
-            elif nr == 32:
-                _tile(32, src, a0, a1, a2, a3, koff, K, panel, tile, zero, d1, d2, d3, relu, store,
-                      zero, zero, zero, zero)
-            elif nr == 24:
-                _tile(24, src, a0, a1, a2, a3, koff, K, panel, tile, zero, d1, d2, d3, relu, store,
-                      zero, zero, zero, zero)
-            else:
-                _tile(16, src, a0, a1, a2, a3, koff, K, panel, tile, zero, d1, d2, d3, relu, store,
-                      zero, zero, zero, zero)
+            _tile_nr(nr, src, a0, a1, a2, a3, koff, K, panel, tile, zero, d1, d2, d3, relu, store,
+                     zero, zero, zero, zero)
             for i in range(nrows):
                 for j in range(n):
                     logits[r0 + i, j0 + j] = tile[64 * i + j]
