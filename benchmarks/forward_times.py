@@ -28,20 +28,9 @@ from npshuffle.archs import build_plan
 from npshuffle.backend_numba import NumbaBackend
 
 try:
-    from profile_layers import arch
+    from profile_layers import arch, times
 except ImportError:  # run from elsewhere than benchmarks/
-    from benchmarks.profile_layers import arch
-
-
-def times(fn, calls: int) -> tuple[float, float]:
-    """(median, minimum) seconds of ``calls`` calls, after one untimed call."""
-    fn()
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return float(np.median(samples)), float(np.min(samples))
+    from benchmarks.profile_layers import arch, times
 
 
 def time_arch(name: str, calls: int, size: int, rng: np.random.Generator) -> str:

@@ -34,14 +34,19 @@ def arch(name: str):
     return v1_spec(int(parts[1][1:]), width)
 
 
-def median_time(fn, repeat: int) -> float:
+def times(fn, calls: int) -> tuple[float, float]:
+    """(median, minimum) seconds of ``calls`` calls of ``fn``, after one untimed call."""
     fn()
-    times = []
-    for _ in range(repeat):
+    samples = []
+    for _ in range(calls):
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        samples.append(time.perf_counter() - start)
+    return float(np.median(samples)), float(np.min(samples))
+
+
+def median_time(fn, repeat: int) -> float:
+    return times(fn, repeat)[0]
 
 
 def macs(step) -> int:
