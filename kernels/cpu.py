@@ -109,7 +109,7 @@ TILE_WIDTHS = (64, 48, 32, 24, 16)  # the NR values the micro-kernel is compiled
 
 # step kinds
 PHASE_INPUT = 0  # NCHW image -> zero-bordered rows split into 4 column phases (the stem's input)
-GEMM = 1  # dense / pointwise conv as a matrix product, with a fused epilogue
+GEMM = 1  # 1x1 conv (grouped or not) as a matrix product, with a fused epilogue
 DEPTHWISE = 2  # 3x3 depthwise conv, padding 1, any stride
 STEM_POOL = 3  # the stem: 3x3 conv stride 2 + ReLU + 3x3 max-pool stride 2 (all padding 1), fused
 AVG_POOL = 4  # 3x3 average pool, padding 1 (zeros counted), any stride
@@ -426,7 +426,7 @@ def _finish_tile(tile, nrows, n, jg, ws, rows, st, pooled, inv):
 
 @njit(fastmath=FASTMATH, cache=True)
 def gemm(ws, wts, itab, st, pooled, part, nparts):
-    """One GEMM step (stem conv, 1x1 conv, grouped or not), or this thread's share of it.
+    """One GEMM step (1x1 conv, grouped or not), or this thread's share of it.
 
     Rows are the output pixels (in tiles of 4), columns the output channels (in tiles of NR, per
     group). Threads split the pixel tiles, or the column tiles (``st.split``): a layer with few
