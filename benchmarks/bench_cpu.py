@@ -23,8 +23,8 @@ float32), the script
    NumPy reference is timed at batch 1 only, unless ``--numpy-batch32``). Many small blocks,
    because on a shared (virtual) machine the cores' speed drifts by tens of percent over
    minutes, and every runtime should see the same drift;
-4. measures each runtime's peak memory (peak RSS of a fresh process that loads it and runs one
-   batch of 32), unless ``--no-memory``;
+4. measures each runtime's peak memory (peak RSS of a fresh process that loads it and runs a
+   batch of 1, then one of 32), unless ``--no-memory``;
 5. times ``python -m npshuffle predict PHOTO --device numba`` end to end in fresh processes:
    first with an empty Numba cache (compiling), then again (cache warm);
 

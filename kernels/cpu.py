@@ -3,7 +3,7 @@
 ``kernels.reference`` says *what* each op computes; this module computes the same numbers in a
 layout and loop order chosen for a CPU. Everything is compiled by Numba with ``cache=True``, so a
 new process loads machine code from ``__pycache__`` instead of compiling again (the first run
-compiles for ~20-40 s).
+compiles for ~35-47 s on a 2-core machine).
 
 Layout: padded channels-last images in one flat workspace
 ----------------------------------------------------------
@@ -13,7 +13,8 @@ workspace), described by (offset, H, W, channel stride C)::
     value of channel c at pixel (y, x)  =  ws[offset + ((y + 1) * (W + 2) + (x + 1)) * C + c]
 
 * **channels last**: a 1x1 conv is then one matrix product over all pixels (rows = pixels,
-  columns = channels), and depthwise / pooling loops vectorise over the contiguous channels;
+  columns = channels), and the depthwise conv and the average / global pools vectorise over the
+  contiguous channels;
 * **C is a multiple of 16** (one AVX-512 register of float32) and at least the channel count, so
   channel loops run in whole 16-lane vectors; padding channels hold zeros or harmless finite
   values and are never read as real channels;
@@ -50,9 +51,10 @@ Four details make LLVM generate that code, and each is load-bearing:
    (3x slower).
 
 Every array in a vectorised loop is indexed by the loop counter alone (``row[c]`` of a slice
-``row = ws[a:b]``, never ``ws[a + c]``): Numba checks a computed index for negative values, and
-that check stops LLVM from vectorising. The kernels slice :func:`_borrowed` views, which skip
-Numba's reference counting (an atomic add per slice, on a cache line both threads share).
+``row = ws[a:b]``, never ``ws[a + c]``), or by an *unsigned* index: Numba checks a computed signed
+index for negative values, and that check stops LLVM from vectorising (see the per-channel ops).
+The kernels slice :func:`_borrowed` views, which skip Numba's reference counting (an atomic add per
+slice, on a cache line both threads share).
 
 Weights are *packed* once by the backend: per output-channel tile, a panel of shape (1 + K, NR)
 whose row 0 is the bias and rows 1..K the transposed weights (zero-padded columns past the layer's
@@ -68,7 +70,8 @@ channel shuffle costs nothing beyond copying the passthrough half in the same pa
 pooled shortcut (V1's stride-2 concat); adding the residual (V1's stride-1 add); or summed into
 the global average pool (the V2 head conv's output is never stored). When the backend has given
 the output buffer room for whole tiles (``direct``), the micro-kernel stores straight from its
-registers; otherwise :func:`_finish_tile` handles the general cases (channel steps, partial tiles).
+registers; otherwise (no room for whole tiles, and always for the pooled and the Megvii
+passthrough epilogues) :func:`_finish_tile` stores the tile from a scratch copy.
 
 Steps and threads
 -----------------
@@ -78,8 +81,9 @@ offset, the offset tables and tile tables (in the int64 array ``itab``), the epi
 :func:`run_step` executes one step, or one thread's share of it; :func:`forward` runs the whole
 table and the classifier, in one call from Python:
 
-* one image: every step split across the threads (by pixel tiles, or by output rows). A parallel
-  region costs ~1.3 us with Numba's OpenMP layer, so ~60 fork-joins per image are cheap;
+* one image: every step with enough work split across the threads (by pixel tiles, output rows
+  or output-channel tiles); runs of small steps go to thread 0 in one round. A parallel region
+  costs ~1.3 us with Numba's OpenMP layer, so ~50 fork-joins per image are cheap;
 * a batch: each thread runs whole images in its own workspace, whose activations then stay in its
   own core's L2 cache.
 """
@@ -98,7 +102,8 @@ from numba.extending import intrinsic
 # epilogues (fully unrolled loops over a tile's accumulators: bias, ReLU, residual, interleaved
 # stores) into vector instructions; without it they run one float at a time (5-15 % of a GEMM
 # here). Numba re-reads its NUMBA_* environment variables before each compilation, so the setting
-# goes there (for the rest of this process; set NUMBA_SLP_VECTORIZE=0 beforehand to opt out).
+# goes there (for the rest of this process; set NUMBA_SLP_VECTORIZE=0 beforehand to opt out --
+# Numba's cache does not key on it, so clear kernels/__pycache__ for that to take effect).
 os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
 config.reload_config()
 
@@ -119,7 +124,9 @@ STEP_FIELDS = (
     "kind",
     # input buffer: offset, interior height and width, padded width, channel stride
     "src", "src_h", "src_w", "src_wp", "src_c",
-    # output buffer (always padded NHWC): offset, interior height and width, channel stride
+    # output buffer (padded NHWC but for PHASE_INPUT's): offset, interior height and width, channel stride
+    # (PHASE_INPUT and STEM_POOL use src_wp for Q, k for the image's channels, group_out for the stem's
+    # output channels and w for its pack_stem blocks: see stem_pool)
     "dst", "dst_h", "dst_w", "dst_c",
     "stride", "relu",
     # GEMM: reduction length per group, groups, offset table (groups * k entries in itab),
@@ -147,6 +154,7 @@ SPLIT_NONE, SPLIT_PIXELS, SPLIT_COLUMNS = 0, 1, 2
 EPI_STORE = 0  # out[out_ch + out_step*jg] = relu?(acc)
 EPI_RESIDUAL = 1  # out[jg] = relu?(acc + aux[jg])                                     (V1, stride 1)
 EPI_INTERLEAVE = 2  # out[2jg + 1] = relu?(acc); out[2jg] = aux[pass_from + pass_step*jg] (torchvision V2)
+# (these two ignore out_ch and out_step: the backend leaves them 0 and 1)
 EPI_PASSTHROUGH = 3  # out[out_ch + out_step*jg] = relu?(acc); out[jg] = aux[pass_from + pass_step*jg]  (Megvii V2)
 EPI_POOL = 4  # pooled[jg] += relu?(acc) / (H*W): the global average pool fused into the head conv
 
@@ -387,7 +395,7 @@ def _store_interleaved(NR, acc, out, passthrough, relu):
 
 @njit(fastmath=FASTMATH, cache=True)
 def _finish_tile(tile, nrows, n, jg, ws, rows, st, pooled, inv):
-    """Epilogue of one tile: row i's ``n`` valid outputs ``tile[i, :n]`` are output channels
+    """Epilogue of one tile: row i's ``n`` valid outputs ``tile[64 * i: 64 * i + n]`` are output channels
     ``jg .. jg+n-1`` of the pixel whose offsets in the output / auxiliary buffer are
     ``rows[1, i]`` / ``rows[2, i]``. (The micro-kernel's own stores, with a runtime width and any
     channel step, plus the pooled sum and the Megvii passthrough copy.)"""
@@ -621,8 +629,8 @@ def global_pool(ws, st, pooled, part, nparts):
 #
 # Both stride-2 ops want every other column. So the input is stored split into its four column
 # phases (padded column 4q + p at phase p, position q), and the stem computes its even output
-# columns 2q (taps at 4q + kx) and odd ones 2q + 1 (taps at 4q + 2 + kx) as separate rows E and O:
-# each tap of each is a *contiguous* run of q. The max-pool's window at pooled column q covers stem
+# columns 2q (taps at 4q + dx) and odd ones 2q + 1 (taps at 4q + 2 + dx) as separate rows E and O:
+# each tap (dy, dx) of each is a *contiguous* run of q. The max-pool's window at pooled column q covers stem
 # columns 2q - 1, 2q, 2q + 1, that is O[q - 1], E[q], O[q]: contiguous again. Three stem rows are
 # kept in a small per-thread ring; each pooled row computes two new ones. The ReLU comes free: the
 # pooled maximum starts at 0 (max(0, a, b, ...) = max(relu(a), relu(b), ...)), which also makes
@@ -634,8 +642,8 @@ STEM_QB = 32  # output columns per stem micro-tile (two 16-lane vectors)
 
 def stem_geometry(height: int, width: int) -> tuple[int, int, int, int, int, int]:
     """(stem H, stem W, pooled H, pooled W, NX, Q) for an input of ``height`` x ``width``: NX = the
-    pooled width rounded up to whole micro-tiles, Q = floats per input phase row (NX + 16: a tile
-    reads one position past NX)."""
+    pooled width rounded up to whole micro-tiles, Q = floats per input phase row (NX + 16: the last
+    tile reads position NX, one past the computed ones; 16 keeps the rows 64-byte aligned)."""
     hs, ws = (height - 1) // 2 + 1, (width - 1) // 2 + 1
     hp, wp = (hs - 1) // 2 + 1, (ws - 1) // 2 + 1
     nx = -(-wp // STEM_QB) * STEM_QB

@@ -34,8 +34,9 @@
    room for the micro-kernel's whole tiles, so it can store straight from its registers.
 
 A call is then one compiled call from Python (``kernels.cpu.forward``): a batch runs image by
-image on each thread; a single image has every step split across the threads, or runs on one
-thread when the machine is busy (see :class:`_Schedule`). Nothing large is allocated per call.
+image on each thread; a single image has each step with enough work split across the threads
+(see ``_split_policy``), or runs on one thread when the machine is busy (see :class:`_Schedule`).
+Nothing large is allocated per call.
 """
 
 from __future__ import annotations
@@ -470,7 +471,7 @@ def _first_call(fn, *args):
 
 
 class _Schedule:
-    """How a batch of one runs: every step split across all threads, or the whole pass on one.
+    """How a batch of one runs: its steps split across all threads, or the whole pass on one.
 
     Split, a pass is ~50 fork-joins. That is fastest on an idle machine, but when other processes
     keep the cores busy each fork-join can wait milliseconds for a preempted thread, and one
