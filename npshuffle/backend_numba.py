@@ -374,25 +374,26 @@ class _PackedPlan:
             return (np.asarray(weights[f"{layer.name}.weight"], np.float32),
                     np.asarray(weights[f"{layer.name}.bias"], np.float32))
 
+        def pointwise(layer):  # a 1x1 conv, grouped or not, as a GEMM per group
+            g = layer.groups
+            self.gemms[layer.name] = _Gemm.add(wts, itab, cpu.pack_pointwise(*w(layer), g), g,
+                                               layer.in_channels // g, layer.out_channels // g)
+
         stem = plan.stem
         if not (stem.kernel == 3 and stem.stride == 2 and stem.padding == 1 and stem.groups == 1 and stem.relu):
             raise BackendError(f"{stem.name}: the numba backend's stem kernel needs a 3x3 conv, stride 2, "
                                f"padding 1, ungrouped, with ReLU (got {stem})")
         self.stem = wts.add(cpu.pack_stem(*w(stem)))
         if plan.head is not None:
-            weight, bias = w(plan.head)
             if plan.head.kernel != 1 or plan.head.groups != 1:
                 raise BackendError(f"{plan.head.name}: the head conv must be 1x1 and ungrouped")
-            self.gemms[plan.head.name] = _Gemm.add(wts, itab, cpu.pack_pointwise(weight, bias, 1), 1,
-                                                   plan.head.in_channels, plan.head.out_channels)
+            pointwise(plan.head)
         for unit in plan.units:
             for layer in unit.convs():
-                weight, bias = w(layer)
                 if layer.kernel == 1:
-                    g = layer.groups
-                    self.gemms[layer.name] = _Gemm.add(wts, itab, cpu.pack_pointwise(weight, bias, g), g,
-                                                       layer.in_channels // g, layer.out_channels // g)
+                    pointwise(layer)
                     continue
+                weight, bias = w(layer)
                 if not (layer.kernel == 3 and layer.padding == 1 and layer.groups == layer.in_channels):
                     raise BackendError(f"{layer.name}: only 3x3 depthwise convs with padding 1 are supported")
                 if isinstance(unit, V1Unit) and layer is unit.dw and unit.groups > 1:
