@@ -50,8 +50,14 @@ Four details make LLVM generate that code, and each is load-bearing:
    with an enclosing loop, or inlined into a caller's loop, LLVM leaves the accumulators in memory
    (3x slower).
 
+Being a function of its own, :func:`_tile` is *called* once per tile, and a call costs in
+proportion to its arguments: Numba passes an array as a struct of 7-9 machine words. So the
+micro-kernel takes raw pointers instead (:func:`_at`, one word each: 18 arguments instead of ~44),
+which made the narrow layers' GEMM steps, where a tile is only 100-200 FMAs, up to 1.5x faster
+(V1 g3 0.5x, stage 2).
+
 Every array in a vectorised loop is indexed by the loop counter alone (``row[c]`` of a slice
-``row = ws[a:b]``, never ``ws[a + c]``), or by an *unsigned* index: Numba checks a computed signed
+``row = ws[a:b]``, never ``ws[a + c]``), by an *unsigned* index, or is a raw pointer: Numba checks a computed signed
 index for negative values, and that check stops LLVM from vectorising (see the per-channel ops).
 The kernels slice :func:`_borrowed` views, which skip Numba's reference counting (an atomic add per
 slice, on a cache line both threads share).
@@ -275,6 +281,21 @@ def _borrowed(typingctx, array):
     return array(array), codegen
 
 
+@intrinsic
+def _at(typingctx, array, index):
+    """A raw pointer to ``array[index]`` of a contiguous 1-D array (no bounds check, no reference
+    count): one machine word to pass to the micro-kernel instead of the array's 7-field struct."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        view = context.make_array(signature.args[0])(context, builder, value=args[0])
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        return builder.gep(view.data, [index])
+
+    return types.CPointer(array.dtype)(array, index), codegen
+
+
 @njit(inline="always")
 def _split(total, part, nparts):
     """The ``part``-th of ``nparts`` nearly equal ranges of ``range(total)``."""
@@ -286,17 +307,20 @@ def _split(total, part, nparts):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _tile(NR, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3):
-    """The micro-kernel: a 4 x NR tile of a GEMM whose A rows start at src[a0] .. src[a3].
+def _tile(NR, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3):
+    """The micro-kernel: a 4 x NR tile of a GEMM. Every argument but K, relu and epilogue is a raw
+    pointer (:func:`_at`): a0 .. a3 to the first input of the tile's 4 pixels, koff to the offset
+    table, panel to the tile's packed weights ((1 + K) x NR, row 0 the bias), d0 .. d3 to the
+    outputs and s0 .. s3 to the residual / passthrough inputs of the 4 pixels.
 
-        acc_i[j] = panel[0, j] + sum_k src[a_i + koff[k]] * panel[1 + k, j]     (j < NR)
+        acc_i[j] = panel[j] + sum_k a_i[koff[k]] * panel[(1 + k) * NR + j]     (j < NR)
 
-    then stores relu?(acc_i[j]) at out[d_i + j] (``epilogue`` EPI_STORE); or relu?(acc_i[j] +
-    src[s_i + j]) there (EPI_RESIDUAL: V1's residual add); or (EPI_INTERLEAVE) relu?(acc_i[j]) at
-    out[d_i + 2j + 1] and the passthrough channel src[s_i + j] at out[d_i + 2j]: a V2 unit's
-    concat + shuffle(2). ``out`` is either the workspace itself (a "direct" store of whole tiles:
-    the columns past the layer's width hold zero weights and store zeros, or values a later tile
-    overwrites), or a scratch tile that :func:`_finish_tile` then distributes.
+    then stores relu?(acc_i[j]) at d_i[j] (``epilogue`` EPI_STORE); or relu?(acc_i[j] + s_i[j])
+    there (EPI_RESIDUAL: V1's residual add); or (EPI_INTERLEAVE) relu?(acc_i[j]) at d_i[2j + 1]
+    and the passthrough channel s_i[j] at d_i[2j]: a V2 unit's concat + shuffle(2). The d_i point
+    either into the workspace (a "direct" store of whole tiles: the columns past the layer's width
+    hold zero weights and store zeros, or values a later tile overwrites), or into a scratch tile
+    that :func:`_finish_tile` then distributes.
 
     ``numba.literally`` compiles one version per tile width NR, in which the j loops have a
     constant trip count: they unroll, and acc0..acc3 (4 x NR floats) live in registers.
@@ -307,18 +331,19 @@ def _tile(NR, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, ep
     acc2 = numba.carray(_stack_floats(NR), NR)
     acc3 = numba.carray(_stack_floats(NR), NR)
     for j in range(NR):
-        acc0[j] = panel[0, j]
-        acc1[j] = panel[0, j]
-        acc2[j] = panel[0, j]
-        acc3[j] = panel[0, j]
+        acc0[j] = panel[j]
+        acc1[j] = panel[j]
+        acc2[j] = panel[j]
+        acc3[j] = panel[j]
     for k in range(K):
         o = koff[k]
-        x0 = src[a0 + o]
-        x1 = src[a1 + o]
-        x2 = src[a2 + o]
-        x3 = src[a3 + o]
+        x0 = a0[o]
+        x1 = a1[o]
+        x2 = a2[o]
+        x3 = a3[o]
+        row = (k + 1) * NR
         for j in range(NR):
-            w = panel[1 + k, j]
+            w = panel[row + j]
             acc0[j] += x0 * w
             acc1[j] += x1 * w
             acc2[j] += x2 * w
@@ -326,36 +351,35 @@ def _tile(NR, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, ep
     # the epilogue reads each accumulator once, straight from its register (modifying the stack
     # arrays in place first would make LLVM spill them)
     if epilogue == EPI_INTERLEAVE:
-        _store_interleaved(NR, acc0, out[d0: d0 + 2 * NR], src[s0: s0 + NR], relu)
-        _store_interleaved(NR, acc1, out[d1: d1 + 2 * NR], src[s1: s1 + NR], relu)
-        _store_interleaved(NR, acc2, out[d2: d2 + 2 * NR], src[s2: s2 + NR], relu)
-        _store_interleaved(NR, acc3, out[d3: d3 + 2 * NR], src[s3: s3 + NR], relu)
+        _store_interleaved(NR, acc0, d0, s0, relu)
+        _store_interleaved(NR, acc1, d1, s1, relu)
+        _store_interleaved(NR, acc2, d2, s2, relu)
+        _store_interleaved(NR, acc3, d3, s3, relu)
     elif epilogue == EPI_RESIDUAL:
-        _store_sum(NR, acc0, out[d0: d0 + NR], src[s0: s0 + NR], relu)
-        _store_sum(NR, acc1, out[d1: d1 + NR], src[s1: s1 + NR], relu)
-        _store_sum(NR, acc2, out[d2: d2 + NR], src[s2: s2 + NR], relu)
-        _store_sum(NR, acc3, out[d3: d3 + NR], src[s3: s3 + NR], relu)
+        _store_sum(NR, acc0, d0, s0, relu)
+        _store_sum(NR, acc1, d1, s1, relu)
+        _store_sum(NR, acc2, d2, s2, relu)
+        _store_sum(NR, acc3, d3, s3, relu)
     else:
-        _store(NR, acc0, out[d0: d0 + NR], relu)
-        _store(NR, acc1, out[d1: d1 + NR], relu)
-        _store(NR, acc2, out[d2: d2 + NR], relu)
-        _store(NR, acc3, out[d3: d3 + NR], relu)
+        _store(NR, acc0, d0, relu)
+        _store(NR, acc1, d1, relu)
+        _store(NR, acc2, d2, relu)
+        _store(NR, acc3, d3, relu)
 
 
 @njit(inline="always")
-def _tile_nr(nr, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3):
-    """:func:`_tile` for a tile width ``nr`` known only at run time: one compiled micro-kernel per
-    width of :data:`TILE_WIDTHS` (inlined into the caller; :func:`_tile` itself never is)."""
+def _tile_nr(nr, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3):
+    """:func:`_tile` for a tile width known only at run time."""
     if nr == 64:
-        _tile(64, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
+        _tile(64, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
     elif nr == 48:
-        _tile(48, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
+        _tile(48, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
     elif nr == 32:
-        _tile(32, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
+        _tile(32, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
     elif nr == 24:
-        _tile(24, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
+        _tile(24, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
     else:
-        _tile(16, src, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
+        _tile(16, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
 
 
 @njit(fastmath=FASTMATH, inline="always")
@@ -472,7 +496,7 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
         g, t = c // st.ntiles, c % st.ntiles
         j0, nr, n, poff = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3]
         w0 = st.w + g * st.group_w + poff
-        panel = wts[w0: w0 + (K + 1) * nr].reshape((K + 1, nr))
+        panel = wts[w0: w0 + (K + 1) * nr]
         koff = itab[st.koff + g * K: st.koff + (g + 1) * K]
         jg = g * st.group_out + j0
         y, x = divmod(t_lo * ROWS, Wo)  # output pixel of the next row, walked without divisions
@@ -500,7 +524,9 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
             else:  # into the scratch tile, for _finish_tile
                 d0, d1, d2, d3, out, rl, epi = 0, 64, 128, 192, tile, False, EPI_STORE
                 s0 = s1 = s2 = s3 = 0
-            _tile_nr(nr, ws, a0, a1, a2, a3, koff, K, panel, out, d0, d1, d2, d3, rl, epi, s0, s1, s2, s3)
+            _tile_nr(nr, _at(ws, a0), _at(ws, a1), _at(ws, a2), _at(ws, a3), _at(koff, 0), K, _at(panel, 0),
+                     _at(out, d0), _at(out, d1), _at(out, d2), _at(out, d3), rl, epi,
+                     _at(ws, s0), _at(ws, s1), _at(ws, s2), _at(ws, s3))
             if not direct:
                 _finish_tile(tile, nrows, n, jg, ws, rows, st, pooled, inv)
 
@@ -849,9 +875,10 @@ def classifier_part(features, wts, itab, fc, logits, part, nparts):
         a3 = (r0 + min(3, nrows - 1)) * lda
         for t in range(c_lo, c_hi):
             j0, nr, n, poff = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3]
-            panel = wts[fc.w + poff: fc.w + poff + (K + 1) * nr].reshape((K + 1, nr))
-            _tile_nr(nr, src, a0, a1, a2, a3, koff, K, panel, tile, zero, d1, d2, d3, relu, store,
-                     zero, zero, zero, zero)
+            panel = wts[fc.w + poff: fc.w + poff + (K + 1) * nr]
+            _tile_nr(nr, _at(src, a0), _at(src, a1), _at(src, a2), _at(src, a3), _at(koff, 0), K,
+                     _at(panel, 0), _at(tile, zero), _at(tile, d1), _at(tile, d2), _at(tile, d3), relu, store,
+                     _at(tile, zero), _at(tile, zero), _at(tile, zero), _at(tile, zero))
             for i in range(nrows):
                 for j in range(n):
                     logits[r0 + i, j0 + j] = tile[64 * i + j]
