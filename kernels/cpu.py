@@ -499,9 +499,26 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
         panel = wts[w0: w0 + (K + 1) * nr]
         koff = itab[st.koff + g * K: st.koff + (g + 1) * K]
         jg = g * st.group_out + j0
+        o = st.out_ch + (2 * jg if interleave else jg)  # (direct) the tile's first output channel
+        p = st.pass_from + jg if interleave else jg  # (direct) its passthrough or residual channel
         y, x = divmod(t_lo * ROWS, Wo)  # output pixel of the next row, walked without divisions
         for tp in range(t_lo, t_hi):
             nrows = min(ROWS, npix - tp * ROWS)
+            if direct and nrows == ROWS and x + ROWS <= Wo:
+                # the common case: 4 pixels of one output row, at equal steps in every buffer
+                a0 = st.src + ((y * s + org) * awp + x * s + org) * apix
+                pix = (y + 1) * (Wo + 2) + x + 1
+                d0, s0 = st.dst + pix * st.dst_c + o, st.aux + pix * st.aux_c + p
+                da, dd, ds = s * apix, st.dst_c, st.aux_c
+                _tile_nr(nr, _at(ws, a0), _at(ws, a0 + da), _at(ws, a0 + 2 * da), _at(ws, a0 + 3 * da),
+                         _at(koff, 0), K, _at(panel, 0),
+                         _at(ws, d0), _at(ws, d0 + dd), _at(ws, d0 + 2 * dd), _at(ws, d0 + 3 * dd), relu, st.mode,
+                         _at(ws, s0), _at(ws, s0 + ds), _at(ws, s0 + 2 * ds), _at(ws, s0 + 3 * ds))
+                x += ROWS
+                if x == Wo:
+                    x, y = 0, y + 1
+                continue
+            # otherwise: walk the tile's pixels one by one (across a row end, or past the last pixel)
             for i in range(ROWS):
                 if i < nrows:
                     rows[0, i] = st.src + ((y * s + org) * awp + x * s + org) * apix
@@ -516,9 +533,7 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
             a0, a1, a2, a3 = rows[0, 0], rows[0, 1], rows[0, 2], rows[0, 3]
             if direct:  # store from registers; rows past the end store to the last pixel again
                 r1, r2, r3 = min(1, nrows - 1), min(2, nrows - 1), min(3, nrows - 1)
-                o = st.out_ch + (2 * jg if interleave else jg)
                 d0, d1, d2, d3 = rows[1, 0] + o, rows[1, r1] + o, rows[1, r2] + o, rows[1, r3] + o
-                p = st.pass_from + jg if interleave else jg  # passthrough or residual channel
                 s0, s1, s2, s3 = rows[2, 0] + p, rows[2, r1] + p, rows[2, r2] + p, rows[2, r3] + p
                 out, rl, epi = ws, relu, st.mode
             else:  # into the scratch tile, for _finish_tile
