@@ -57,8 +57,9 @@ which made the narrow layers' GEMM steps, where a tile is only 100-200 FMAs, up 
 (V1 g3 0.5x, stage 2).
 
 Every array in a vectorised loop is indexed by the loop counter alone (``row[c]`` of a slice
-``row = ws[a:b]``, never ``ws[a + c]``), by an *unsigned* index, or is a raw pointer: Numba checks a computed signed
-index for negative values, and that check stops LLVM from vectorising (see the per-channel ops).
+``row = ws[a:b]``, never ``ws[a + c]``), by an *unsigned* index, or is a raw pointer: Numba checks
+a computed signed index for negative values, and that check stops LLVM from vectorising (see the
+per-channel ops).
 The kernels slice :func:`_borrowed` views, which skip Numba's reference counting (an atomic add per
 slice, on a cache line both threads share).
 
@@ -369,7 +370,8 @@ def _tile(NR, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0
 
 @njit(inline="always")
 def _tile_nr(nr, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3):
-    """:func:`_tile` for a tile width known only at run time."""
+    """:func:`_tile` for a tile width ``nr`` known only at run time: one compiled micro-kernel per
+    width of :data:`TILE_WIDTHS` (inlined into the caller; :func:`_tile` itself never is)."""
     if nr == 64:
         _tile(64, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
     elif nr == 48:
