@@ -32,13 +32,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from npshuffle.archs import build_plan  # noqa: E402
-from npshuffle.backend_numba import NumbaBackend  # noqa: E402
-
 try:
-    from profile_layers import arch
+    from profile_layers import random_model
 except ImportError:  # run from elsewhere than benchmarks/
-    from benchmarks.profile_layers import arch
+    from benchmarks.profile_layers import random_model
 
 BATCH = 32
 
@@ -46,10 +43,8 @@ BATCH = 32
 def best_ms_per_image(name: str, threads: int, seconds: float) -> float:
     """Best batch-32 call over ``seconds``, in ms per image per thread."""
     numba.set_num_threads(threads)
-    plan = build_plan(arch(name), "torchvision")
     rng = np.random.default_rng(0)
-    weights = {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in plan.weight_shapes().items()}
-    runner = NumbaBackend().prepare(plan, weights)
+    _, runner = random_model(name, rng)
     x = rng.standard_normal((BATCH, 3, 224, 224)).astype(np.float32)
     runner(x)
     best, stop = float("inf"), time.perf_counter() + seconds

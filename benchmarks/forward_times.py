@@ -24,21 +24,17 @@ import numba
 import numpy as np
 
 from kernels import cpu
-from npshuffle.archs import build_plan
-from npshuffle.backend_numba import NumbaBackend
 
 try:
-    from profile_layers import arch, times
+    from profile_layers import random_model, times
 except ImportError:  # run from elsewhere than benchmarks/
-    from benchmarks.profile_layers import arch, times
+    from benchmarks.profile_layers import random_model, times
 
 
 def time_arch(name: str, calls: int, size: int, rng: np.random.Generator) -> str:
     """One line of timings for one architecture (random weights, torchvision wiring)."""
     nthreads = numba.get_num_threads()
-    plan = build_plan(arch(name), "torchvision")
-    weights = {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in plan.weight_shapes().items()}
-    runner = NumbaBackend().prepare(plan, weights)
+    plan, runner = random_model(name, rng)
     x = rng.standard_normal((1, 3, size, size)).astype(np.float32)
     start = time.perf_counter()
     runner(x)

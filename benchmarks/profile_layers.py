@@ -34,6 +34,13 @@ def arch(name: str):
     return v1_spec(int(parts[1][1:]), width)
 
 
+def random_model(name: str, rng: np.random.Generator, dialect: str = "torchvision"):
+    """(plan, Numba runner) of architecture ``name`` (see :func:`arch`) with random weights."""
+    plan = build_plan(arch(name), dialect)
+    weights = {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in plan.weight_shapes().items()}
+    return plan, NumbaBackend().prepare(plan, weights)
+
+
 def times(fn, calls: int) -> tuple[float, float]:
     """(median, minimum) seconds of ``calls`` calls of ``fn``, after one untimed call."""
     fn()
@@ -69,10 +76,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args()
 
-    plan = build_plan(arch(args.arch), args.dialect)
     rng = np.random.default_rng(0)
-    weights = {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in plan.weight_shapes().items()}
-    runner = NumbaBackend().prepare(plan, weights)
+    plan, runner = random_model(args.arch, rng, args.dialect)
     x = rng.standard_normal((1, 3, args.size, args.size)).astype(np.float32)
     runner(x)  # compile
     prog = runner.program(args.size, args.size)
