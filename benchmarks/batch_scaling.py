@@ -9,8 +9,8 @@ speed drifts):
 * one process, all threads: the batch path as ``npshuffle`` runs it (each thread takes whole
   images in its own workspace);
 * one process, one thread;
-* one one-thread process per core, all running at the same time: the same work with nothing
-  shared but the hardware.
+* as many one-thread processes as the first way has threads, all running at the same time: the
+  same work with nothing shared but the hardware.
 
 All three are printed as milliseconds per image per thread. If the first is well above the third,
 the threads of one process get in each other's way (shared cache lines, allocations); if the

@@ -27,8 +27,12 @@ float32), the script
    batch of 1, then one of 32), unless ``--no-memory``;
 5. times ``python -m npshuffle predict PHOTO --device numba`` end to end in fresh processes:
    first with an empty Numba cache (compiling), then again (cache warm);
+6. measures the machine's SGEMM ceiling (``sgemm_ceiling.py``: NumPy's BLAS, 2048x2048 float32,
+   ``--threads`` threads, in a fresh process);
 
-prints a markdown table with every time's ratio to ONNX Runtime, checks the issue's bars, and
+prints a markdown table with every time's ratio to ONNX Runtime, a table of the speed-up over
+torch eager with the useful GFLOP/s that 4x torch eager would need as a share of that ceiling,
+checks the issue's bars, and
 writes the whole report to ``--out``. ``--pause GLOB`` sends SIGSTOP to the processes whose pids
 are in the files matching GLOB (e.g. a background training run), and to their children, and
 SIGCONT when done.

@@ -3,7 +3,7 @@
 ``kernels.reference`` says *what* each op computes; this module computes the same numbers in a
 layout and loop order chosen for a CPU. Everything is compiled by Numba with ``cache=True``, so a
 new process loads machine code from ``__pycache__`` instead of compiling again (the first run
-compiles for ~35-47 s on a 2-core machine).
+compiles for ~30-47 s on a 2-core machine).
 
 Layout: padded channels-last images in one flat workspace
 ----------------------------------------------------------
@@ -52,7 +52,7 @@ Four details make LLVM generate that code, and each is load-bearing:
 
 Being a function of its own, :func:`_tile` is *called* once per tile, and a call costs in
 proportion to its arguments: Numba passes an array as a struct of 7-9 machine words. So the
-micro-kernel takes raw pointers instead (:func:`_at`, one word each: 18 arguments instead of ~44),
+micro-kernel takes raw pointers instead (:func:`_at`, one word each: 18 arguments instead of ~46),
 which made the narrow layers' GEMM steps, where a tile is only 100-200 FMAs, up to 1.5x faster
 (V1 g3 0.5x, stage 2).
 
@@ -286,7 +286,8 @@ def _borrowed(typingctx, array):
 def _at(typingctx, array, index):
     """A raw pointer to ``array[index]`` of a contiguous 1-D array (no bounds check, no reference
     count): one machine word to pass to the micro-kernel instead of the array's 7-field struct."""
-    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+    if not (isinstance(array, types.Array) and array.ndim == 1 and array.layout == "C"
+            and isinstance(index, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -309,7 +310,7 @@ def _split(total, part, nparts):
 
 @njit(fastmath=FASTMATH, cache=True)
 def _tile(NR, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3):
-    """The micro-kernel: a 4 x NR tile of a GEMM. Every argument but K, relu and epilogue is a raw
+    """The micro-kernel: a 4 x NR tile of a GEMM. Every argument but NR, K, relu and epilogue is a raw
     pointer (:func:`_at`): a0 .. a3 to the first input of the tile's 4 pixels, koff to the offset
     table, panel to the tile's packed weights ((1 + K) x NR, row 0 the bias), d0 .. d3 to the
     outputs and s0 .. s3 to the residual / passthrough inputs of the 4 pixels.
@@ -520,7 +521,8 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
                 if x == Wo:
                     x, y = 0, y + 1
                 continue
-            # otherwise: walk the tile's pixels one by one (across a row end, or past the last pixel)
+            # otherwise (a tile across a row end or past the last pixel, or any tile of a step that is
+            # not "direct"): walk the tile's pixels one by one
             for i in range(ROWS):
                 if i < nrows:
                     rows[0, i] = st.src + ((y * s + org) * awp + x * s + org) * apix

@@ -20,6 +20,11 @@ SETTINGS = settings(max_examples=25, deadline=None)
 TOL = 1e-5
 
 
+# NaNs after a test workspace's buffers: a kernel that reads them spoils its output, one that
+# writes them fails run()
+GUARD = 64
+
+
 class Arena:
     """A flat float32 workspace holding the buffers of one step, plus its weights and int table."""
 
@@ -37,7 +42,8 @@ class Arena:
         return self.add(np.zeros(n, np.float32))
 
     def array(self) -> np.ndarray:
-        return np.concatenate(self.blocks + [np.zeros(64, np.float32)])
+        """The workspace, with :data:`GUARD` NaNs after the last buffer (see :func:`run`)."""
+        return np.concatenate(self.blocks + [np.full(GUARD, np.nan, np.float32)])
 
 
 def run(fields: dict, ws: np.ndarray, wts=None, itab=None, image=None, pooled=None, nparts: int = 1) -> None:
@@ -45,12 +51,14 @@ def run(fields: dict, ws: np.ndarray, wts=None, itab=None, image=None, pooled=No
     steps = cpu.new_steps(1)
     for key, value in fields.items():
         steps[0][key] = value
-    wts = np.zeros(16, np.float32) if wts is None else np.ascontiguousarray(wts, np.float32)
+    wts = np.zeros(16, np.float32) if wts is None else np.ascontiguousarray(wts, np.float32).ravel()
     itab = np.zeros(16, np.int64) if itab is None else np.ascontiguousarray(itab, np.int64)
     image = np.zeros((1, 1, 1), np.float32) if image is None else image
     pooled = np.zeros(16, np.float32) if pooled is None else pooled
     for part in range(nparts):
         cpu.run_step(ws, wts, itab, steps[0], image, pooled, np.int64(part), np.int64(nparts))
+    # (the GEMM micro-kernel works on raw pointers: nothing checks its bounds but this)
+    assert np.isnan(ws[-GUARD:]).all(), "the kernel wrote past the last buffer of its workspace"
 
 
 def buffer(ws: np.ndarray, offset: int, h: int, w: int, stride: int, channels: int, first: int = 0) -> np.ndarray:
