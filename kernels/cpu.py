@@ -556,21 +556,9 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
 # These loop over the channels innermost, which LLVM vectorises 16 channels per instruction -- if
 # it can see that the loop reads consecutive floats. A signed index ``row[offset + c]`` hides that:
 # Numba wraps negative indices around (``i + len`` if ``i < 0``), a select per element. Two ways
-# out: slices indexed by the loop counter alone (``_window``: 9 slices per output pixel, which
-# costs as much as the arithmetic for ShuffleNet's narrow layers), or *unsigned* indices, which
-# Numba never wraps (the depthwise conv: no slicing in its pixel loop at all).
-
-
-@njit(cache=True, inline="always")
-def _window(ws, src, wp, C, n, oy, ox, s):
-    """The 3x3 window at output (oy, ox), stride s, padding 1, of a padded NHWC buffer of padded
-    width wp and channel stride C: its 9 pixels, as slices of their first n channels."""
-    top = src + (oy * s * wp + ox * s) * C  # padded coordinates: the window starts at (oy*s, ox*s)
-    mid = top + wp * C
-    bot = mid + wp * C
-    return (ws[top: top + n], ws[top + C: top + C + n], ws[top + 2 * C: top + 2 * C + n],
-            ws[mid: mid + n], ws[mid + C: mid + C + n], ws[mid + 2 * C: mid + 2 * C + n],
-            ws[bot: bot + n], ws[bot + C: bot + C + n], ws[bot + 2 * C: bot + 2 * C + n])
+# out: slices indexed by the loop counter alone (9 slices per output pixel, which cost as much as
+# the arithmetic for ShuffleNet's narrow layers), or *unsigned* indices, which Numba never wraps
+# (the depthwise conv and the average pool: no slicing in their pixel loops at all).
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -627,17 +615,26 @@ def avg_pool3x3(ws, st, part, nparts):
     ``out_ch ..`` (the first channels of the unit's output, before pw2's).
     """
     ws = _borrowed(ws)
-    n = st.k
-    Wo = st.dst_w
+    n, C, s = st.k, st.src_c, st.stride
+    Wo, dC = st.dst_w, st.dst_c
+    R = (st.src_w + 2) * C  # one padded input row
     ninth = np.float32(1.0 / 9.0)
+    U = np.uint64
+    c1, c2, r1, r2 = U(C), U(2 * C), U(R), U(2 * R)
     lo, hi = _split(st.dst_h, part, nparts)
     for oy in range(lo, hi):
+        top = st.src + oy * s * R  # padded coordinates: the windows start at row oy * s
+        rows = ws[top: top + 3 * R]
+        o = st.dst + ((oy + 1) * (Wo + 2) + 1) * dC + st.out_ch
+        out = ws[o: o + (Wo - 1) * dC + n]
         for ox in range(Wo):
-            t0, t1, t2, t3, t4, t5, t6, t7, t8 = _window(ws, st.src, st.src_w + 2, st.src_c, n, oy, ox, st.stride)
-            o = st.dst + ((oy + 1) * (Wo + 2) + ox + 1) * st.dst_c + st.out_ch
-            out = ws[o: o + n]
-            for c in range(n):
-                out[c] = (t0[c] + t1[c] + t2[c] + t3[c] + t4[c] + t5[c] + t6[c] + t7[c] + t8[c]) * ninth
+            for cb in range(0, n, LANES):  # 16 channels at a time, every index unsigned
+                p = U(ox * s * C + cb)  # the window's top-left pixel, channel cb
+                q = U(ox * dC + cb)
+                for c in range(U(LANES)):
+                    out[q + c] = (rows[p + c] + rows[p + c1 + c] + rows[p + c2 + c]
+                                  + rows[p + r1 + c] + rows[p + r1 + c1 + c] + rows[p + r1 + c2 + c]
+                                  + rows[p + r2 + c] + rows[p + r2 + c1 + c] + rows[p + r2 + c2 + c]) * ninth
 
 
 @njit(fastmath=FASTMATH, cache=True)
