@@ -459,6 +459,15 @@ def _finish_tile(tile, nrows, n, jg, ws, rows, st, pooled, inv):
                     out[j] = passthrough[j]
 
 
+@njit(inline="always")
+def _pixel_offsets(st, y, x):
+    """Workspace offsets for output pixel (y, x) of GEMM step ``st``: its A row (first input
+    channel), its output pixel and its auxiliary (residual / passthrough) pixel."""
+    a = st.src + ((y * st.stride + st.a_org) * st.src_wp + x * st.stride + st.a_org) * st.a_pix
+    pix = (y + 1) * (st.dst_w + 2) + x + 1  # the pixel in the padded output / aux buffer
+    return a, st.dst + pix * st.dst_c, st.aux + pix * st.aux_c
+
+
 @njit(fastmath=FASTMATH, cache=True)
 def gemm(ws, wts, itab, st, pooled, part, nparts):
     """One GEMM step (1x1 conv, grouped or not), or this thread's share of it.
@@ -477,7 +486,7 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
     ncols = st.groups * st.ntiles
     ntiles_pix = (npix + ROWS - 1) // ROWS
     inv = np.float32(1.0) / np.float32(npix)
-    s, org, apix, awp = st.stride, st.a_org, st.a_pix, st.src_wp
+    s, apix = st.stride, st.a_pix
     relu = st.relu != 0
     # store straight from the micro-kernel when the backend says whole tiles fit the output
     direct = st.direct != 0 and (st.mode == EPI_STORE or st.mode == EPI_RESIDUAL or st.mode == EPI_INTERLEAVE)
@@ -509,9 +518,8 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
             nrows = min(ROWS, npix - tp * ROWS)
             if direct and nrows == ROWS and x + ROWS <= Wo:
                 # the common case: 4 pixels of one output row, at equal steps in every buffer
-                a0 = st.src + ((y * s + org) * awp + x * s + org) * apix
-                pix = (y + 1) * (Wo + 2) + x + 1
-                d0, s0 = st.dst + pix * st.dst_c + o, st.aux + pix * st.aux_c + p
+                a0, d0, s0 = _pixel_offsets(st, y, x)
+                d0, s0 = d0 + o, s0 + p
                 da, dd, ds = s * apix, st.dst_c, st.aux_c
                 _tile_nr(nr, _at(ws, a0), _at(ws, a0 + da), _at(ws, a0 + 2 * da), _at(ws, a0 + 3 * da),
                          _at(koff, 0), K, _at(panel, 0),
@@ -525,10 +533,7 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
             # not "direct"): walk the tile's pixels one by one
             for i in range(ROWS):
                 if i < nrows:
-                    rows[0, i] = st.src + ((y * s + org) * awp + x * s + org) * apix
-                    pix = (y + 1) * (Wo + 2) + x + 1  # the pixel in the padded output / aux buffer
-                    rows[1, i] = st.dst + pix * st.dst_c
-                    rows[2, i] = st.aux + pix * st.aux_c
+                    rows[0, i], rows[1, i], rows[2, i] = _pixel_offsets(st, y, x)
                     x += 1
                     if x == Wo:
                         x, y = 0, y + 1
