@@ -55,7 +55,7 @@ class NumpyBackend:
             out = ref.concat_channels(passthrough, conv(u.pw2, conv(u.dw, conv(u.pw1, x))))
             return ref.channel_shuffle(out, 2, "torchvision") if u.shuffle_after else out
 
-        def run(x: np.ndarray) -> np.ndarray:
+        def run_one(x: np.ndarray) -> np.ndarray:
             x = ref.max_pool2d(conv(plan.stem, x), 3, 2, 1)
             for unit in plan.units:
                 x = v1_unit(unit, x) if isinstance(unit, V1Unit) else v2_unit(unit, x)
@@ -63,6 +63,13 @@ class NumpyBackend:
                 x = conv(plan.head, x)
             c = plan.classifier
             return ref.linear(ref.global_avg_pool(x), weights[f"{c.name}.weight"], weights[f"{c.name}.bias"])
+
+        def run(x: np.ndarray) -> np.ndarray:
+            # One image at a time, so that an image's logits never depend on its neighbours: BLAS
+            # picks its kernel (GEMV for one row, GEMM tiles and edge cases for more) by the
+            # matrix sizes, and with the batch inside the matrix an image's position in it would
+            # change the rounding (by ~1e-6, differently on each CPU).
+            return np.concatenate([run_one(x[i: i + 1]) for i in range(x.shape[0])])
 
         return run
 

@@ -36,6 +36,23 @@ def test_path_pil_and_array_inputs_agree(model):
     np.testing.assert_array_equal(from_path.logits, from_array.logits)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("name", ["flowers", "flowers_v2", "imagenet_v1_g8_x0_5"])
+def test_an_images_logits_do_not_depend_on_its_place_in_the_batch(backend, name):
+    """Bitwise: the same photo alone, or at any position of a batch of any size, gets the same
+    logits (re-running a folder in another order or with another batch size changes nothing)."""
+    from npshuffle.preprocess import preprocess_image
+
+    m = npshuffle.load_model(name, backend=backend)
+    daisy, tulip = (preprocess_image(Image.open(p).convert("RGB"), m.recipe) for p in (DAISY, TULIP))
+    alone = m.forward(daisy[None])[0]
+    for n, positions in ((2, (0, 1)), (5, range(5)), (17, (0, 3, 16))):
+        for position in positions:
+            batch = np.stack([tulip] * n)
+            batch[position] = daisy
+            np.testing.assert_array_equal(m.forward(batch)[position], alone, err_msg=f"batch {n}, position {position}")
+
+
 def test_batching_does_not_change_results(model):
     images = [TULIP, DAISY, TULIP]
     one_by_one = [npshuffle.predict(i, model=model).logits for i in images]
