@@ -49,12 +49,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernel_cache
 from .backends import BackendError
 from .plan import ConvLayer, Plan, V1Unit, V2Unit
 
 try:
     import numba
 
+    kernel_cache.install_locator()  # before the kernels are defined: Numba picks their cache folder then
     from kernels import cpu
 except ImportError as exc:  # pragma: no cover - exercised only without numba
     raise BackendError(f"the numba backend needs the numba package ({exc}); use backend='numpy'") from None

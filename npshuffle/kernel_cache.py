@@ -1,0 +1,236 @@
+"""Where the compiled Numba kernels live, and whether they are there, without importing numba.
+
+The Numba backend compiles ``kernels/`` once per machine and keeps the machine code in a cache
+directory (Numba's ``cache=True``). Importing numba alone costs ~0.5 s, so the question "are the
+kernels compiled for this machine?" must be answerable without it: that is what the *stamp* is,
+a small JSON file written beside the cache by the process that compiled (or loaded) the kernels:
+
+    {"npshuffle": "0.1.0", "numba": "0.68.1", "python": "3.11.7 ...", "machine": "<hash of the CPU
+     name and feature flags>", "kernels": "<hash of the kernel sources>", "measured": {...}}
+
+The cache is *warm* when the stamp matches this process's versions, CPU and kernel sources and
+the cache still holds Numba's index files. (Numba keeps its own checks too: a stale entry is
+recompiled, never run.) All models share one set of compiled kernels: they differ in data
+(weights, step tables), not in the types the kernels are compiled for.
+
+Where the cache is, first that works:
+
+1. ``$NUMBA_CACHE_DIR/npshuffle`` when the user set ``NUMBA_CACHE_DIR``;
+2. ``kernels/__pycache__`` beside the installed package, when it is writable (a virtualenv);
+3. the user's cache directory, ``$XDG_CACHE_HOME/npshuffle/numba`` (``~/.cache/...``), for a
+   read-only install (system-wide, or a container running as another user).
+
+When none is writable the kernels still run, compiled anew in every process.
+:func:`install_locator` makes Numba use the chosen directory for the files of ``kernels/`` only
+(other Numba users in the process keep their own settings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+STAMP_NAME = "npshuffle-kernels.json"
+STAMP_MAX_BYTES = 64 * 1024
+KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
+# the kernel sources whose machine code is cached (reference.py is plain NumPy, cuda.py is numba.cuda)
+NOT_CPU_KERNELS = ("reference.py", "cuda.py")
+
+
+def user_cache_root() -> Path:
+    """The per-user cache directory of this OS (no third-party ``appdirs``)."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def _writable(path: Path) -> bool:
+    """Can files be created in ``path`` (creating it if needed)?"""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+        return True
+    except OSError:
+        return False
+
+
+def candidates() -> list[tuple[Path, str]]:
+    """The cache directories to try, in order, each with why it is a candidate."""
+    env = os.environ.get("NUMBA_CACHE_DIR")
+    if env:
+        return [(Path(env) / "npshuffle", "NUMBA_CACHE_DIR")]
+    return [
+        (KERNELS_DIR / "__pycache__", "beside the installed package"),
+        (user_cache_root() / "npshuffle" / "numba", "the user's cache directory (the package folder is read-only)"),
+    ]
+
+
+def cache_dir() -> tuple[Path | None, str]:
+    """(the directory the kernels are cached in, why that one); (None, why) when none is writable."""
+    tried = []
+    for path, why in candidates():
+        if _writable(path):
+            return path, why
+        tried.append(str(path))
+    return None, "no writable cache directory (tried " + ", ".join(tried) + "): the kernels compile in every process"
+
+
+def _machine() -> str:
+    """A hash of this CPU's name and feature flags: compiled code is only valid on the CPU it was
+    compiled for (Numba compiles for the host CPU's instruction set)."""
+    text = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            fields = {}
+            for line in f:
+                if not line.strip():
+                    break  # the first processor is enough: they are alike
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+        text += fields.get("model name", "") + " " + fields.get("flags", fields.get("Features", ""))
+    except OSError:  # not Linux
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _kernel_sources() -> str:
+    """A hash of the kernel sources Numba compiles."""
+    digest = hashlib.sha256()
+    for path in sorted(KERNELS_DIR.glob("*.py")):
+        if path.name not in NOT_CPU_KERNELS:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def identity() -> dict:
+    """What a stamp must match for the cached kernels to be usable by this process."""
+    from . import __version__
+
+    return {
+        "npshuffle": __version__,
+        "numba": _version("numba"),
+        "python": sys.version.split()[0] + " " + platform.python_implementation(),
+        "machine": _machine(),
+        "kernels": _kernel_sources(),
+    }
+
+
+def read_stamp(directory: Path | None = None) -> dict | None:
+    """The stamp in ``directory`` (default: the cache directory), or None if absent or unreadable."""
+    directory = directory or cache_dir()[0]
+    if directory is None:
+        return None
+    path = directory / STAMP_NAME
+    try:
+        if not path.is_file() or path.stat().st_size > STAMP_MAX_BYTES:
+            return None
+        stamp = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # a corrupt stamp is no stamp
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def is_warm(directory: Path | None = None) -> bool:
+    """Are the kernels compiled and cached for this machine, these versions and these sources?"""
+    directory = directory or cache_dir()[0]
+    stamp = read_stamp(directory)
+    if stamp is None or any(stamp.get(key) != value for key, value in identity().items()):
+        return False
+    try:
+        return any(name.endswith(".nbi") for name in os.listdir(directory))  # Numba's index files
+    except OSError:
+        return False
+
+
+def write_stamp(measured: dict | None = None, directory: Path | None = None) -> Path | None:
+    """Record that the kernels are compiled (atomically: a temporary file renamed into place).
+    ``measured``: timings to keep for the automatic backend choice (merged into earlier ones)."""
+    directory = directory or cache_dir()[0]
+    if directory is None:
+        return None
+    old = read_stamp(directory) or {}
+    keep = old.get("measured", {}) if all(old.get(k) == v for k, v in identity().items()) else {}
+    stamp = {**identity(), "measured": {**keep, **(measured or {})}}
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".stamp-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(stamp, f, indent=1)
+        os.replace(tmp, directory / STAMP_NAME)
+    except OSError:
+        return None
+    return directory / STAMP_NAME
+
+
+def clear(directory: Path | None = None) -> None:
+    """Delete the cached kernels and the stamp (a corrupt cache is rebuilt from nothing)."""
+    directory = directory or cache_dir()[0]
+    if directory is None:
+        return
+    prefixes = tuple(p.stem + "." for p in KERNELS_DIR.glob("*.py") if p.name not in NOT_CPU_KERNELS)
+    for path in directory.iterdir() if directory.is_dir() else ():
+        if path.name == STAMP_NAME or (path.name.startswith(prefixes) and path.suffix in (".nbi", ".nbc")):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+
+def install_locator() -> Path | None:
+    """Make Numba cache the functions of ``kernels/`` in :func:`cache_dir` (call before importing
+    ``kernels.cpu``: Numba picks a function's cache location when it is decorated). Returns the
+    directory, or None when nothing is writable (then Numba compiles without caching).
+
+    This adds a locator class at the front of Numba's list that only answers for files inside
+    ``kernels/``; every other function keeps Numba's own rules. It uses Numba's (private but
+    long-stable) ``_CacheLocator`` interface; if that ever moves, Numba's defaults apply, which
+    also honour NUMBA_CACHE_DIR and fall back to a per-user directory.
+    """
+    directory, _ = cache_dir()
+    try:
+        from numba.core import caching
+    except ImportError:  # pragma: no cover - only without numba
+        return directory
+    base = getattr(caching, "_CacheLocator", None)
+    mixin = getattr(caching, "_SourceFileBackedLocatorMixin", None)
+    impl = getattr(caching, "_CacheImpl", None)
+    if base is None or mixin is None or impl is None or directory is None:
+        return directory
+    if any(getattr(cls, "npshuffle_locator", False) for cls in impl._locator_classes):
+        return directory
+
+    class KernelsCacheLocator(mixin, base):
+        """Numba cache locator for npshuffle's kernels: one directory, chosen by :func:`cache_dir`."""
+
+        npshuffle_locator = True
+
+        def __init__(self, py_func, py_file):
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = str(directory)
+
+        def get_cache_path(self):
+            return self._cache_path
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if Path(py_file).resolve().parent != KERNELS_DIR:
+                return None
+            return super().from_function(py_func, py_file)
+
+    impl._locator_classes.insert(0, KernelsCacheLocator)
+    return directory
