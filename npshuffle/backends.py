@@ -95,21 +95,16 @@ BACKENDS: dict[str, Callable[[], object]] = {
 }
 
 
-# what a Model runs on unless told otherwise
-DEFAULT_BACKEND = "numba"
-
-
 def _auto_backend():
-    """The fastest backend that works here: cuda if a GPU is usable, else numba, else numpy."""
-    for factory in (_cuda_backend, _numba_backend):
-        try:
-            return factory()
-        except (BackendError, ImportError):
-            continue
-    return NumpyBackend()
+    from .auto import AutoBackend  # NumPy for small jobs, Numba for large ones: see npshuffle/auto.py
+
+    return AutoBackend()
 
 
 BACKENDS["auto"] = _auto_backend
+
+# what a Model runs on unless told otherwise
+DEFAULT_BACKEND = "auto"
 
 
 def get_backend(name: str | None = None):

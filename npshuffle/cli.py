@@ -21,7 +21,7 @@ from .images import IMAGE_EXTENSIONS, ImageError
 from .model_file import ModelFileError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
-DEVICES = ("auto", "cpu", "numba", "numpy", "cuda")
+DEVICES = ("auto", "numpy", "numba", "cuda", "cpu")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,8 +119,9 @@ WRITERS = {"table": TableWriter, "json": JsonWriter, "csv": CsvWriter}
 class Progress:
     """A one-line progress bar on stderr, only when stderr is a terminal."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, status=lambda: ""):
         self.total, self.done, self.enabled = total, 0, enabled and total > 1
+        self.status = status  # what the model runs on (it may change during the run)
         self.start = time.perf_counter()
 
     def step(self) -> None:
@@ -129,7 +130,9 @@ class Progress:
             return
         rate = self.done / max(time.perf_counter() - self.start, 1e-9)
         filled = int(30 * self.done / self.total)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}  {rate:.1f} img/s")
+        status = self.status()
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}  {rate:.1f} img/s"
+                         + (f"  ({status})" if status else "") + "\033[K")
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -141,8 +144,8 @@ class Progress:
 # commands
 
 
-def backend_for(device: str) -> str | None:
-    return {"cpu": None, "auto": "auto", "numba": "numba", "numpy": "numpy", "cuda": "cuda"}[device]
+def backend_for(device: str) -> str:
+    return "auto" if device == "cpu" else device  # (cpu: the name of auto before it chose per job)
 
 
 def cmd_predict(args) -> int:
@@ -158,17 +161,21 @@ def cmd_predict(args) -> int:
         return fail("no images found in " + ", ".join(args.paths))
     if args.annotate:
         os.makedirs(args.annotate, exist_ok=True)
+    model.expect(len(paths))
     writer = WRITERS[args.format](sys.stdout)
-    progress = Progress(len(paths), sys.stderr.isatty())
+    progress = Progress(len(paths), sys.stderr.isatty(), status=lambda: model.status)
     failures: list[tuple[str, str]] = []
     annotated_names: set[str] = set()
-    for prediction in predict_stream(paths, model, args.top_k, args.batch_size):
-        writer.write(prediction)
-        progress.step()
-        if prediction.error is not None:
-            failures.append((prediction.source, prediction.error))
-        elif args.annotate:
-            annotate(prediction, args.annotate, annotated_names)
+    try:
+        for prediction in predict_stream(paths, model, args.top_k, args.batch_size):
+            writer.write(prediction)
+            progress.step()
+            if prediction.error is not None:
+                failures.append((prediction.source, prediction.error))
+            elif args.annotate:
+                annotate(prediction, args.annotate, annotated_names)
+    finally:
+        model.close()  # a background compile still running ends with the command
     writer.close()
     sys.stdout.flush()
     progress.close()
@@ -264,8 +271,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--format", "-f", choices=sorted(WRITERS), default="table", help="output format (default table)")
     p.add_argument("--annotate", metavar="DIR", help="write a copy of each image with its top-1 label drawn on it")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    p.add_argument("--device", choices=DEVICES, default="cpu",
-                   help="cpu (default: fastest CPU backend), numba, numpy (reference), cuda, or auto (GPU if present)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto (default: NumPy for a few images, Numba for many, compiling it in the background "
+                        "the first time), numpy, numba, cuda (cpu: same as auto)")
     p.set_defaults(run=cmd_predict)
 
     p = sub.add_parser("list", help="list the bundled models")
@@ -303,6 +311,8 @@ OPTIONAL_COMMANDS = (
      "train or fine-tune a model (needs torch: pip install npshuffle[train])"),
     ("eval", "npshuffle.evaluate", "add_eval_arguments", "run_eval",
      "accuracy and confusion matrix of a model on a class-per-folder data set"),
+    ("warmup", "npshuffle.warmup", "add_warmup_arguments", "run_warmup",
+     "compile and cache the Numba kernels ahead of time (Dockerfiles, cluster nodes, CI images)"),
 )
 
 

@@ -41,6 +41,21 @@ class Model:
     def metadata(self) -> dict:
         return self.file.metadata
 
+    @property
+    def status(self) -> str:
+        """What the model runs on right now ("numpy", "numba", "numpy, compiling numba", ...)."""
+        return getattr(self._run, "status", self.backend.name)
+
+    def expect(self, images: int) -> None:
+        """Tell the model how many images the coming job has (``backend="auto"`` uses it to choose)."""
+        if hasattr(self._run, "expect"):
+            self._run.expect(images)
+
+    def close(self) -> None:
+        """Stop any background work (``backend="auto"``'s compile). The model stays usable."""
+        if hasattr(self._run, "close"):
+            self._run.close()
+
     def forward(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[1] != 3:

@@ -15,6 +15,7 @@ import numpy as np
 
 from kernels.reference import softmax
 
+from .backends import DEFAULT_BACKEND
 from .images import ImageError, describe, load_rgb
 from .model import Model
 from .preprocess import preprocess_image
@@ -71,7 +72,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, backend: str | Non
     Raises ``ModelFileError`` (bad name, missing or malformed file) or ``BackendError``.
     """
     name, path = resolve(name_or_path)
-    key = (os.path.realpath(path), backend or "")
+    key = (os.path.realpath(path), backend or DEFAULT_BACKEND)
     if key not in _LOADED:
         model = Model.load(path, backend=backend)
         model.name = name
@@ -145,7 +146,9 @@ def predict(
     """
     loaded = model if isinstance(model, Model) else load_model(model, backend=backend)
     if isinstance(images, (list, tuple)):
+        loaded.expect(len(images))
         return list(predict_stream(images, loaded, top_k, batch_size))
+    loaded.expect(1)
     (prediction,) = predict_stream([images], loaded, top_k, 1)
     if prediction.error is not None:
         raise ImageError(prediction.error)
