@@ -207,7 +207,7 @@ def install_locator() -> Path | None:
         return directory
     base = getattr(caching, "_CacheLocator", None)
     mixin = getattr(caching, "_SourceFileBackedLocatorMixin", None)
-    impl = getattr(caching, "_CacheImpl", None)
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)  # (renamed in 0.6x)
     if base is None or mixin is None or impl is None or directory is None:
         return directory
     if any(getattr(cls, "npshuffle_locator", False) for cls in impl._locator_classes):
