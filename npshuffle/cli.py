@@ -7,6 +7,7 @@ is named on stderr); 2 nothing could run (bad arguments, unknown or malformed mo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import importlib
@@ -63,17 +64,26 @@ def expand_inputs(arguments: list[str]) -> tuple[list[str], int]:
 # output formats
 
 
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (a class name could carry escape sequences
+    that recolour or rewrite the screen) and unencodable ones (a lone surrogate) as ``\\x..`` escapes."""
+    text = "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
 class TableWriter:
     def __init__(self, out):
         self.out = out
 
     def write(self, p) -> None:
         if p.error is not None:
-            print(f"{p.source}\n    error: {p.error}", file=self.out)
+            print(printable(f"{p.source}\n    error: {p.error}"), file=self.out)
             return
-        print(p.source, file=self.out)
-        width = max(len(label) for label, _ in p.top)
-        for label, probability in p.top:
+        print(printable(p.source), file=self.out)
+        labels = [printable(label) for label, _ in p.top]
+        width = max(len(label) for label in labels)
+        for label, (_, probability) in zip(labels, p.top, strict=True):
             print(f"    {label:<{width}}  {100 * probability:6.2f} %", file=self.out)
 
     def close(self) -> None:
@@ -81,7 +91,7 @@ class TableWriter:
 
 
 class JsonWriter:
-    """One JSON array, streamed item by item (valid JSON when the run ends)."""
+    """One JSON array, streamed item by item; closed however the run ends (Ctrl-C included)."""
 
     def __init__(self, out):
         self.out, self.first = out, True
@@ -95,6 +105,19 @@ class JsonWriter:
         self.out.write("\n]\n")
 
 
+class JsonLinesWriter:
+    """One JSON object per line: every complete line is valid on its own, whatever happens later."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, p) -> None:
+        self.out.write(json.dumps(p.to_dict()) + "\n")
+
+    def close(self) -> None:
+        pass
+
+
 class CsvWriter:
     """One row per (image, rank); failed images get one row with the error."""
 
@@ -104,16 +127,16 @@ class CsvWriter:
 
     def write(self, p) -> None:
         if p.error is not None:
-            self.writer.writerow([p.source, "", "", "", "", p.error])
+            self.writer.writerow([printable(p.source), "", "", "", "", printable(p.error)])
         for rank, (label, probability) in enumerate(p.top, start=1):
             index = p.class_index if rank == 1 else ""
-            self.writer.writerow([p.source, rank, index, label, f"{probability:.6f}", ""])
+            self.writer.writerow([printable(p.source), rank, index, printable(label), f"{probability:.6f}", ""])
 
     def close(self) -> None:
         pass
 
 
-WRITERS = {"table": TableWriter, "json": JsonWriter, "csv": CsvWriter}
+WRITERS = {"table": TableWriter, "json": JsonWriter, "jsonl": JsonLinesWriter, "csv": CsvWriter}
 
 
 class Progress:
@@ -160,7 +183,9 @@ def cmd_predict(args) -> int:
     if not paths:
         return fail("no images found in " + ", ".join(args.paths))
     if args.annotate:
-        os.makedirs(args.annotate, exist_ok=True)
+        problem = check_output_folder(args.annotate)
+        if problem:
+            return fail(problem)
     model.expect(len(paths))
     writer = WRITERS[args.format](sys.stdout)
     progress = Progress(len(paths), sys.stderr.isatty(), status=lambda: model.status)
@@ -173,30 +198,66 @@ def cmd_predict(args) -> int:
             if prediction.error is not None:
                 failures.append((prediction.source, prediction.error))
             elif args.annotate:
-                annotate(prediction, args.annotate, annotated_names)
+                problem = annotate(prediction, args.annotate, annotated_names, args.overwrite)
+                if problem:
+                    failures.append((prediction.source, problem))
     finally:
         model.close()  # a background compile still running ends with the command
-    writer.close()
-    sys.stdout.flush()
-    progress.close()
+        writer.close()  # (also on Ctrl-C: a JSON array is closed, so the output stays valid JSON)
+        sys.stdout.flush()
+        progress.close()
     if skipped:
         print(f"note: skipped {skipped} file(s) without an image extension inside the folders", file=sys.stderr)
     if failures:
         print(f"{len(failures)} of {len(paths)} input(s) could not be classified:", file=sys.stderr)
         for source, error in failures:
             message = error if error.startswith(source) else f"{source}: {error}"
-            print(f"  {message}", file=sys.stderr)
+            print(f"  {printable(message)}", file=sys.stderr)
         return EXIT_SOME_FAILED
     return EXIT_OK
 
 
-def annotate(prediction, folder: str, used: set[str]) -> None:
-    """Save a copy of the image with its top-1 label and probability drawn on it."""
+def check_output_folder(folder: str) -> str | None:
+    """Why ``--annotate FOLDER`` cannot be written to (checked before any work), or None."""
+    import tempfile
+
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return f"--annotate {folder}: is a file, not a folder"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        return f"--annotate {folder}: cannot write there ({exc.strerror or exc}); choose another folder"
+    return None
+
+
+def annotate(prediction, folder: str, used: set[str], overwrite: bool = False) -> str | None:
+    """Save a copy of the image with its top-1 label and probability drawn on it, atomically (a
+    temporary file renamed into place). Never over an input photo; over an existing file only
+    with ``overwrite``. Returns why it could not, or None."""
+    import tempfile
+
     from PIL import ImageDraw, ImageFont
 
-    from .images import load_rgb
+    from .images import ImageError, load_rgb
 
-    image = load_rgb(prediction.source).copy()
+    stem, ext = os.path.splitext(os.path.basename(prediction.source))
+    ext = ext.lower() if ext.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff") else ".png"
+    name, n = stem + ext, 1
+    while name in used:
+        n += 1
+        name = f"{stem}_{n}{ext}"
+    used.add(name)
+    target = os.path.join(folder, name)
+    if os.path.exists(target):
+        if os.path.samefile(target, prediction.source):
+            return f"--annotate would overwrite the input photo itself ({target}): choose another folder"
+        if not overwrite:
+            return f"--annotate: {target} already exists (--overwrite replaces it)"
+    try:
+        image = load_rgb(prediction.source).copy()
+    except ImageError as exc:
+        return f"--annotate: {exc}"
     draw = ImageDraw.Draw(image)
     size = max(12, image.size[1] // 18)
     try:
@@ -208,14 +269,20 @@ def annotate(prediction, folder: str, used: set[str]) -> None:
     pad = max(2, size // 5)
     draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(0, 0, 0))
     draw.text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
-    stem, ext = os.path.splitext(os.path.basename(prediction.source))
-    ext = ext.lower() if ext.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff") else ".png"
-    name, n = stem + ext, 1
-    while name in used:
-        n += 1
-        name = f"{stem}_{n}{ext}"
-    used.add(name)
-    image.save(os.path.join(folder, name))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".annotate-", suffix=ext)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=_FORMATS[ext])
+        os.replace(tmp, target)
+    except (OSError, ValueError) as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return f"--annotate: cannot write {target} ({exc})"
+    return None
+
+
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF",
+            ".tiff": "TIFF"}
 
 
 def cmd_list(args) -> int:
@@ -270,6 +337,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--top-k", "-k", type=int, default=5, help="how many classes to show per image (default 5)")
     p.add_argument("--format", "-f", choices=sorted(WRITERS), default="table", help="output format (default table)")
     p.add_argument("--annotate", metavar="DIR", help="write a copy of each image with its top-1 label drawn on it")
+    p.add_argument("--overwrite", action="store_true", help="let --annotate replace files already in DIR")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto (default: NumPy for a few images, Numba for many, compiling it in the background "

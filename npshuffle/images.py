@@ -48,6 +48,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         raise ImageError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ImageError(f"{path}: is a folder, not an image")
+    if not os.path.isfile(path):  # a FIFO or a device would block or never end
+        raise ImageError(f"{path}: not a regular file")
     if os.path.getsize(path) == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
     try:
@@ -107,6 +109,8 @@ def array_to_image(array: np.ndarray) -> Image.Image:
             f"array of shape {shape}: expected (H, W) greyscale, (H, W, 3) RGB or (H, W, 4) RGBA "
             "(channels last; for a CHW array use array.transpose(1, 2, 0))"
         )
+    if array.size == 0:
+        raise ImageError(f"array of shape {shape}: empty (no pixels)")
     if array.dtype == np.uint8:
         data = array
     elif np.issubdtype(array.dtype, np.floating):
@@ -126,12 +130,24 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(data), mode=mode)
 
 
+def decoded(image: Image.Image, name: str) -> Image.Image:
+    """A PIL image the caller made, with its pixels decoded now: an image from ``Image.open`` is
+    only decoded on first use, so a truncated file, or one closed since, fails here, by name."""
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{name}: broken, truncated or closed PIL image ({exc})") from None
+    if 0 in image.size:
+        raise ImageError(f"{name}: empty image (no pixels)")
+    return image
+
+
 def load_rgb(source: object) -> Image.Image:
     """A path, PIL image or array -> RGB PIL image. Raises :class:`ImageError`."""
     if isinstance(source, (str, os.PathLike)):
         return to_rgb(open_image(source), os.fspath(source))
     if isinstance(source, Image.Image):
-        return to_rgb(source, describe(source))
+        return to_rgb(decoded(source, describe(source)), describe(source))
     if isinstance(source, np.ndarray):
         return to_rgb(array_to_image(source))
     raise ImageError(f"cannot read an image from a {type(source).__name__}: pass a path, a PIL image or an array")

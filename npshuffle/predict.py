@@ -80,47 +80,64 @@ def load_model(name_or_path: str | os.PathLike | None = None, backend: str | Non
     return _LOADED[key]
 
 
-def classify_batch(model: Model, images: list, top_k: int) -> list[Prediction]:
-    """Classify already-decoded RGB PIL images (one forward pass). Sources are filled in by the caller."""
-    batch = np.stack([preprocess_image(image, model.recipe) for image in images])
-    logits = model.forward(batch)
-    probabilities = softmax(logits.astype(np.float64), axis=1)
+def classify_batch(model: Model, inputs: np.ndarray, top_k: int) -> list[Prediction]:
+    """Classify preprocessed inputs, float32 (N, 3, crop, crop), in one forward pass. Sources are
+    filled in by the caller. A row whose scores are not finite (a model file with absurd weights)
+    comes back as an error naming the model, never as a printed probability."""
+    with np.errstate(all="ignore"):  # an overflow is reported below, per row, as an error
+        logits = model.forward(inputs)
+        probabilities = softmax(logits.astype(np.float64), axis=1)
     results = []
     k = min(top_k, logits.shape[1])
     for row, probs in zip(logits, probabilities, strict=True):
+        if not (np.isfinite(row).all() and np.isfinite(probs).all()):
+            results.append(Prediction("", error=f"model {model.name} gave non-finite scores (its weights overflow "
+                                                "float32): the model file is broken"))
+            continue
         order = np.argsort(-probs, kind="stable")[:k]
         top = [(model.class_names[i], float(probs[i])) for i in order]
         results.append(Prediction("", top, int(order[0]), row.copy()))
     return results
 
 
+def prepare_input(source: object, recipe: dict) -> np.ndarray:
+    """One input (path, PIL image, array) -> float32 (3, crop, crop), or ImageError saying why not."""
+    try:
+        return preprocess_image(load_rgb(source), recipe)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:  # PIL's own, on odd images
+        raise ImageError(f"{describe(source)}: cannot be read as an image ({type(exc).__name__}: {exc})") from None
+
+
 def predict_stream(
     sources: Iterable, model: Model, top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> Iterator[Prediction]:
-    """Yield one Prediction per source, in order, decoding at most ``batch_size`` images at a time."""
+    """Yield one Prediction per source, in order, holding at most ``batch_size`` prepared inputs at a time.
+
+    Every input is decoded and preprocessed on its own: one that cannot be (unreadable, truncated,
+    empty, a 1x10000 strip) becomes a Prediction with ``error`` set, and the rest are classified.
+    """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    pending: list[tuple[int, str, object]] = []  # (position, name, rgb image or error message)
+    pending: list[tuple[str, np.ndarray | str]] = []  # (name, network input or error message)
 
     def flush() -> Iterator[Prediction]:
-        good = [(i, img) for i, (_, _, img) in enumerate(pending) if not isinstance(img, str)]
-        results: dict[int, Prediction] = {}
-        if good:
-            for (i, _), prediction in zip(good, classify_batch(model, [img for _, img in good], top_k), strict=True):
-                results[i] = prediction
-        for i, (_, name, img) in enumerate(pending):
-            prediction = results.get(i) or Prediction(name, error=img)
+        good = [x for _, x in pending if not isinstance(x, str)]
+        results = iter(classify_batch(model, np.stack(good), top_k) if good else [])
+        for name, x in pending:
+            prediction = Prediction(name, error=x) if isinstance(x, str) else next(results)
             prediction.source = name
             yield prediction
         pending.clear()
 
-    for position, source in enumerate(sources):
+    for source in sources:
         name = describe(source)
         try:
-            image = load_rgb(source)
+            x = prepare_input(source, model.recipe)
         except ImageError as exc:
-            image = str(exc)
-        pending.append((position, name, image))
+            x = str(exc)
+        pending.append((name, x))
         if len(pending) >= batch_size:
             yield from flush()
     yield from flush()
