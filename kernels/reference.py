@@ -530,3 +530,196 @@ def softmax(logits, axis=-1) -> np.ndarray:
     z = z - z.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=axis, keepdims=True)
+
+
+# --------------------------------------------------------------------------
+# Single-image fast forms (the NumPy backend's hot path at batch 1)
+# --------------------------------------------------------------------------
+#
+# The functions above take a batch, validate every argument and return new
+# arrays.  The ones below compute the same ops for ONE image held as a
+# (C, H, W) float32 array, trust their caller (no validation: the backend
+# checked the shapes once, when it prepared the plan), take weights already
+# laid out for them, and write into the caller's ``out`` array.  With
+# ShuffleNet's small tensors (30 channels of 28x28 is typical) the batched
+# forms spend their time in NumPy's per-row loop overhead, in im2col copies
+# and in temporaries, not in arithmetic; these keep every pass over the data
+# on long contiguous rows: a 1x1 conv is one matrix product, and every KxK
+# window op reads K*K shifted copies of the image (``tap_planes``), each a
+# plain (C, Ho*Wo) matrix.  Each is tested against its batched definition
+# in tests/test_reference_kernels.py.
+
+
+def tap_ranges(size: int, kernel: int, stride: int, padding: int) -> tuple[int, list[tuple[slice, slice]]]:
+    """Where each kernel tap lands along one axis, with the padding left out.
+
+    Returns ``(out_size, taps)``, ``out_size = (size + 2*padding - kernel) // stride + 1``
+    and ``taps[t] = (dst, src)`` for tap t = 0..kernel-1: output positions ``i``
+    in ``dst`` read input position ``i*stride + t - padding`` and ``src`` lists
+    those input positions in the same order.  Outputs whose input would fall in
+    the padding are left out of ``dst``.
+    """
+    out_size = (size + 2 * padding - kernel) // stride + 1
+    taps = []
+    for t in range(kernel):
+        first = max(0, -((t - padding) // stride))                      # ceil((padding - t) / stride)
+        stop = min(out_size, (size - 1 + padding - t) // stride + 1)   # one past the last valid output
+        count = max(0, stop - first)
+        start = first * stride + t - padding
+        end = start + (count - 1) * stride + 1 if count else start     # one past the last input read
+        taps.append((slice(first, first + count), slice(start, end, stride)))
+    return out_size, taps
+
+
+def tap_planes(x, kernel: int, stride: int, padding: int, fill: float = 0.0) -> list[np.ndarray]:
+    """The K*K shifted images a KxK window op at (stride, padding) reads, as matrices.
+
+    x (C, H, W) C-contiguous.  Returns a list of K*K arrays of shape (C, Ho*Wo), tap
+    (ky, kx) at index ``ky*K + kx``, where column ``q = i*Wo + j`` of that tap holds
+    ``x[:, i*stride + ky - padding, j*stride + kx - padding]``, or ``fill`` where that
+    falls in the padding.  A conv is then ``sum over taps of weight[tap] * tap`` (or one
+    matrix product over them), a max-pool their maximum: every pass reads long rows.
+
+    How (when H = stride*Ho and W = stride*Wo, which covers every ShuffleNet layer on an
+    even-sized input): write ``ky - padding = stride*dy + a`` (0 <= a < stride), and the
+    same for x with (dx, b).  Then the input row is ``stride*(i + dy) + a``: row ``i + dy``
+    of the *phase plane* ``x[:, a::stride, b::stride]`` (Ho x Wo; the image itself at
+    stride 1).  Flattened with pitch Wo and surrounded by ``fill``, a shift by (dy, dx)
+    is a shift of the flat index by ``dy*Wo + dx``, i.e. a plain slice.  Rows above or
+    below the plane land in the surrounding fill; columns left or right of it would wrap
+    onto the neighbouring row, so the copy of the plane used for a given dx has the
+    ``|dx|`` columns that such reads hit set to ``fill`` instead (no real read of that
+    copy uses them).  Other sizes: one strided copy per tap (``tap_ranges``).
+    """
+    c, h, w = x.shape
+    k, s, p = kernel, stride, padding
+    ho, taps_y = tap_ranges(h, k, s, p)
+    wo, taps_x = tap_ranges(w, k, s, p)
+    n = ho * wo
+    planes = []
+    if h != s * ho or w != s * wo:
+        for dst_y, src_y in taps_y:
+            for dst_x, src_x in taps_x:
+                plane = np.full((c, ho, wo), fill, dtype=np.float32)
+                plane[:, dst_y, dst_x] = x[:, src_y, src_x]
+                planes.append(plane.reshape(c, n))
+        return planes
+    margin = k * (wo + 1)   # fill before and after the plane: more than any |dy*Wo + dx|
+    phases = {}             # (a, b) -> (C, margin + Ho*Wo + margin): the phase plane, flat, bordered by fill
+    copies = {}             # (a, b, dx) -> the same with the columns that shifts by dx would wrap onto set to fill
+    for ky in range(k):
+        dy, a = divmod(ky - p, s)
+        for kx in range(k):
+            dx, b = divmod(kx - p, s)
+            if (a, b) not in phases:
+                flat = np.full((c, margin + n + margin), fill, dtype=np.float32)
+                flat[:, margin:margin + n].reshape(c, ho, wo)[...] = x[:, a::s, b::s]
+                phases[(a, b)] = flat
+            if (a, b, dx) not in copies:
+                flat = phases[(a, b)] if dx == 0 else phases[(a, b)].copy()
+                inside = flat[:, margin:margin + n].reshape(c, ho, wo)
+                # dx < 0: column j < |dx| would read the previous row's last |dx| columns;
+                # dx > 0: column j >= Wo - dx would read the next row's first dx columns.
+                for column in range(wo + dx, wo) if dx < 0 else range(dx):
+                    inside[:, :, column] = fill
+                copies[(a, b, dx)] = flat
+            start = margin + dy * wo + dx
+            planes.append(copies[(a, b, dx)][:, start:start + n])
+    return planes
+
+
+def bias_relu_(y: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
+    """In-place ``bias_relu``: ``y += bias`` (broadcast), then ``y = max(y, 0)`` if relu. Returns y."""
+    if bias is not None:
+        np.add(y, bias, out=y)
+    if relu:
+        np.maximum(y, 0.0, out=y)
+    return y
+
+
+def pointwise_conv_image(x, weight, bias, relu: bool, out) -> np.ndarray:
+    """Grouped 1x1 conv of one image as one stacked matrix product, into ``out``.
+
+    x      (G, C/G, P)    the image's P = H*W pixels, channels in G groups; any view whose
+                          matrices have unit pixel stride (BLAS reads strided rows)
+    weight (G, O/G, C/G)  ``pointwise_conv2d``'s (O, C/G, 1, 1) weight, reshaped once
+    bias   (G, O/G, 1) or None
+    out    (G, O/G, P)    same rule as x; a strided view here is how a caller writes a
+                          concat or a shuffle into place instead of copying afterwards
+
+    ``out[g] = weight[g] @ x[g] (+ bias[g]) (ReLU)``: that is ``pointwise_conv2d`` for one
+    image; ``G = 1`` is a dense 1x1 conv.  Returns ``out``.
+    """
+    np.matmul(weight, x, out=out)
+    return bias_relu_(out, bias, relu)
+
+
+def depthwise_conv_image(x, weight, bias, kernel: int, stride: int, padding: int, relu: bool, out) -> np.ndarray:
+    """Depthwise conv of one image, into ``out``.
+
+    x      (C, H, W) C-contiguous
+    weight (C, 1, K*K)   ``depthwise_conv2d``'s (C, 1, K, K) weight, reshaped once
+    bias   (C, 1) or None
+    out    (C, Ho*Wo),   Ho = (H + 2*padding - K) // stride + 1  (same for W)
+
+    Channel c's output is its (1, K*K) filter times the (K*K, Ho*Wo) matrix of its K*K
+    shifted planes (``tap_planes``), so the whole conv is one stacked matrix product
+    ``(C, 1, K*K) @ (C, K*K, Ho*Wo)``: one BLAS call per channel instead of K*K
+    multiply-add passes with a per-channel broadcast weight.  Returns ``out``.
+    """
+    c = x.shape[0]
+    taps = tap_planes(x, kernel, stride, padding)
+    cols = np.empty((c, kernel * kernel, out.shape[1]), dtype=np.float32)
+    for t, tap in enumerate(taps):
+        cols[:, t] = tap
+    np.matmul(weight, cols, out=out[:, None, :])
+    return bias_relu_(out, bias, relu)
+
+
+def conv_image(x, weight, bias, kernel: int, stride: int, padding: int, relu: bool, out) -> np.ndarray:
+    """Dense KxK conv of one image (the stem) as im2col + one matrix product, into ``out``.
+
+    x      (C, H, W) C-contiguous
+    weight (O, C*K*K)   ``conv2d``'s (O, C, K, K) weight flattened once, columns in (c, ky, kx) order
+    bias   (O, 1) or None
+    out    (O, Ho*Wo)
+
+    Row (c, ky, kx) of the (C*K*K, Ho*Wo) column matrix is channel c of tap (ky, kx)
+    (``tap_planes``); then ``out = weight @ cols``.  Returns ``out``.
+    """
+    c = x.shape[0]
+    taps = tap_planes(x, kernel, stride, padding)
+    cols = np.empty((c, kernel * kernel, out.shape[1]), dtype=np.float32)
+    for t, tap in enumerate(taps):
+        cols[:, t] = tap
+    np.matmul(weight, cols.reshape(c * kernel * kernel, -1), out=out)
+    return bias_relu_(out, bias, relu)
+
+
+def max_pool_image(x, kernel: int, stride: int, padding: int, out) -> np.ndarray:
+    """Max pooling of one image, x (C, H, W) C-contiguous -> out (C, Ho*Wo), as ``max_pool2d``
+    (-inf padding, ``padding <= kernel // 2`` so no window is all padding, floor sizes).
+
+    The running maximum of the K*K ``tap_planes`` (filled with -inf): bitwise the same as
+    ``max_pool2d``, as max is exact whatever the order.  Returns ``out``.
+    """
+    taps = tap_planes(x, kernel, stride, padding, fill=-np.inf)
+    np.copyto(out, taps[0])
+    for tap in taps[1:]:
+        np.maximum(out, tap, out=out)
+    return out
+
+
+def avg_pool_image(x, kernel: int, stride: int, padding: int, out) -> np.ndarray:
+    """Average pooling of one image with ``count_include_pad=True``: x (C, H, W) C-contiguous ->
+    out (C, Ho*Wo), as ``avg_pool2d`` (zero padding, ``padding <= kernel // 2``, floor sizes).
+
+    The sum of the K*K ``tap_planes`` divided by K*K: the same sums as ``avg_pool2d`` in
+    another order, so equal to float32 rounding.  ``out`` may be a channel slice of a bigger
+    array (V1's stride-2 concat).  Returns ``out``.
+    """
+    taps = tap_planes(x, kernel, stride, padding)
+    np.add(taps[0], taps[1], out=out) if len(taps) > 1 else np.copyto(out, taps[0])
+    for tap in taps[2:]:
+        np.add(out, tap, out=out)
+    return np.divide(out, np.float32(kernel * kernel), out=out)
