@@ -123,17 +123,41 @@ def spec_to_dict(spec: V1Spec | V2Spec) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
 
 
+# Bounds on a spec read from a file: far above any ShuffleNet of either paper (V2 x2.0 has 4
+# stages of at most 2048 channels, 16 units, 7.4 M parameters), far below what would exhaust memory.
+MAX_STAGES, MAX_REPEATS, MAX_CHANNELS, MAX_CLASSES, MAX_GROUPS = 8, 64, 8192, 100_000, 64
+MAX_PARAMETERS = 200_000_000
+
+
+def _strict_int(value, name: str) -> int:
+    """An integer written as one (JSON ``8``, not ``8.0``, ``true`` or ``Infinity``)."""
+    if type(value) is not int:
+        raise ArchError(f"{name} must be an integer, got {value!r}"[:200])
+    return value
+
+
 def spec_from_dict(data: dict) -> V1Spec | V2Spec:
-    """Inverse of :func:`spec_to_dict`; raises :class:`ArchError` on anything malformed."""
-    try:
-        fields = dict(data)
-        version = fields.get("version")
-        for key in ("stage_channels", "stage_repeats"):
-            fields[key] = tuple(int(v) for v in fields[key])
-        cls = {1: V1Spec, 2: V2Spec}[version]
-        spec = cls(**fields)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArchError(f"malformed architecture description {data!r}: {exc}") from None
+    """Inverse of :func:`spec_to_dict`, for descriptions read from files: every field must be an
+    integer within the bounds above; raises :class:`ArchError` on anything else."""
+    if not isinstance(data, dict):
+        raise ArchError(f"malformed architecture description: an object expected, got {type(data).__name__}")
+    cls = {1: V1Spec, 2: V2Spec}.get(data.get("version"))
+    if cls is None:
+        version = repr(data.get("version"))[:50]
+        raise ArchError(f"malformed architecture description: version must be 1 or 2, got {version}")
+    names = set(cls.__dataclass_fields__)
+    if set(data) != names:
+        raise ArchError(f"malformed architecture description: fields must be {sorted(names)}, got "
+                        f"{sorted(map(str, data))}"[:300])
+    fields = {}
+    for key, value in data.items():
+        if key in ("stage_channels", "stage_repeats"):
+            if not isinstance(value, list) or not 1 <= len(value) <= MAX_STAGES:
+                raise ArchError(f"{key} must be a list of 1 to {MAX_STAGES} integers")
+            fields[key] = tuple(_strict_int(v, key) for v in value)
+        else:
+            fields[key] = _strict_int(value, key)
+    spec = cls(**fields)
     check_spec(spec)
     return spec
 
@@ -162,6 +186,14 @@ def check_spec(spec: V1Spec | V2Spec) -> None:
         raise ArchError("stage_channels and stage_repeats must be non-empty and of equal length")
     if any(int(v) != v or v <= 0 for v in positive):
         raise ArchError(f"every width, repeat count and num_classes must be a positive integer: {spec}")
+    widths = [spec.stem_channels, *spec.stage_channels] + ([spec.head_channels] if isinstance(spec, V2Spec) else [])
+    if (len(spec.stage_channels) > MAX_STAGES or max(spec.stage_repeats) > MAX_REPEATS
+            or max(widths) > MAX_CHANNELS or spec.num_classes > MAX_CLASSES
+            or (isinstance(spec, V1Spec) and spec.groups > MAX_GROUPS)):
+        raise ArchError(
+            f"architecture out of bounds: at most {MAX_STAGES} stages of {MAX_REPEATS} units, {MAX_CHANNELS} "
+            f"channels, {MAX_CLASSES} classes and {MAX_GROUPS} groups (got {spec})"[:400]
+        )
     if isinstance(spec, V2Spec):
         if any(c % 2 for c in spec.stage_channels):
             raise ArchError(f"ShuffleNet V2 stage widths must be even (split in two): {spec.stage_channels}")

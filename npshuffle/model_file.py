@@ -18,13 +18,17 @@ and refuses anything else with a :class:`ModelFileError` that names the file and
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from .archs import DIALECTS, ArchError, V1Spec, V2Spec, build_plan, spec_from_dict, spec_to_dict
+from .archs import DIALECTS, MAX_PARAMETERS, ArchError, V1Spec, V2Spec, build_plan, spec_from_dict, spec_to_dict
 from .plan import Plan
 
 FORMAT = "npshuffle-model"
@@ -67,29 +71,54 @@ class ModelFile:
         return self.metadata["preprocess"]
 
 
+# Sane ranges for a recipe read from a file (torchvision and Megvii use 224..256 px; the network
+# needs at least 32 px, see npshuffle.model.MIN_INPUT_SIZE).
+MIN_SIZE, MAX_SIZE = 32, 2048
+
+
 def check_recipe(recipe: dict) -> dict:
-    """Validate a preprocessing recipe; returns it with numbers normalised. Raises ValueError."""
+    """Validate a preprocessing recipe; returns it with numbers normalised. Raises ValueError.
+
+    Sizes are integers in 32..2048 with crop <= resize; scale, mean and std are finite (std > 0,
+    scale > 0), mean and std three numbers each: a file cannot make preprocessing allocate a
+    gigapixel image or divide by zero."""
+    if not isinstance(recipe, dict):
+        raise ValueError("the preprocessing recipe must be an object")
     required = {"resize", "crop", "interpolation", "channel_order", "scale", "mean", "std"}
     missing = required - set(recipe)
     if missing:
         raise ValueError(f"preprocessing recipe lacks {sorted(missing)}")
     out = dict(recipe)
-    out["resize"], out["crop"] = int(recipe["resize"]), int(recipe["crop"])
-    if not 0 < out["crop"] <= out["resize"]:
-        raise ValueError(f"recipe needs 0 < crop <= resize, got crop={out['crop']}, resize={out['resize']}")
+    for key in ("resize", "crop"):
+        value = recipe[key]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not MIN_SIZE <= value <= MAX_SIZE:
+            raise ValueError(f"recipe {key} must be an integer from {MIN_SIZE} to {MAX_SIZE} px, got {value!r}"[:200])
+        out[key] = int(value)
+    if not out["crop"] <= out["resize"]:
+        raise ValueError(f"recipe needs crop <= resize, got crop={out['crop']}, resize={out['resize']}")
     if recipe["channel_order"] not in ("RGB", "BGR"):
-        raise ValueError(f"recipe channel_order must be RGB or BGR, got {recipe['channel_order']!r}")
+        raise ValueError(f"recipe channel_order must be RGB or BGR, got {recipe['channel_order']!r}"[:200])
     if recipe["interpolation"] not in ("bilinear", "bicubic", "nearest"):
-        raise ValueError(f"recipe interpolation must be bilinear, bicubic or nearest, got {recipe['interpolation']!r}")
-    out["scale"] = float(recipe["scale"])
+        raise ValueError(
+            f"recipe interpolation must be bilinear, bicubic or nearest, got {recipe['interpolation']!r}"[:200])
+    out["scale"] = _finite(recipe["scale"], "scale")
     for key in ("mean", "std"):
-        values = [float(v) for v in recipe[key]]
-        if len(values) != 3 or not all(np.isfinite(values)):
-            raise ValueError(f"recipe {key} must be 3 finite numbers, got {recipe[key]!r}")
-        out[key] = values
-    if min(out["std"]) <= 0:
-        raise ValueError(f"recipe std must be positive, got {out['std']}")
+        values = recipe[key]
+        if not isinstance(values, (list, tuple)) or len(values) != 3:
+            raise ValueError(f"recipe {key} must be 3 finite numbers, got {values!r}"[:200])
+        out[key] = [_finite(v, key) for v in values]
+    if min(out["std"]) <= 0 or out["scale"] <= 0:
+        raise ValueError(f"recipe std and scale must be positive, got std {out['std']}, scale {out['scale']}")
     return out
+
+
+def _finite(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"recipe {name} must be a number, got {value!r}"[:200])
+    value = float(value)
+    if not math.isfinite(value) or abs(value) > 1e6:
+        raise ValueError(f"recipe {name} must be a finite number of sensible size, got {value!r}")
+    return value
 
 
 def default_class_names(num_classes: int) -> list[str]:
@@ -136,43 +165,131 @@ def save_model_file(
     return metadata
 
 
+MAX_FILE_BYTES = 2 * 2**30  # far above any ShuffleNet (V2 x2.0: 30 MB of float32)
+MAX_METADATA_BYTES = 16 * 2**20  # the JSON: class names and provenance
+NPY_HEADER_MAX = 4096  # a .npy header is ~128 bytes
+
+
+def _member_name(tensor: str) -> str:
+    return tensor + ".npy"
+
+
+def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dtype: str, shape: tuple | None) -> np.ndarray:
+    """One ``.npy`` member, checked before anything is allocated or decompressed past its header:
+    the declared (uncompressed) size, the header's dtype and shape (``shape`` None: any 1-D), and
+    then exactly that many bytes are read, whatever the compressed stream would inflate to."""
+    if info.file_size > NPY_HEADER_MAX + (MAX_METADATA_BYTES if shape is None else 4 * math.prod(shape)):
+        raise ValueError(f"{info.filename} declares {info.file_size} bytes, more than its shape can hold")
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"{info.filename}: unsupported .npy version {version}")
+        header, = struct.unpack("<H" if version == (1, 0) else "<I", f.read(2 if version == (1, 0) else 4))
+        if header > NPY_HEADER_MAX:
+            raise ValueError(f"{info.filename}: .npy header of {header} bytes")
+        f.seek(f.tell() - (2 if version == (1, 0) else 4))
+        npy_shape, fortran, npy_dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                         else np.lib.format.read_array_header_2_0(f))
+        if npy_dtype != np.dtype(dtype) or fortran:
+            raise ValueError(f"{info.filename}: dtype {npy_dtype}{' (Fortran order)' if fortran else ''}, expected "
+                             f"{np.dtype(dtype)}")
+        if shape is None:
+            if len(npy_shape) != 1 or npy_shape[0] > MAX_METADATA_BYTES:
+                raise ValueError(f"{info.filename}: shape {npy_shape}, expected at most {MAX_METADATA_BYTES} bytes")
+        elif tuple(npy_shape) != tuple(shape):
+            raise ShapeMismatch(f"{info.filename[:-4]} has shape {tuple(npy_shape)}, expected {tuple(shape)}")
+        count = math.prod(npy_shape)
+        data = f.read(count * np.dtype(dtype).itemsize)
+        if len(data) != count * np.dtype(dtype).itemsize or f.read(1):
+            raise ValueError(f"{info.filename}: data does not match its header's shape")
+    return np.frombuffer(data, dtype=dtype).reshape(npy_shape).copy()
+
+
+class ShapeMismatch(ValueError):
+    """A tensor of the wrong shape: reported with the other problems, not alone."""
+
+
+# what a damaged or hostile archive can raise from zipfile, zlib and NumPy's header parser
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, SyntaxError, RuntimeError,
+                NotImplementedError, MemoryError, RecursionError, OverflowError, struct.error, zlib.error,
+                zipfile.BadZipFile, tokenize.TokenError, UnicodeDecodeError)
+
+
 def load_model_file(path: str | os.PathLike) -> ModelFile:
-    """Read and validate a model file. Raises :class:`ModelFileError` (never a numpy traceback)."""
+    """Read and validate a model file. Raises :class:`ModelFileError` (never a numpy traceback).
+
+    Nothing is allocated on the file's word: the metadata is read first (a bounded member), the
+    architecture it describes is bounded and gives every tensor's name and shape, the archive's
+    member list must hold exactly those (by name and declared size) before any is decompressed,
+    and each member's header must match before its data is read.
+    """
     path = str(path)
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such model file")
+    make_one = "make one with `npshuffle convert CHECKPOINT -o MODEL.npz`"
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        raise ModelFileError(
-            f"{path}: not a readable npshuffle model file ({type(exc).__name__}: {exc}); "
-            "make one with `npshuffle convert CHECKPOINT -o MODEL.npz`"
-        ) from None
-    if METADATA_KEY not in arrays:
-        raise ModelFileError(f"{path}: no {METADATA_KEY} entry: not an npshuffle model file")
+        if os.path.getsize(path) > MAX_FILE_BYTES:
+            raise ModelFileError(f"{path}: {os.path.getsize(path)} bytes, too large to be a model file")
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            meta_info = members.pop(_member_name(METADATA_KEY), None)
+            if meta_info is None:
+                raise ModelFileError(f"{path}: no {METADATA_KEY} entry: not an npshuffle model file; {make_one}")
+            metadata, spec, dialect, plan = _read_metadata(path, _read_npy(archive, meta_info, "u1", None))
+            expected = plan.weight_shapes()
+            unexpected = sorted(n.removesuffix(".npy") for n in set(members) - {_member_name(t) for t in expected})
+            if unexpected:  # (refused before anything is decompressed: a zip bomb hides in such an entry)
+                raise ModelFileError(f"{path}: unexpected tensors: {', '.join(unexpected)}"[:400])
+            arrays, problems = {}, []
+            for tensor, shape in expected.items():
+                info = members.get(_member_name(tensor))
+                if info is None:
+                    continue  # reported with the other missing tensors
+                try:
+                    arrays[tensor] = _read_npy(archive, info, "<f4", shape)
+                except ShapeMismatch as exc:
+                    problems.append(str(exc))
+            if problems:
+                raise ModelFileError(f"{path}: " + "; ".join(problems)[:600])
+    except ModelFileError:
+        raise
+    except zipfile.BadZipFile:
+        raise ModelFileError(f"{path}: not a readable npshuffle model file (not a .npz archive); {make_one}") from None
+    except _READ_ERRORS as exc:
+        message = f"{type(exc).__name__}: {exc}"[:300]
+        raise ModelFileError(f"{path}: not a readable npshuffle model file, damaged ({message}); {make_one}") from None
+    _check_contents(path, metadata, plan, arrays)
+    return ModelFile(spec, dialect, plan, arrays, metadata)
+
+
+def _read_metadata(path: str, raw: np.ndarray) -> tuple[dict, V1Spec | V2Spec, str, Plan]:
+    """The metadata JSON -> (metadata, spec, dialect, plan), every field checked."""
     try:
-        metadata = json.loads(arrays.pop(METADATA_KEY).tobytes().decode("utf-8"))
+        metadata = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path}: its metadata is not valid JSON ({exc})") from None
+        raise ModelFileError(f"{path}: its metadata is not valid JSON ({exc})"[:300]) from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: its metadata is nested too deeply to be a model description") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an npshuffle model file (format field is not {FORMAT!r})")
     if metadata.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model format version {metadata.get('format_version')!r}; this npshuffle reads version "
-            f"{FORMAT_VERSION}: re-convert the checkpoint with this version"
+            f"{FORMAT_VERSION}: re-convert the checkpoint with this version"[:300]
         )
     try:
         spec = spec_from_dict(metadata.get("arch"))
         dialect = metadata.get("dialect")
         if dialect not in DIALECTS:
-            raise ArchError(f"unknown dialect {dialect!r}")
+            raise ArchError(f"unknown dialect {dialect!r}"[:200])
         plan = build_plan(spec, dialect)
-        metadata["preprocess"] = check_recipe(metadata.get("preprocess") or {})
+        parameters = sum(math.prod(shape) for shape in plan.weight_shapes().values())
+        if parameters > MAX_PARAMETERS:
+            raise ArchError(f"the architecture has {parameters:,} parameters, more than {MAX_PARAMETERS:,}")
+        metadata["preprocess"] = check_recipe(metadata.get("preprocess"))
     except (ArchError, ValueError, TypeError) as exc:
-        raise ModelFileError(f"{path}: {exc}") from None
-    _check_contents(path, metadata, plan, arrays)
-    return ModelFile(spec, dialect, plan, arrays, metadata)
+        raise ModelFileError(f"{path}: {exc}"[:400]) from None
+    return metadata, spec, dialect, plan
 
 
 def _check_contents(path: str, metadata: dict, plan: Plan, arrays: dict[str, np.ndarray]) -> None:
