@@ -17,10 +17,12 @@ and refuses anything else with a :class:`ModelFileError` that names the file and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import struct
+import tempfile
 import tokenize
 import zipfile
 import zlib
@@ -160,8 +162,18 @@ def save_model_file(
     arrays = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in weights.items()}
     _check_contents(str(path), metadata, plan, arrays)
     arrays[METADATA_KEY] = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
-    with open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
+    # atomically: a temporary file in the same folder, renamed over ``path`` only once complete, so
+    # a kill mid-write leaves the previous file at ``path`` intact
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".npshuffle-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return metadata
 
 
