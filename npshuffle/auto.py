@@ -161,7 +161,7 @@ class AutoRunner:
         self.plan, self.weights = plan, weights
         self.numpy = NumpyBackend().prepare(plan, weights)
         self.numba = None
-        self.crossover = crossover or Crossover.current()
+        self.crossover = crossover  # (None: read when first needed; a one-photo job never looks)
         self.warm, self.log = warm, log
         self.compile: BackgroundCompile | None = None
         self.numba_failed = False
@@ -212,8 +212,8 @@ class AutoRunner:
         remaining = (self.expected - self.seen) if self.expected is not None else self.seen + batch
         if remaining <= batch:  # the last batch: nothing left for a switch to pay off
             return
-        warm = self.warm()
-        choice = choose(remaining, warm, self.crossover)
+        self.crossover = self.crossover or Crossover.current()
+        choice = choose(remaining, self.warm(), self.crossover)
         if choice == "numba":
             self._use_numba(None)
         elif choice == "compile":
