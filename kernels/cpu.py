@@ -2,8 +2,9 @@
 
 ``kernels.reference`` says *what* each op computes; this module computes the same numbers in a
 layout and loop order chosen for a CPU. Everything is compiled by Numba with ``cache=True``, so a
-new process loads machine code from ``__pycache__`` instead of compiling again (the first run
-compiles for ~30-47 s on a 2-core machine).
+new process loads machine code from the cache instead of compiling again. Each kernel is compiled
+on its own and called by address (see "Compiling" below), which keeps the first run's compile
+down to ~18 s of one core's time (it was ~45 s when every caller compiled its callees again).
 
 Layout: padded channels-last images in one flat workspace
 ----------------------------------------------------------
@@ -39,7 +40,7 @@ OpenBLAS (whose per-call overhead would dominate these small matrices anyway).
 Four details make LLVM generate that code, and each is load-bearing:
 
 1. the accumulators are stack arrays (:func:`_stack_floats`) indexed only by loop counters of
-   compile-time trip count (``numba.literally`` compiles :func:`_tile` once per NR), so LLVM
+   compile-time trip count (:func:`_tile_kernel` compiles one micro-kernel per NR), so LLVM
    unrolls the j loops and promotes the 4 x NR floats to vector registers;
 2. the 4 pixel rows are written out by hand (``x0 .. x3``, ``acc0 .. acc3``), so no loop over
    rows survives for LLVM to vectorise the wrong way;
@@ -85,14 +86,25 @@ Steps and threads
 The backend compiles a plan into a table of *steps* (a NumPy structured array, :data:`STEP_DTYPE`),
 one row per kernel launch, holding nothing but integers: buffer offsets and geometry, the weight
 offset, the offset tables and tile tables (in the int64 array ``itab``), the epilogue mode.
-:func:`run_step` executes one step, or one thread's share of it; :func:`forward` runs the whole
-table and the classifier, in one call from Python:
+A step kernel (:data:`STEP_ARGS`; ``fns[kind]``) executes one step, or one thread's share of it;
+:func:`forward` runs the whole table and the classifier, in one call from Python:
 
 * one image: every step with enough work split across the threads (by pixel tiles, output rows
   or output-channel tiles); runs of small steps go to thread 0 in one round. A parallel region
   costs ~1.3 us with Numba's OpenMP layer, so ~50 fork-joins per image are cheap;
 * a batch: each thread runs whole images in its own workspace, whose activations then stay in its
   own core's L2 cache.
+
+Compiling
+---------
+Numba compiles a caller together with the LLVM code of everything it calls, and optimises it all
+again; so kernels nested four deep were optimised four times over. Here each kernel -- the six
+step kernels, the classifier and the five micro-kernels -- is compiled on its own for fixed
+argument types and called through a table of addresses (``fns``, :func:`kernel_table`), and the
+driver :func:`forward` holds no kernel code at all. That also lets two processes compile
+different kernels at the same time (:func:`compile_kernels`; ``npshuffle.backend_numba`` does so
+on a cold cache). The calls cost what they did before: the micro-kernel was never inlined (see
+above), and a step kernel is called once per step and thread.
 """
 
 from __future__ import annotations
@@ -305,84 +317,136 @@ def _split(total, part, nparts):
 
 
 # --------------------------------------------------------------------------------------------------
+# kernels called by address
+#
+# (see "Compiling" in the module docstring) Numba links a callee's LLVM code into its caller's and
+# optimises and compiles the whole again, once per caller. So each kernel is compiled on its own,
+# for fixed argument types (:data:`STEP_ARGS`, :data:`CLASSIFIER_ARGS`, :data:`TILE_ARGS`), and
+# called through its address: the caller's machine code holds an indirect call, not a copy of the
+# kernel. The addresses change from process to process, so they travel as data, in the int64 array
+# ``fns`` (:func:`kernel_table`); Numba's cache (``cache=True``) keeps each kernel's code on its own.
+
+FN_CLASSIFIER = 6  # fns[kind] is the kernel of a step of that kind (0 .. 5), then the classifier
+FN_TILE = 7  # and the micro-kernel of width NR at fns[FN_TILE + NR // 8] (every width is a multiple of 8)
+N_FNS = FN_TILE + 64 // 8 + 1
+
+_F32, _I64, _PTR = types.float32[::1], types.int64[::1], types.CPointer(types.float32)
+STEP_TYPE = numba.from_dtype(STEP_DTYPE)  # one row of the step table
+# every step kernel: (fns, ws, wts, itab, st, image (C, H, W), pooled, part, nparts)
+STEP_ARGS = (_I64, _F32, _F32, _I64, STEP_TYPE, types.float32[:, :, ::1], _F32, types.int64, types.int64)
+# the classifier: (fns, features (N, K), wts, itab, fc, logits (N, classes), part, nparts)
+CLASSIFIER_ARGS = (_I64, types.float32[:, ::1], _F32, _I64, STEP_TYPE, types.float32[:, ::1], types.int64,
+                   types.int64)
+# the micro-kernel: (a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
+TILE_ARGS = (_PTR,) * 4 + (types.CPointer(types.int64), types.int64, _PTR) + (_PTR,) * 4 + (
+    types.boolean, types.int64) + (_PTR,) * 4
+
+
+def _caller(argtypes: tuple):
+    """An intrinsic ``call(address, *args)``: call the kernel at ``address`` (an int64 from
+    :func:`kernel_table`), which Numba compiled for the argument types ``argtypes``.
+
+    Arguments that do not convert to exactly those types are a typing error at compile time (a
+    call with any other layout would read garbage). The call uses Numba's own calling convention,
+    so an exception raised in the kernel propagates to the caller as from a direct call.
+    """
+
+    @intrinsic
+    def call(typingctx, address, *args):
+        if len(args) == 1 and isinstance(args[0], types.StarArgTuple):
+            args = tuple(args[0].types)
+        if not (isinstance(address, types.Integer) and len(args) == len(argtypes)
+                and all(typingctx.can_convert(a, b) for a, b in zip(args, argtypes, strict=True))):
+            return None
+
+        def codegen(context, builder, signature, llargs):
+            fnty = context.call_conv.get_function_type(types.none, argtypes)
+            fn = builder.inttoptr(llargs[0], fnty.as_pointer())
+            given = cgutils.unpack_tuple(builder, llargs[1], len(args))
+            values = [context.cast(builder, v, a, b) for v, a, b in zip(given, args, argtypes, strict=True)]
+            status, _ = context.call_conv.call_function(builder, fn, types.none, argtypes, values)
+            with cgutils.if_unlikely(builder, status.is_error):
+                context.call_conv.return_status_propagate(builder, status)
+            return context.get_dummy_value()
+
+        return types.none(address, types.StarArgTuple(args)), codegen
+
+    return call
+
+
+_call_step = _caller(STEP_ARGS)
+_call_classifier = _caller(CLASSIFIER_ARGS)
+_call_tile = _caller(TILE_ARGS)
+
+
+# --------------------------------------------------------------------------------------------------
 # the GEMM micro-kernel
 
 
-@njit(fastmath=FASTMATH, cache=True)
-def _tile(NR, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3):
-    """The micro-kernel: a 4 x NR tile of a GEMM. Every argument but NR, K, relu and epilogue is a raw
-    pointer (:func:`_at`): a0 .. a3 to the first input of the tile's 4 pixels, koff to the offset
-    table, panel to the tile's packed weights ((1 + K) x NR, row 0 the bias), d0 .. d3 to the
-    outputs and s0 .. s3 to the residual / passthrough inputs of the 4 pixels.
+def _tile_kernel(NR: int):
+    """The micro-kernel for tiles of width ``NR``, compiled on its own (one per width of
+    :data:`TILE_WIDTHS`, see :func:`kernel_table`) and called by address (:data:`TILE_ARGS`)."""
 
-        acc_i[j] = panel[j] + sum_k a_i[koff[k]] * panel[(1 + k) * NR + j]     (j < NR)
+    @njit(fastmath=FASTMATH, cache=True)
+    def _tile(a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3):
+        """A 4 x NR tile of a GEMM. Every argument but K, relu and epilogue is a raw pointer
+        (:func:`_at`): a0 .. a3 to the first input of the tile's 4 pixels, koff to the offset table,
+        panel to the tile's packed weights ((1 + K) x NR, row 0 the bias), d0 .. d3 to the outputs
+        and s0 .. s3 to the residual / passthrough inputs of the 4 pixels.
 
-    then stores relu?(acc_i[j]) at d_i[j] (``epilogue`` EPI_STORE); or relu?(acc_i[j] + s_i[j])
-    there (EPI_RESIDUAL: V1's residual add); or (EPI_INTERLEAVE) relu?(acc_i[j]) at d_i[2j + 1]
-    and the passthrough channel s_i[j] at d_i[2j]: a V2 unit's concat + shuffle(2). The d_i point
-    either into the workspace (a "direct" store of whole tiles: the columns past the layer's width
-    hold zero weights and store zeros, or values a later tile overwrites), or into a scratch tile
-    that :func:`_finish_tile` then distributes.
+            acc_i[j] = panel[j] + sum_k a_i[koff[k]] * panel[(1 + k) * NR + j]     (j < NR)
 
-    ``numba.literally`` compiles one version per tile width NR, in which the j loops have a
-    constant trip count: they unroll, and acc0..acc3 (4 x NR floats) live in registers.
-    """
-    numba.literally(NR)
-    acc0 = numba.carray(_stack_floats(NR), NR)
-    acc1 = numba.carray(_stack_floats(NR), NR)
-    acc2 = numba.carray(_stack_floats(NR), NR)
-    acc3 = numba.carray(_stack_floats(NR), NR)
-    for j in range(NR):
-        acc0[j] = panel[j]
-        acc1[j] = panel[j]
-        acc2[j] = panel[j]
-        acc3[j] = panel[j]
-    for k in range(K):
-        o = koff[k]
-        x0 = a0[o]
-        x1 = a1[o]
-        x2 = a2[o]
-        x3 = a3[o]
-        row = (k + 1) * NR
+        then stores relu?(acc_i[j]) at d_i[j] (``epilogue`` EPI_STORE); or relu?(acc_i[j] + s_i[j])
+        there (EPI_RESIDUAL: V1's residual add); or (EPI_INTERLEAVE) relu?(acc_i[j]) at d_i[2j + 1]
+        and the passthrough channel s_i[j] at d_i[2j]: a V2 unit's concat + shuffle(2). The d_i
+        point either into the workspace (a "direct" store of whole tiles: the columns past the
+        layer's width hold zero weights and store zeros, or values a later tile overwrites), or
+        into a scratch tile that :func:`_finish_tile` then distributes.
+
+        NR is a constant of the enclosing :func:`_tile_kernel` call, so the j loops have a
+        constant trip count: they unroll, and acc0..acc3 (4 x NR floats) live in registers.
+        """
+        acc0 = numba.carray(_stack_floats(NR), NR)
+        acc1 = numba.carray(_stack_floats(NR), NR)
+        acc2 = numba.carray(_stack_floats(NR), NR)
+        acc3 = numba.carray(_stack_floats(NR), NR)
         for j in range(NR):
-            w = panel[row + j]
-            acc0[j] += x0 * w
-            acc1[j] += x1 * w
-            acc2[j] += x2 * w
-            acc3[j] += x3 * w
-    # the epilogue reads each accumulator once, straight from its register (modifying the stack
-    # arrays in place first would make LLVM spill them)
-    if epilogue == EPI_INTERLEAVE:
-        _store_interleaved(NR, acc0, d0, s0, relu)
-        _store_interleaved(NR, acc1, d1, s1, relu)
-        _store_interleaved(NR, acc2, d2, s2, relu)
-        _store_interleaved(NR, acc3, d3, s3, relu)
-    elif epilogue == EPI_RESIDUAL:
-        _store_sum(NR, acc0, d0, s0, relu)
-        _store_sum(NR, acc1, d1, s1, relu)
-        _store_sum(NR, acc2, d2, s2, relu)
-        _store_sum(NR, acc3, d3, s3, relu)
-    else:
-        _store(NR, acc0, d0, relu)
-        _store(NR, acc1, d1, relu)
-        _store(NR, acc2, d2, relu)
-        _store(NR, acc3, d3, relu)
+            acc0[j] = panel[j]
+            acc1[j] = panel[j]
+            acc2[j] = panel[j]
+            acc3[j] = panel[j]
+        for k in range(K):
+            o = koff[k]
+            x0 = a0[o]
+            x1 = a1[o]
+            x2 = a2[o]
+            x3 = a3[o]
+            row = (k + 1) * NR
+            for j in range(NR):
+                w = panel[row + j]
+                acc0[j] += x0 * w
+                acc1[j] += x1 * w
+                acc2[j] += x2 * w
+                acc3[j] += x3 * w
+        # the epilogue reads each accumulator once, straight from its register (modifying the stack
+        # arrays in place first would make LLVM spill them)
+        if epilogue == EPI_INTERLEAVE:
+            _store_interleaved(NR, acc0, d0, s0, relu)
+            _store_interleaved(NR, acc1, d1, s1, relu)
+            _store_interleaved(NR, acc2, d2, s2, relu)
+            _store_interleaved(NR, acc3, d3, s3, relu)
+        elif epilogue == EPI_RESIDUAL:
+            _store_sum(NR, acc0, d0, s0, relu)
+            _store_sum(NR, acc1, d1, s1, relu)
+            _store_sum(NR, acc2, d2, s2, relu)
+            _store_sum(NR, acc3, d3, s3, relu)
+        else:
+            _store(NR, acc0, d0, relu)
+            _store(NR, acc1, d1, relu)
+            _store(NR, acc2, d2, relu)
+            _store(NR, acc3, d3, relu)
 
-
-@njit(inline="always")
-def _tile_nr(nr, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3):
-    """:func:`_tile` for a tile width ``nr`` known only at run time: one compiled micro-kernel per
-    width of :data:`TILE_WIDTHS` (inlined into the caller; :func:`_tile` itself never is)."""
-    if nr == 64:
-        _tile(64, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
-    elif nr == 48:
-        _tile(48, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
-    elif nr == 32:
-        _tile(32, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
-    elif nr == 24:
-        _tile(24, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
-    else:
-        _tile(16, a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3)
+    return _tile
 
 
 @njit(fastmath=FASTMATH, inline="always")
@@ -469,8 +533,9 @@ def _pixel_offsets(st, y, x):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def gemm(ws, wts, itab, st, pooled, part, nparts):
-    """One GEMM step (1x1 conv, grouped or not), or this thread's share of it.
+def gemm(fns, ws, wts, itab, st, image, pooled, part, nparts):
+    """One GEMM step (1x1 conv, grouped or not), or this thread's share of it (a step kernel:
+    :data:`STEP_ARGS`; the micro-kernels are ``fns[FN_TILE + NR // 8]``).
 
     Rows are the output pixels (in tiles of 4), columns the output channels (in tiles of NR, per
     group). Threads split the pixel tiles, or the column tiles (``st.split``): a layer with few
@@ -511,6 +576,7 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
         panel = wts[w0: w0 + (K + 1) * nr]
         koff = itab[st.koff + g * K: st.koff + (g + 1) * K]
         jg = g * st.group_out + j0
+        tile_fn = fns[FN_TILE + nr // 8]  # the micro-kernel for this width
         o = st.out_ch + (2 * jg if interleave else jg)  # (direct) the tile's first output channel
         p = st.pass_from + jg if interleave else jg  # (direct) its passthrough or residual channel
         y, x = divmod(t_lo * ROWS, Wo)  # output pixel of the next row, walked without divisions
@@ -521,10 +587,10 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
                 a0, d0, s0 = _pixel_offsets(st, y, x)
                 d0, s0 = d0 + o, s0 + p
                 da, dd, ds = s * apix, st.dst_c, st.aux_c
-                _tile_nr(nr, _at(ws, a0), _at(ws, a0 + da), _at(ws, a0 + 2 * da), _at(ws, a0 + 3 * da),
-                         _at(koff, 0), K, _at(panel, 0),
-                         _at(ws, d0), _at(ws, d0 + dd), _at(ws, d0 + 2 * dd), _at(ws, d0 + 3 * dd), relu, st.mode,
-                         _at(ws, s0), _at(ws, s0 + ds), _at(ws, s0 + 2 * ds), _at(ws, s0 + 3 * ds))
+                _call_tile(tile_fn, _at(ws, a0), _at(ws, a0 + da), _at(ws, a0 + 2 * da), _at(ws, a0 + 3 * da),
+                           _at(koff, 0), K, _at(panel, 0),
+                           _at(ws, d0), _at(ws, d0 + dd), _at(ws, d0 + 2 * dd), _at(ws, d0 + 3 * dd), relu, st.mode,
+                           _at(ws, s0), _at(ws, s0 + ds), _at(ws, s0 + 2 * ds), _at(ws, s0 + 3 * ds))
                 x += ROWS
                 if x == Wo:
                     x, y = 0, y + 1
@@ -548,9 +614,9 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
             else:  # into the scratch tile, for _finish_tile
                 d0, d1, d2, d3, out, rl, epi = 0, 64, 128, 192, tile, False, EPI_STORE
                 s0 = s1 = s2 = s3 = 0
-            _tile_nr(nr, _at(ws, a0), _at(ws, a1), _at(ws, a2), _at(ws, a3), _at(koff, 0), K, _at(panel, 0),
-                     _at(out, d0), _at(out, d1), _at(out, d2), _at(out, d3), rl, epi,
-                     _at(ws, s0), _at(ws, s1), _at(ws, s2), _at(ws, s3))
+            _call_tile(tile_fn, _at(ws, a0), _at(ws, a1), _at(ws, a2), _at(ws, a3), _at(koff, 0), K, _at(panel, 0),
+                       _at(out, d0), _at(out, d1), _at(out, d2), _at(out, d3), rl, epi,
+                       _at(ws, s0), _at(ws, s1), _at(ws, s2), _at(ws, s3))
             if not direct:
                 _finish_tile(tile, nrows, n, jg, ws, rows, st, pooled, inv)
 
@@ -567,7 +633,7 @@ def gemm(ws, wts, itab, st, pooled, part, nparts):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def depthwise3x3(ws, wts, st, part, nparts):
+def depthwise3x3(fns, ws, wts, itab, st, image, pooled, part, nparts):
     """3x3 depthwise conv, padding 1, stride ``st.stride``, on the first ``st.k`` channels (a
     multiple of 16) of padded NHWC buffers.
 
@@ -613,7 +679,7 @@ def _depthwise_block(rows, w, cb, out, Wo, R, C, s, dC, relu):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def avg_pool3x3(ws, st, part, nparts):
+def avg_pool3x3(fns, ws, wts, itab, st, image, pooled, part, nparts):
     """3x3 average pool counting the zero padding (padding 1, any stride): V1's stride-2 shortcut.
 
     Reads src's first ``st.k`` channels (a multiple of 16), writes them to dst channels
@@ -643,7 +709,7 @@ def avg_pool3x3(ws, st, part, nparts):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def global_pool(ws, st, pooled, part, nparts):
+def global_pool(fns, ws, wts, itab, st, image, pooled, part, nparts):
     """Mean over the interior pixels of src's first ``st.k`` channels (a multiple of 16), in
     chunks of 16 channels split across threads."""
     ws, pooled = _borrowed(ws), _borrowed(pooled)
@@ -709,7 +775,7 @@ def pack_stem(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
-def phase_input(ws, st, image, part, nparts):
+def phase_input(fns, ws, wts, itab, st, image, pooled, part, nparts):
     """Copy an NCHW image (C, H, W) into zero-padded rows split by column phase: row r (0..H+1,
     padded) of channel c starts at ``st.dst + (c * (H + 2) + r) * 4 * Q`` (Q = ``st.src_wp``), and
     holds phase p (padded columns 4q + p) at [p * Q, (p + 1) * Q). Threads split the rows."""
@@ -798,7 +864,7 @@ def _copy32(acc, out):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def stem_pool(ws, wts, st, part, nparts):
+def stem_pool(fns, ws, wts, itab, st, image, pooled, part, nparts):
     """The stem conv (3x3, stride 2, padding 1, + bias + ReLU) and the 3x3 / 2 max-pool after it,
     from :func:`phase_input`'s rows at ``st.src`` (image ``st.src_h`` x ``st.src_w``, ``st.k``
     channels, Q = ``st.src_wp``) to the padded NHWC buffer at ``st.dst``.
@@ -865,28 +931,11 @@ def stem_pool(ws, wts, st, part, nparts):
 # drivers
 
 
-@njit(cache=True)
-def run_step(ws, wts, itab, st, image, pooled, part, nparts):
-    """Execute this thread's share (``part`` of ``nparts``) of one step."""
-    kind = st.kind
-    if kind == GEMM:
-        gemm(ws, wts, itab, st, pooled, part, nparts)
-    elif kind == DEPTHWISE:
-        depthwise3x3(ws, wts, st, part, nparts)
-    elif kind == AVG_POOL:
-        avg_pool3x3(ws, st, part, nparts)
-    elif kind == STEM_POOL:
-        stem_pool(ws, wts, st, part, nparts)
-    elif kind == GLOBAL_POOL:
-        global_pool(ws, st, pooled, part, nparts)
-    elif kind == PHASE_INPUT:
-        phase_input(ws, st, image, part, nparts)
-
-
 @njit(fastmath=FASTMATH, cache=True)
-def classifier_part(features, wts, itab, fc, logits, part, nparts):
+def classifier_part(fns, features, wts, itab, fc, logits, part, nparts):
     """logits = features @ W + b for this thread's range of column tiles (the classifier as a GEMM
-    whose rows are images). ``fc`` is a GEMM step: k = features, w/tiles/ntiles its packed weights."""
+    whose rows are images). ``fc`` is a GEMM step: k = features, w/tiles/ntiles its packed weights.
+    Argument types: :data:`CLASSIFIER_ARGS`."""
     features, wts, itab, logits = _borrowed(features), _borrowed(wts), _borrowed(itab), _borrowed(logits)
     tile = np.empty(ROWS * 64, np.float32)  # scratch (not _borrowed: see there)
     K = fc.k
@@ -896,9 +945,7 @@ def classifier_part(features, wts, itab, fc, logits, part, nparts):
     koff = itab[fc.koff: fc.koff + K]
     tiles = itab[fc.tiles: fc.tiles + 4 * fc.ntiles].reshape((fc.ntiles, 4))
     c_lo, c_hi = _split(fc.ntiles, part, nparts)
-    # the same argument types as gemm's calls (literal constants would compile _tile once more)
-    zero, d1, d2, d3 = np.int64(0), np.int64(64), np.int64(128), np.int64(192)
-    store, relu = np.int64(EPI_STORE), fc.relu != 0
+    store, relu = EPI_STORE, fc.relu != 0
     for r0 in range(0, n_images, ROWS):
         nrows = min(ROWS, n_images - r0)
         a0 = r0 * lda
@@ -908,16 +955,108 @@ def classifier_part(features, wts, itab, fc, logits, part, nparts):
         for t in range(c_lo, c_hi):
             j0, nr, n, poff = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3]
             panel = wts[fc.w + poff: fc.w + poff + (K + 1) * nr]
-            _tile_nr(nr, _at(src, a0), _at(src, a1), _at(src, a2), _at(src, a3), _at(koff, 0), K,
-                     _at(panel, 0), _at(tile, zero), _at(tile, d1), _at(tile, d2), _at(tile, d3), relu, store,
-                     _at(tile, zero), _at(tile, zero), _at(tile, zero), _at(tile, zero))
+            _call_tile(fns[FN_TILE + nr // 8], _at(src, a0), _at(src, a1), _at(src, a2), _at(src, a3), _at(koff, 0),
+                       K, _at(panel, 0), _at(tile, 0), _at(tile, 64), _at(tile, 128), _at(tile, 192), relu, store,
+                       _at(tile, 0), _at(tile, 0), _at(tile, 0), _at(tile, 0))
             for i in range(nrows):
                 for j in range(n):
                     logits[r0 + i, j0 + j] = tile[64 * i + j]
 
 
+# the kernels of the address table, with the argument types each is compiled for
+_KERNELS = {
+    PHASE_INPUT: (phase_input, STEP_ARGS),
+    GEMM: (gemm, STEP_ARGS),
+    DEPTHWISE: (depthwise3x3, STEP_ARGS),
+    STEM_POOL: (stem_pool, STEP_ARGS),
+    AVG_POOL: (avg_pool3x3, STEP_ARGS),
+    GLOBAL_POOL: (global_pool, STEP_ARGS),
+    FN_CLASSIFIER: (classifier_part, CLASSIFIER_ARGS),
+    **{FN_TILE + nr // 8: (_tile_kernel(nr), TILE_ARGS) for nr in TILE_WIDTHS},
+}
+KERNEL_SLOTS = tuple(_KERNELS)
+MICRO_KERNELS = tuple(FN_TILE + nr // 8 for nr in TILE_WIDTHS)  # the GEMM micro-kernels' slots
+_table: list[np.ndarray] = []  # kernel_table()'s result, once built
+
+
+def compile_kernels(slots=None, driver: bool = True) -> bool:
+    """Compile the kernels of these slots of the address table (default: all), and with ``driver``
+    the driver of :func:`forward`, or load them from Numba's cache. Returns True when any of them
+    had to be compiled (the cache did not have it).
+
+    Each kernel compiles on its own, so two processes may compile different ones at the same time,
+    each filling the cache, and either then loads the other's (see ``npshuffle.backend_numba``)."""
+    compiled = False
+    todo = [_KERNELS[slot] for slot in (_KERNELS if slots is None else slots)]
+    if driver:
+        todo.append((_forward, FORWARD_ARGS))
+    for kernel, argtypes in todo:
+        kernel.compile(argtypes)
+        compiled |= kernel.stats.cache_misses[argtypes] > 0
+    return compiled
+
+
+def kernel_table() -> np.ndarray:
+    """The address table ``fns`` (int64, :data:`N_FNS` slots; see "kernels called by address"):
+    on the first call in a process, every kernel is compiled, or loaded from Numba's cache."""
+    if not _table:
+        fns = np.zeros(N_FNS, np.int64)
+        for slot, (kernel, argtypes) in _KERNELS.items():
+            kernel.compile(argtypes)
+            compiled = kernel.overloads[argtypes]
+            fns[slot] = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+        _table.append(fns)
+    return _table[0]
+
+
+def run_step(ws, wts, itab, st, image, pooled, part, nparts) -> None:
+    """Run this thread's share (``part`` of ``nparts``) of one step from Python (for tests and
+    per-layer profiles; :func:`forward` calls the kernels directly)."""
+    kernel = _KERNELS[int(st["kind"])][0]
+    kernel(kernel_table(), ws, wts, itab, st, image, pooled, part, nparts)
+
+
 @njit(parallel=True, cache=True)
-def forward(workspaces, wts, itab, steps, rounds, images, features, fc_step, logits, nthreads, by_image):
+def _forward(fns, workspaces, wts, itab, steps, rounds, images, features, fc_step, logits, nthreads, by_image):
+    """:func:`forward`, given the address table ``fns``.
+
+    There is a single ``prange`` (one fork-join per round): Numba compiles each ``prange`` body
+    into a function of its own, and one loop keeps the first run's compile time down.
+    """
+    n_images = images.shape[0]
+    nsteps = steps.shape[0]
+    nrounds = rounds.shape[0]  # >= 1 (Numba may evaluate rounds[r % nrounds] before the branch that uses it)
+    total = 2 if by_image else n_images * nrounds + 1
+    whole, one = np.int64(0), np.int64(1)
+    for r in range(total):
+        for t in prange(nthreads):
+            part = np.int64(t)
+            if r == total - 1:
+                _call_classifier(fns[FN_CLASSIFIER], fns, features, wts, itab, fc_step[0], logits, part, nthreads)
+            elif by_image:
+                for n in range(part, n_images, nthreads):
+                    for s in range(nsteps):
+                        st = steps[s]
+                        _call_step(fns[st.kind], fns, workspaces[part], wts, itab, st, images[n], features[n],
+                                   whole, one)
+            else:
+                n, first, last = r // nrounds, rounds[r % nrounds, 0], rounds[r % nrounds, 1]
+                if last - first == 1 and steps[first].split != SPLIT_NONE:
+                    st = steps[first]
+                    _call_step(fns[st.kind], fns, workspaces[0], wts, itab, st, images[n], features[n], part, nthreads)
+                elif part == 0:
+                    for s in range(first, last):
+                        st = steps[s]
+                        _call_step(fns[st.kind], fns, workspaces[0], wts, itab, st, images[n], features[n], whole, one)
+
+
+# the driver's argument types as the backend passes them (others compile another version on first use)
+_RECORDS = types.Array(STEP_TYPE, 1, "C")
+FORWARD_ARGS = (_I64, types.float32[:, ::1], _F32, _I64, _RECORDS, types.int64[:, ::1], types.float32[:, :, :, ::1],
+                types.float32[:, ::1], _RECORDS, types.float32[:, ::1], types.int64, types.boolean)
+
+
+def forward(workspaces, wts, itab, steps, rounds, images, features, fc_step, logits, nthreads, by_image) -> None:
     """The whole network on ``images`` (N, C, H, W) -> ``logits`` (N, classes), on ``nthreads`` threads.
 
     ``by_image``: thread t runs every step on images t, t + nthreads, ... in ``workspaces[t]``.
@@ -926,30 +1065,7 @@ def forward(workspaces, wts, itab, steps, rounds, images, features, fc_step, log
     its ``split`` field says, or a run of steps too small to split, which thread 0 runs. Then the
     classifier, its column tiles split across the threads.
 
-    There is a single ``prange`` (one fork-join per round): Numba compiles each ``prange`` body
-    into a separate function with its own copy of every kernel it calls, so one loop keeps the
-    first run's compile time down.
+    The first call in a process compiles the kernels (or loads them from Numba's cache).
     """
-    n_images = images.shape[0]
-    nsteps = steps.shape[0]
-    nrounds = rounds.shape[0]  # >= 1 (Numba may evaluate rounds[r % nrounds] before the branch that uses it)
-    total = 2 if by_image else n_images * nrounds + 1
-    # plain int64 arguments everywhere: a literal 0 or prange's unsigned index would make Numba
-    # compile every kernel again for those argument types
-    whole, one = np.int64(0), np.int64(1)
-    for r in range(total):
-        for t in prange(nthreads):
-            part = np.int64(t)
-            if r == total - 1:
-                classifier_part(features, wts, itab, fc_step[0], logits, part, nthreads)
-            elif by_image:
-                for n in range(part, n_images, nthreads):
-                    for s in range(nsteps):
-                        run_step(workspaces[part], wts, itab, steps[s], images[n], features[n], whole, one)
-            else:
-                n, first, last = r // nrounds, rounds[r % nrounds, 0], rounds[r % nrounds, 1]
-                if last - first == 1 and steps[first].split != SPLIT_NONE:
-                    run_step(workspaces[0], wts, itab, steps[first], images[n], features[n], part, nthreads)
-                elif part == 0:
-                    for s in range(first, last):
-                        run_step(workspaces[0], wts, itab, steps[s], images[n], features[n], whole, one)
+    _forward(kernel_table(), workspaces, wts, itab, steps, rounds, images, features, fc_step, logits, nthreads,
+             by_image)

@@ -42,10 +42,12 @@ Nothing large is allocated per call.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -444,6 +446,61 @@ class _Compiled:
 _compiled_once: set[str] = set()
 _compile_lock = threading.Lock()
 
+# On a cold cache the kernels take ~20 s of compiling on one core (kernels.cpu compiles each on its
+# own). With two cores, a helper process compiles the GEMM micro-kernels, about a third of that
+# work, at the same time; both processes fill the cache, and this one then loads the helper's
+# kernels from it. NPSHUFFLE_COMPILE_HELPER=0 compiles everything in this process.
+HELPER_ENV = "NPSHUFFLE_COMPILE_HELPER"
+HELPER_TIMEOUT_S = 600.0
+_kernels_ready = False
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _start_helper(slots) -> subprocess.Popen | None:
+    """A process that compiles the kernels of these address-table slots into the cache (None if it
+    cannot be started: then this process compiles them itself)."""
+    roots = sorted({str(Path(cpu.__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent)})
+    code = (f"import sys; sys.path[:0] = {roots!r}\n"
+            "from npshuffle import backend_numba  # (installs the cache locator, as here)\n"
+            f"backend_numba.cpu.compile_kernels({list(slots)!r}, driver=False)\n")
+    try:
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def _compile_kernels() -> None:
+    """Compile the kernels, or load them from Numba's cache (``kernels.cpu.compile_kernels``); on a
+    cold cache, with two cores or more, in two processes (see HELPER_ENV above)."""
+    global _kernels_ready
+    cold = cpu.compile_kernels([cpu.GLOBAL_POOL], driver=False)  # the smallest kernel: is the cache cold?
+    helper = None
+    if cold and _cores() >= 2 and os.environ.get(HELPER_ENV, "1") != "0" and kernel_cache.cache_dir()[0]:
+        helper = _start_helper(cpu.MICRO_KERNELS)
+    try:
+        cpu.compile_kernels([s for s in cpu.KERNEL_SLOTS if helper is None or s not in cpu.MICRO_KERNELS])
+        if helper is not None:
+            helper.wait(HELPER_TIMEOUT_S)
+    finally:
+        if helper is not None and helper.poll() is None:
+            helper.kill()
+    cpu.kernel_table()  # (compiles whatever the helper did not leave in the cache)
+    _kernels_ready = True
+
+
+def _forward(*args) -> None:
+    """``kernels.cpu.forward(*args)``, its kernels compiled or loaded first (:func:`_compile_kernels`)."""
+    if not _kernels_ready:
+        _compile_kernels()
+    cpu.forward(*args)
+
 
 def _first_call(fn, *args):
     """Call ``fn``; the first call per process may compile (or load from cache). If that takes more
@@ -548,7 +605,7 @@ class NumbaRunner:
             nthreads = numba.get_num_threads()
             schedule = self._schedules[(h, w)]
             choose = n == 1 and nthreads > 1
-            timed = choose and cpu.forward.__name__ in _compiled_once  # (not a call that compiles)
+            timed = choose and _forward.__name__ in _compiled_once  # (not a call that compiles)
             single = choose and schedule.single_thread()
             threads = 1 if single else nthreads
             # a batch: each thread takes whole images; one thread: the whole pass in one fork-join
@@ -559,7 +616,7 @@ class NumbaRunner:
             if single:
                 numba.set_num_threads(1)  # a team of one thread: no fork-join waits on anybody
             try:
-                _first_call(cpu.forward, ws, self.packed.wts, prog.itab, prog.steps, prog.rounds, x, features,
+                _first_call(_forward, ws, self.packed.wts, prog.itab, prog.steps, prog.rounds, x, features,
                             self.packed.fc_step, logits, threads, by_image)
             finally:
                 if single:

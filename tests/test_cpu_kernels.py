@@ -319,7 +319,7 @@ def test_classifier(n, features, classes, nparts, seed):
     padded[:, :features] = x
     logits = np.zeros((n, classes), np.float32)
     for part in range(nparts):
-        cpu.classifier_part(padded, panels, itab, fc[0], logits, np.int64(part), np.int64(nparts))
+        cpu.classifier_part(cpu.kernel_table(), padded, panels, itab, fc[0], logits, np.int64(part), np.int64(nparts))
     close(logits, ref.linear(x, weight, bias))
 
 
