@@ -545,8 +545,8 @@ def softmax(logits, axis=-1) -> np.ndarray:
 # forms spend their time in NumPy's per-row loop overhead, in im2col copies
 # and in temporaries, not in arithmetic; these keep every pass over the data
 # on long contiguous rows: a 1x1 conv is one matrix product, and every KxK
-# window op reads K*K shifted copies of the image (``tap_planes``), each a
-# plain (C, Ho*Wo) matrix.  Each is tested against its batched definition
+# window op works on the image's ``window_columns``: K*K shifted copies of
+# it, each a plain (C, Ho*Wo) matrix.  Each is tested against its batched definition
 # in tests/test_reference_kernels.py.
 
 
@@ -571,61 +571,61 @@ def tap_ranges(size: int, kernel: int, stride: int, padding: int) -> tuple[int, 
     return out_size, taps
 
 
-def tap_planes(x, kernel: int, stride: int, padding: int, fill: float = 0.0) -> list[np.ndarray]:
-    """The K*K shifted images a KxK window op at (stride, padding) reads, as matrices.
+def window_columns(x, kernel: int, stride: int, padding: int, fill: float = 0.0) -> np.ndarray:
+    """im2col for one image: every KxK window a window op at (stride, padding) reads, as columns.
 
-    x (C, H, W) C-contiguous.  Returns a list of K*K arrays of shape (C, Ho*Wo), tap
-    (ky, kx) at index ``ky*K + kx``, where column ``q = i*Wo + j`` of that tap holds
-    ``x[:, i*stride + ky - padding, j*stride + kx - padding]``, or ``fill`` where that
-    falls in the padding.  A conv is then ``sum over taps of weight[tap] * tap`` (or one
-    matrix product over them), a max-pool their maximum: every pass reads long rows.
+    x (C, H, W) C-contiguous.  Returns a new (C, K*K, Ho*Wo) float32 array whose
+    ``[c, ky*K + kx, i*Wo + j]`` is ``x[c, i*stride + ky - padding, j*stride + kx - padding]``,
+    or ``fill`` where that falls in the padding.  Row ``[c, t]`` is tap t's shifted image
+    of channel c, so a depthwise conv is a (1, K*K) @ (K*K, Ho*Wo) product per channel,
+    a dense conv one (O, C*K*K) @ (C*K*K, Ho*Wo) product, a pool a max or sum over axis 1.
 
-    How (when H = stride*Ho and W = stride*Wo, which covers every ShuffleNet layer on an
-    even-sized input): write ``ky - padding = stride*dy + a`` (0 <= a < stride), and the
-    same for x with (dx, b).  Then the input row is ``stride*(i + dy) + a``: row ``i + dy``
-    of the *phase plane* ``x[:, a::stride, b::stride]`` (Ho x Wo; the image itself at
-    stride 1).  Flattened with pitch Wo and surrounded by ``fill``, a shift by (dy, dx)
-    is a shift of the flat index by ``dy*Wo + dx``, i.e. a plain slice.  Rows above or
-    below the plane land in the surrounding fill; columns left or right of it would wrap
-    onto the neighbouring row, so the copy of the plane used for a given dx has the
-    ``|dx|`` columns that such reads hit set to ``fill`` instead (no real read of that
-    copy uses them).  Other sizes: one strided copy per tap (``tap_ranges``).
+    How: write ``ky - padding = stride*dy + a`` (0 <= a < stride), and the same for x with
+    (dx, b).  Input row ``i*stride + ky - padding`` is then row ``i + dy`` of the *phase
+    plane* ``x[:, a::stride, b::stride]`` (the image itself at stride 1).  When H = stride*Ho
+    and W = stride*Wo (every ShuffleNet layer on an even-sized input) the phase planes are
+    Ho x Wo: laid out flat with pitch Wo between rows of ``fill``, a shift by (dy, dx) is a
+    shift of the flat index by ``dy*Wo + dx``, so each tap is one slice copied as long
+    contiguous rows, instead of NumPy's per-row loops over 28-pixel rows.  Columns that a
+    shift by dx moves past the left or right edge wrap onto the neighbouring row instead of
+    the padding; those ``|dx|`` output columns are set to ``fill`` afterwards.  Other sizes:
+    one strided copy per tap (``tap_ranges``).
     """
     c, h, w = x.shape
     k, s, p = kernel, stride, padding
     ho, taps_y = tap_ranges(h, k, s, p)
     wo, taps_x = tap_ranges(w, k, s, p)
-    n = ho * wo
-    planes = []
+    cols = np.empty((c, k, k, ho, wo), dtype=np.float32)
     if h != s * ho or w != s * wo:
-        for dst_y, src_y in taps_y:
-            for dst_x, src_x in taps_x:
-                plane = np.full((c, ho, wo), fill, dtype=np.float32)
-                plane[:, dst_y, dst_x] = x[:, src_y, src_x]
-                planes.append(plane.reshape(c, n))
-        return planes
-    margin = k * (wo + 1)   # fill before and after the plane: more than any |dy*Wo + dx|
-    phases = {}             # (a, b) -> (C, margin + Ho*Wo + margin): the phase plane, flat, bordered by fill
-    copies = {}             # (a, b, dx) -> the same with the columns that shifts by dx would wrap onto set to fill
+        for ky, (dst_y, src_y) in enumerate(taps_y):
+            for kx, (dst_x, src_x) in enumerate(taps_x):
+                tap = cols[:, ky, kx]
+                if (dst_y.stop - dst_y.start, dst_x.stop - dst_x.start) != (ho, wo):
+                    tap.fill(fill)   # part of this tap lies in the padding
+                tap[:, dst_y, dst_x] = x[:, src_y, src_x]
+        return cols.reshape(c, k * k, ho * wo)
+    # The s*s phase planes, each between `border` rows of fill: more than any shift reaches.
+    border = k + -(-k // wo)
+    rows = border + ho + border
+    phases = np.empty((c, s, s, rows, wo), dtype=np.float32)
+    phases[:, :, :, :border] = fill
+    phases[:, :, :, border:border + ho] = x.reshape(c, ho, s, wo, s).transpose(0, 2, 4, 1, 3)
+    phases[:, :, :, border + ho:] = fill
+    flat = phases.reshape(c, s * s * rows * wo)
+    n = ho * wo
     for ky in range(k):
         dy, a = divmod(ky - p, s)
         for kx in range(k):
             dx, b = divmod(kx - p, s)
-            if (a, b) not in phases:
-                flat = np.full((c, margin + n + margin), fill, dtype=np.float32)
-                flat[:, margin:margin + n].reshape(c, ho, wo)[...] = x[:, a::s, b::s]
-                phases[(a, b)] = flat
-            if (a, b, dx) not in copies:
-                flat = phases[(a, b)] if dx == 0 else phases[(a, b)].copy()
-                inside = flat[:, margin:margin + n].reshape(c, ho, wo)
-                # dx < 0: column j < |dx| would read the previous row's last |dx| columns;
-                # dx > 0: column j >= Wo - dx would read the next row's first dx columns.
-                for column in range(wo + dx, wo) if dx < 0 else range(dx):
-                    inside[:, :, column] = fill
-                copies[(a, b, dx)] = flat
-            start = margin + dy * wo + dx
-            planes.append(copies[(a, b, dx)][:, start:start + n])
-    return planes
+            start = ((a * s + b) * rows + border + dy) * wo + dx
+            cols[:, ky, kx] = flat[:, start:start + n].reshape(c, ho, wo)
+    for kx in range(k):   # the wrapped columns (see above)
+        dx = (kx - p) // s
+        if dx < 0:
+            cols[:, :, kx, :, :-dx] = fill
+        elif dx > 0:
+            cols[:, :, kx, :, wo - dx:] = fill
+    return cols.reshape(c, k * k, ho * wo)
 
 
 def bias_relu_(y: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
@@ -662,17 +662,12 @@ def depthwise_conv_image(x, weight, bias, kernel: int, stride: int, padding: int
     bias   (C, 1) or None
     out    (C, Ho*Wo),   Ho = (H + 2*padding - K) // stride + 1  (same for W)
 
-    Channel c's output is its (1, K*K) filter times the (K*K, Ho*Wo) matrix of its K*K
-    shifted planes (``tap_planes``), so the whole conv is one stacked matrix product
-    ``(C, 1, K*K) @ (C, K*K, Ho*Wo)``: one BLAS call per channel instead of K*K
-    multiply-add passes with a per-channel broadcast weight.  Returns ``out``.
+    Channel c's output is its (1, K*K) filter times its (K*K, Ho*Wo) ``window_columns``,
+    so the whole conv is one stacked matrix product ``(C, 1, K*K) @ (C, K*K, Ho*Wo)``: one
+    BLAS call per channel, which beats K*K multiply-add passes with a per-channel broadcast
+    weight (~2x slower per element than a plain NumPy multiply).  Returns ``out``.
     """
-    c = x.shape[0]
-    taps = tap_planes(x, kernel, stride, padding)
-    cols = np.empty((c, kernel * kernel, out.shape[1]), dtype=np.float32)
-    for t, tap in enumerate(taps):
-        cols[:, t] = tap
-    np.matmul(weight, cols, out=out[:, None, :])
+    np.matmul(weight, window_columns(x, kernel, stride, padding), out=out[:, None, :])
     return bias_relu_(out, bias, relu)
 
 
@@ -684,15 +679,10 @@ def conv_image(x, weight, bias, kernel: int, stride: int, padding: int, relu: bo
     bias   (O, 1) or None
     out    (O, Ho*Wo)
 
-    Row (c, ky, kx) of the (C*K*K, Ho*Wo) column matrix is channel c of tap (ky, kx)
-    (``tap_planes``); then ``out = weight @ cols``.  Returns ``out``.
+    ``out = weight @ cols`` with the (C*K*K, Ho*Wo) ``window_columns``.  Returns ``out``.
     """
-    c = x.shape[0]
-    taps = tap_planes(x, kernel, stride, padding)
-    cols = np.empty((c, kernel * kernel, out.shape[1]), dtype=np.float32)
-    for t, tap in enumerate(taps):
-        cols[:, t] = tap
-    np.matmul(weight, cols.reshape(c * kernel * kernel, -1), out=out)
+    cols = window_columns(x, kernel, stride, padding)
+    np.matmul(weight, cols.reshape(-1, cols.shape[2]), out=out)
     return bias_relu_(out, bias, relu)
 
 
@@ -700,26 +690,19 @@ def max_pool_image(x, kernel: int, stride: int, padding: int, out) -> np.ndarray
     """Max pooling of one image, x (C, H, W) C-contiguous -> out (C, Ho*Wo), as ``max_pool2d``
     (-inf padding, ``padding <= kernel // 2`` so no window is all padding, floor sizes).
 
-    The running maximum of the K*K ``tap_planes`` (filled with -inf): bitwise the same as
-    ``max_pool2d``, as max is exact whatever the order.  Returns ``out``.
+    The maximum of the ``window_columns`` (filled with -inf) over their K*K taps: bitwise
+    the same as ``max_pool2d``, as max is exact whatever the order.  Returns ``out``.
     """
-    taps = tap_planes(x, kernel, stride, padding, fill=-np.inf)
-    np.copyto(out, taps[0])
-    for tap in taps[1:]:
-        np.maximum(out, tap, out=out)
-    return out
+    return np.max(window_columns(x, kernel, stride, padding, fill=-np.inf), axis=1, out=out)
 
 
 def avg_pool_image(x, kernel: int, stride: int, padding: int, out) -> np.ndarray:
     """Average pooling of one image with ``count_include_pad=True``: x (C, H, W) C-contiguous ->
     out (C, Ho*Wo), as ``avg_pool2d`` (zero padding, ``padding <= kernel // 2``, floor sizes).
 
-    The sum of the K*K ``tap_planes`` divided by K*K: the same sums as ``avg_pool2d`` in
-    another order, so equal to float32 rounding.  ``out`` may be a channel slice of a bigger
-    array (V1's stride-2 concat).  Returns ``out``.
+    The sum of the ``window_columns`` over their K*K taps, divided by K*K: the same sums as
+    ``avg_pool2d`` in another order, so equal to float32 rounding.  ``out`` may be a channel
+    slice of a bigger array (V1's stride-2 concat).  Returns ``out``.
     """
-    taps = tap_planes(x, kernel, stride, padding)
-    np.add(taps[0], taps[1], out=out) if len(taps) > 1 else np.copyto(out, taps[0])
-    for tap in taps[2:]:
-        np.add(out, tap, out=out)
+    np.sum(window_columns(x, kernel, stride, padding), axis=1, out=out)
     return np.divide(out, np.float32(kernel * kernel), out=out)

@@ -457,14 +457,15 @@ def padded_window_value(x, k, s, p, fill, ky, kx):
 
 @SETTINGS
 @given(window_cases(), st.sampled_from([0.0, -np.inf]))
-def test_tap_planes_are_the_padded_shifted_image(case, fill):
+def test_window_columns_are_the_padded_shifted_image(case, fill):
     x, k, s, p = case
-    taps = ref.tap_planes(x, k, s, p, fill)
-    assert len(taps) == k * k
+    cols = ref.window_columns(x, k, s, p, fill)
+    ho, wo = (x.shape[1] + 2 * p - k) // s + 1, (x.shape[2] + 2 * p - k) // s + 1
+    assert cols.shape == (x.shape[0], k * k, ho * wo) and cols.dtype == np.float32
     for ky in range(k):
         for kx in range(k):
             expected = padded_window_value(x, k, s, p, fill, ky, kx)
-            np.testing.assert_array_equal(taps[ky * k + kx].reshape(expected.shape), expected)
+            np.testing.assert_array_equal(cols[:, ky * k + kx].reshape(expected.shape), expected)
 
 
 @SETTINGS
