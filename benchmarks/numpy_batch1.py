@@ -1,0 +1,143 @@
+"""Batch-1 latency of the NumPy backend on every bundled model, beside ONNX Runtime and torch eager.
+
+    python benchmarks/numpy_batch1.py [--calls 200] [--threads N] [--models flowers ...]
+    OPENBLAS_NUM_THREADS=1 python benchmarks/numpy_batch1.py --threads 1     # everything on one thread
+
+For each bundled model, the NumPy backend runs the model file itself (``load_model(name,
+backend="numpy")``, real weights) on a random ``(1, 3, crop, crop)`` input, crop = the model's
+recipe crop. torch eager and ONNX Runtime run the same architecture and wiring (the file's spec and
+dialect, built by the torch oracle ``npshuffle.torch_ref`` with random weights and BN statistics:
+a forward pass costs the same whatever the values; V1's channel shuffle made exportable by
+``bench_cpu.exportable``). The three are timed interleaved, as ``bench_cpu.py`` does: rounds of a
+block of ``--per-block`` calls of each runtime in turn (rotating who goes first), each block after
+0.2 s of sleep and 0.1 s of untimed calls, so that one runtime's spinning worker threads never
+count against the next and every runtime sees the same drift of a shared machine.
+
+Prints a markdown table: per model, the NumPy backend's median and minimum milliseconds, and ONNX
+Runtime's and torch eager's median with the NumPy backend's median as a multiple of theirs.
+
+Threads: ``--threads`` sets torch's and ONNX Runtime's intra-op threads (default: all cores). NumPy's
+BLAS reads its thread count once, when NumPy is imported: set ``OPENBLAS_NUM_THREADS`` (or
+``OMP_NUM_THREADS``) in the environment to change it; the table's header says what was set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+try:
+    from bench_cpu import exportable, fmt_ms
+except ImportError:  # imported from elsewhere than benchmarks/
+    from benchmarks.bench_cpu import exportable, fmt_ms
+
+RUNTIMES = ("numpy", "onnxruntime", "torch")
+LABELS = {"numpy": "npshuffle-numpy", "onnxruntime": "ONNX Runtime", "torch": "torch eager"}
+
+
+def runtimes(name: str, threads: int, seed: int) -> tuple[dict, int]:
+    """({runtime: fn(x) -> logits}, crop) for bundled model ``name``."""
+    import onnxruntime as ort
+    import torch
+
+    from npshuffle.predict import load_model
+    from npshuffle.torch_ref import build_torch_model, randomize_
+
+    model = load_model(name, backend="numpy")
+    crop = model.recipe["crop"]
+    spec, dialect = model.file.spec, model.file.dialect
+    net = randomize_(build_torch_model(spec, dialect), torch.Generator().manual_seed(seed)).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(exportable(net), torch.zeros(1, 3, crop, crop), buffer, input_names=["input"],
+                      output_names=["logits"], dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def run_torch(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.from_numpy(x)).numpy()
+
+    return {
+        "numpy": model.forward,
+        "onnxruntime": lambda x: session.run(None, {"input": x})[0],
+        "torch": run_torch,
+    }, crop
+
+
+def interleaved_times(runs: dict, x: np.ndarray, calls: int, per_block: int, lead_s: float = 0.1,
+                      settle_s: float = 0.2) -> dict[str, list[float]]:
+    """Every call's seconds, per runtime, timed as ``bench_cpu.interleaved`` times them (which keeps
+    only the median; here the minimum is wanted too)."""
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    order = list(runs)
+    for r in range(-(-calls // per_block)):
+        for name in order[r % len(order):] + order[: r % len(order)]:  # rotate who goes first
+            run = runs[name]
+            time.sleep(settle_s)  # the previous runtime's spinning threads go to sleep
+            start = time.perf_counter()
+            run(x)
+            while time.perf_counter() - start < lead_s:
+                run(x)
+            for _ in range(per_block):
+                start = time.perf_counter()
+                run(x)
+                samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    from npshuffle.zoo import available
+
+    names = [entry.name for entry in available()]
+    parser.add_argument("--models", nargs="+", default=names, choices=names, metavar="MODEL",
+                        help=f"bundled models to run (default: all of {', '.join(names)})")
+    parser.add_argument("--calls", type=int, default=200, help="timed calls per runtime and model (default 200)")
+    parser.add_argument("--per-block", type=int, default=10, help="calls per interleaved block (default 10)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch and ONNX Runtime intra-op threads (default: all cores)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    blas = {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}
+    lines = [
+        f"Batch 1: median and min of {args.calls} calls per runtime, interleaved in blocks of {args.per_block}; "
+        f"{os.cpu_count()} cores; torch / ONNX Runtime threads: {args.threads}; NumPy {np.__version__}, BLAS threads: "
+        + (", ".join(f"{k}={v}" for k, v in blas.items()) or "NumPy's default (no *_NUM_THREADS set)") + ".  ",
+        f"Command: `python benchmarks/numpy_batch1.py {' '.join(sys.argv[1:])}`",
+        "",
+        "| model | input | npshuffle-numpy median | min | ONNX Runtime median | numpy / ORT | torch eager median "
+        "| numpy / torch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in args.models:
+        print(f"{name}: building, exporting...", file=sys.stderr, flush=True)
+        runs, crop = runtimes(name, args.threads, args.seed)
+        x = rng.standard_normal((1, 3, crop, crop)).astype(np.float32)
+        print(f"{name}: timing...", file=sys.stderr, flush=True)
+        samples = interleaved_times(runs, x, args.calls, args.per_block)
+        med = {r: statistics.median(samples[r]) for r in RUNTIMES}
+        lines.append(f"| {name} | {crop}x{crop} | {fmt_ms(med['numpy'])} | {fmt_ms(min(samples['numpy']))} | "
+                     f"{fmt_ms(med['onnxruntime'])} | {med['numpy'] / med['onnxruntime']:.2f}x | "
+                     f"{fmt_ms(med['torch'])} | {med['numpy'] / med['torch']:.2f}x |")
+        print(f"{name}: " + ", ".join(f"{r} {fmt_ms(t)}" for r, t in med.items()), file=sys.stderr, flush=True)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
