@@ -21,6 +21,12 @@ branches with ``concat_channels`` and applies ``channel_shuffle`` with 2
 groups.  V2 adds a final 1x1 conv; both networks end with ``global_avg_pool``,
 ``linear`` and ``softmax``.  ``batch_norm`` and ``bias_relu`` are the unfolded
 BN and the fused bias+ReLU epilogue that fast kernels must reproduce.
+
+At the end of the module, single-image forms of the window ops and convs
+(``*_image``, ``window_columns``) compute the same for one (C, H, W) image
+into a caller's array, without validation: npshuffle's NumPy backend runs on
+them (a batch-1 forward in a few milliseconds instead of tens), and each is
+tested against the batched definition it speeds up.
 """
 
 from __future__ import annotations
@@ -32,19 +38,27 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = [
     "avg_pool2d",
+    "avg_pool_image",
     "batch_norm",
     "bias_relu",
+    "bias_relu_",
     "channel_shuffle",
     "concat_channels",
     "conv2d",
+    "conv_image",
     "depthwise_conv2d",
+    "depthwise_conv_image",
     "global_avg_pool",
     "linear",
     "max_pool2d",
+    "max_pool_image",
     "pointwise_conv2d",
+    "pointwise_conv_image",
     "shuffle_permutation",
     "softmax",
     "split_channels",
+    "tap_ranges",
+    "window_columns",
 ]
 
 SHUFFLE_CONVENTIONS = ("torchvision", "megvii")

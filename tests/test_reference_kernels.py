@@ -548,3 +548,15 @@ def test_avg_pool_image_matches_avg_pool2d(case):
     ref.avg_pool_image(x, k, s, p, room[:c])
     assert_close(room[:c].reshape(expected.shape), expected)
     assert np.isnan(room[c:]).all()
+
+
+@SETTINGS
+@given(seeds, st.integers(1, 6), st.booleans(), st.booleans())
+def test_bias_relu_in_place_is_bias_relu(seed, c, with_bias, relu):
+    rng = np.random.default_rng(seed)
+    x = randn(rng, 1, c, 3, 4)
+    bias = randn(rng, c) if with_bias else None
+    expected = ref.bias_relu(x, bias, relu)
+    y = x[0].reshape(c, 12).copy()
+    assert ref.bias_relu_(y, None if bias is None else bias[:, None], relu) is y
+    np.testing.assert_array_equal(y.reshape(expected.shape[1:]), expected[0])
