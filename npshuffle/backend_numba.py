@@ -447,10 +447,14 @@ _compiled_once: set[str] = set()
 _compile_lock = threading.Lock()
 
 # On a cold cache the kernels take ~20 s of compiling on one core (kernels.cpu compiles each on its
-# own). With two cores, a helper process compiles the GEMM micro-kernels, about a third of that
-# work, at the same time; both processes fill the cache, and this one then loads the helper's
-# kernels from it. NPSHUFFLE_COMPILE_HELPER=0 compiles everything in this process.
+# own). With two cores, a helper process compiles the five GEMM micro-kernels, the classifier and
+# the average pool at the same time (about half the work, counting the helper's ~0.6 s start);
+# both processes fill the cache, and this one then loads the helper's kernels from it. Only with a
+# core to spare: on a machine kept busy by other work, two compiles sharing one core took longer
+# than one (33 s against 20 s here, load average 3.5 on 2 cores). NPSHUFFLE_COMPILE_HELPER=0
+# compiles everything in this process, =1 always uses the helper.
 HELPER_ENV = "NPSHUFFLE_COMPILE_HELPER"
+HELPER_SLOTS = cpu.MICRO_KERNELS + (cpu.FN_CLASSIFIER, cpu.AVG_POOL)
 HELPER_TIMEOUT_S = 600.0
 _kernels_ready = False
 
@@ -460,6 +464,19 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def _spare_core() -> bool:
+    """Is a second core free for a helper? (The load average over the last minute, as _Schedule
+    judges a busy machine; unknown on Windows: assume yes.)"""
+    setting = os.environ.get(HELPER_ENV)
+    if setting in ("0", "1"):
+        return setting == "1"
+    try:
+        busy = os.getloadavg()[0] >= _cores() - 0.5
+    except (AttributeError, OSError):
+        busy = False
+    return _cores() >= 2 and not busy
 
 
 def _start_helper(slots) -> subprocess.Popen | None:
@@ -482,10 +499,10 @@ def _compile_kernels() -> None:
     global _kernels_ready
     cold = cpu.compile_kernels([cpu.GLOBAL_POOL], driver=False)  # the smallest kernel: is the cache cold?
     helper = None
-    if cold and _cores() >= 2 and os.environ.get(HELPER_ENV, "1") != "0" and kernel_cache.cache_dir()[0]:
-        helper = _start_helper(cpu.MICRO_KERNELS)
+    if cold and _spare_core() and kernel_cache.cache_dir()[0]:
+        helper = _start_helper(HELPER_SLOTS)
     try:
-        cpu.compile_kernels([s for s in cpu.KERNEL_SLOTS if helper is None or s not in cpu.MICRO_KERNELS])
+        cpu.compile_kernels([s for s in cpu.KERNEL_SLOTS if helper is None or s not in HELPER_SLOTS])
         if helper is not None:
             helper.wait(HELPER_TIMEOUT_S)
     finally:

@@ -10,6 +10,7 @@ and 64-wide tile boundaries, every epilogue.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -336,3 +337,25 @@ def test_layout_round_trip_and_tiles():
     for n in range(1, 300):
         widths = cpu.tile_widths(n)
         assert n <= sum(widths) <= cpu.padded(n) and all(w in cpu.TILE_WIDTHS for w in widths)
+
+
+# --------------------------------------------------------------------------------------------------
+# calls by address
+
+
+def test_every_kernel_has_an_address_and_wrong_argument_types_do_not_compile():
+    """The kernels are called through raw addresses (``fns``): a call with argument types other
+    than the kernel was compiled for must fail to compile, never run with the wrong layout."""
+    import numba
+    from numba.core.errors import TypingError
+
+    fns = cpu.kernel_table()
+    assert (fns[list(cpu.KERNEL_SLOTS)] != 0).all() and fns is cpu.kernel_table()
+
+    @numba.njit
+    def call_with_a_2d_workspace(fns, ws, st):
+        cpu._call_step(fns[0], fns, ws, ws[0], fns, st, ws.reshape((1, 1, -1)), ws[0], 0, 1)
+
+    ws = np.zeros((2, 16), np.float32)
+    with pytest.raises(TypingError):
+        call_with_a_2d_workspace(fns, ws, cpu.new_steps(1)[0])
