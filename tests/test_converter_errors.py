@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -221,3 +222,181 @@ def test_torchvision_imagenet_x15_x20_default_to_resize_232(tmp_path, width, cla
     meta = convert_file(save(tmp_path, net.state_dict()), tmp_path / "out.npz")
     assert meta["preprocess"]["resize"] == resize
     assert convert_file(tmp_path / "ckpt.pth", tmp_path / "b.npz", resize=240)["preprocess"]["resize"] == 240
+
+
+# --- hostile checkpoints and arguments: one-line errors, never a traceback (issue 12) ----------------
+
+MESSAGE_LIMIT = 500
+
+
+def run_cli(*args, module="npshuffle"):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+
+
+def assert_one_line_error(result, exit_code, *words):
+    assert result.returncode == exit_code, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr) < MESSAGE_LIMIT + 40, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def assert_short(error: Exception) -> None:
+    message = str(error)
+    assert len(message) < MESSAGE_LIMIT and "\n" not in message, message
+
+
+@pytest.mark.parametrize("key", [5, (1, 2), b"conv1.0.weight"], ids=["int", "tuple", "bytes"])
+def test_non_string_keys_are_refused_in_one_line(tmp_path, key):
+    state = {**small_state_dict(), key: torch.zeros(2)}
+    path = save(tmp_path, state)
+    with pytest.raises(ConversionError) as info:
+        convert_file(path, tmp_path / "out.npz")
+    assert_short(info.value)
+    assert_one_line_error(run_cli("convert", path, "-o", tmp_path / "out.npz"), 2, "key")
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("conv1.0.weight", torch.tensor(1.0)), ("conv1.0.weight", torch.zeros(8)), ("fc.weight", torch.zeros(5)),
+     ("fc.weight", torch.zeros(5, 48, 1)), ("stage2.0.branch1.2.weight", torch.tensor(2.0)),
+     ("conv5.0.weight", torch.zeros(48, 32))],
+    ids=["0-d-stem", "1-d-stem", "1-d-fc", "3-d-fc", "0-d-unit", "2-d-head"],
+)
+def test_weights_of_the_wrong_rank_are_named(tmp_path, key, value):
+    state = small_state_dict()
+    state[key] = value
+    with pytest.raises(ConversionError, match=key.replace(".", r"\.")) as info:
+        convert_file(save(tmp_path, state), tmp_path / "out.npz")
+    assert_short(info.value)
+
+
+def test_megvii_weights_of_the_wrong_rank_are_named(tmp_path):
+    state = small_state_dict("megvii")
+    state["classifier.0.weight"] = torch.zeros(5)
+    with pytest.raises(ConversionError, match=r"classifier\.0\.weight has shape \(5, \), expected 2 dimensions"):
+        convert_file(save(tmp_path, state), tmp_path / "out.npz")
+
+
+def test_huge_storage_count_is_one_line_from_the_command_line(tmp_path):
+    # data.pkl of {'w': tensor} whose storage claims 10**5000 elements (str() of that int raises)
+    count = 10**5000
+    raw = count.to_bytes((count.bit_length() + 8) // 8, "little", signed=True)
+    pid = b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpu\x8b"
+    pid += len(raw).to_bytes(4, "little") + raw + b"t"
+    pickled = (b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n(" + pid + b"QK\x00K\x02\x85K\x01\x85"
+               + b"\x89}tRs.")
+    path = tmp_path / "count.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickled)
+        archive.writestr("archive/data/0", bytes(8))
+    assert_one_line_error(run_cli("convert", path, "-o", tmp_path / "out.npz"), 2, "integer")
+
+
+def test_batch_norm_fold_overflowing_float32_is_named(tmp_path):
+    state = small_state_dict()
+    state["conv1.0.weight"].fill_(1e30)
+    state["conv1.1.weight"].fill_(3e38)  # gamma
+    path = save(tmp_path, state)
+    with pytest.raises(ConversionError, match=r"folding conv1\.1 into conv1\.0 overflows float32") as info:
+        convert_file(path, tmp_path / "out.npz")
+    assert_short(info.value)
+    assert_one_line_error(run_cli(path, "-o", tmp_path / "out.npz", module="weights_convert"), 1, "overflows")
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_output_into_a_missing_folder_or_onto_a_folder(tmp_path):
+    path = save(tmp_path, small_state_dict())
+    assert_one_line_error(run_cli("convert", path, "-o", tmp_path / "missing" / "m.npz"), 2, "does not exist")
+    (tmp_path / "folder").mkdir()
+    assert_one_line_error(run_cli("convert", path, "-o", tmp_path / "folder"), 2, "is a folder")
+    with pytest.raises(ConversionError, match="is a folder"):
+        convert_file(path, tmp_path)
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    path = save(tmp_path, small_state_dict())
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert_one_line_error(run_cli("convert", path, "-o", locked / "m.npz"), 2, "cannot write")
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("five.json", "5", "not a JSON int"),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("nested.json", json.dumps(["a", "b", ["c"], "d", "e"]), "must be strings"),
+        ("gaps.json", json.dumps({"0": "a", "2": "b"}), "no key '1'"),
+        ("bad.json", "{", "not valid JSON"),
+        ("binary.txt", b"\xff\xfe\x00", "cannot read class names"),
+    ],
+)
+def test_bad_class_names_files(tmp_path, name, content, message):
+    path = save(tmp_path, small_state_dict())
+    classes = tmp_path / name
+    classes.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConversionError, match=message) as info:
+        convert_file(path, tmp_path / "out.npz", classes=str(classes))
+    assert_short(info.value)
+    if name == "deep.json":
+        assert_one_line_error(run_cli("convert", path, "-o", tmp_path / "o.npz", "--classes", classes), 2, message)
+
+
+def test_class_names_from_a_json_list(tmp_path):
+    path = save(tmp_path, small_state_dict())
+    (tmp_path / "names.json").write_text(json.dumps(["a", "b", "c", "d", 5]))
+    assert convert_file(path, tmp_path / "o.npz", classes=str(tmp_path / "names.json"))["class_names"][-1] == "5"
+
+
+def test_many_problems_make_a_short_message(tmp_path):
+    state = {key: value[..., :0] if value.ndim else value for key, value in small_state_dict().items()}
+    state.update({f"extra.{i}.weight": torch.zeros(1) for i in range(500)})
+    with pytest.raises(ConversionError, match=r"problem\(s\): .* and \d+ more") as info:
+        convert_file(save(tmp_path, state), tmp_path / "out.npz")
+    assert_short(info.value)
+
+
+# --- the output file is replaced whole or not at all ------------------------------------------------
+
+KILL_DURING_WRITE = """
+import os, signal, sys
+import numpy as np
+
+def dying_savez_compressed(file, **arrays):
+    file.write(b"PK\\x03\\x04 half a model")
+    file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+np.savez_compressed = dying_savez_compressed
+from weights_convert import convert_file
+convert_file(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_a_kill_during_the_write_keeps_the_previous_model(tmp_path, model_file):
+    before = model_file.read_bytes()
+    checkpoint = save(tmp_path, small_state_dict("megvii"), "other.pth")
+    killed = subprocess.run([sys.executable, "-c", KILL_DURING_WRITE, str(checkpoint), str(model_file)],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert model_file.read_bytes() == before
+    assert len(Model.load(model_file).class_names) == 5
+
+
+def test_a_failed_write_keeps_the_previous_model_and_leaves_no_temporary_file(tmp_path, model_file, monkeypatch):
+    before = model_file.read_bytes()
+    files_before = sorted(os.listdir(tmp_path))
+
+    def disk_full(file, **arrays):
+        file.write(b"PK\x03\x04 a bit")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    with pytest.raises(ConversionError, match="No space left on device"):
+        convert_file(tmp_path / "ckpt.pth", model_file)
+    assert model_file.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == files_before

@@ -20,17 +20,20 @@ import numpy as np
 
 from kernels.reference import shuffle_permutation
 from npshuffle.archs import ArchError, V1Spec, V2Spec, build_plan, check_spec
-from npshuffle.model_file import DEFAULT_RECIPES, check_recipe, save_model_file
+from npshuffle.model_file import DEFAULT_RECIPES, ModelFileError, check_recipe, save_model_file
 
 from . import megvii, torchvision
 from .fold import fold_batchnorm, permute_output_channels
 from .keymap import ConversionError
-from .torch_pickle import CheckpointError, load_torch_checkpoint
+from .messages import show
+from .torch_pickle import CheckpointError, load_torch_checkpoint, open_regular_file
 
 DIALECT_MODULES = (torchvision, megvii)
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 IGNORED_SUFFIXES = (".num_batches_tracked",)
 BN_EPS = 1e-5
+MAX_CLASS_FILE_BYTES = 16 * 2**20
+_PROBLEMS_SHOWN_CHARS = 300  # a ConversionError lists its first problems, then how many more
 
 
 @dataclass
@@ -53,10 +56,16 @@ def find_state_dict(obj: object, path: str) -> dict[str, np.ndarray]:
             obj = inner
     if not isinstance(obj, dict) or not obj:
         raise ConversionError(f"{path}: no state_dict found (the checkpoint holds a {type(obj).__name__})")
+    not_strings = [k for k in obj if type(k) is not str]
+    if not_strings:
+        raise ConversionError(
+            f"{path}: no state_dict found: key {show(not_strings[0])} is a {type(not_strings[0]).__name__}, "
+            f"not a string ({len(not_strings)} such keys)"
+        )
     not_tensors = [k for k, v in obj.items() if not isinstance(v, np.ndarray)]
     if not_tensors:
         raise ConversionError(
-            f"{path}: no state_dict found: top-level keys {sorted(map(str, obj))[:8]} are not all tensors "
+            f"{path}: no state_dict found: top-level keys {show(sorted(obj)[:8])} are not all tensors "
             f"(and none of {WRAPPER_KEYS} holds one)"
         )
     if all(str(k).startswith("module.") for k in obj):
@@ -121,25 +130,51 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], *, path: str = "<state
         if (stats[3] < 0).any():
             problems.append(f"{bn}.running_var has negative values")
             continue
-        weights[f"{layer.name}.weight"], weights[f"{layer.name}.bias"] = fold_batchnorm(w, b, *stats, eps=BN_EPS)
+        with np.errstate(over="ignore", invalid="ignore"):
+            folded = fold_batchnorm(w, b, *stats, eps=BN_EPS)
+        if not all(np.isfinite(a).all() for a in folded):
+            problems.append(f"folding {bn} into {conv} overflows float32 (huge weights, or running_var near 0?)")
+            continue
+        weights[f"{layer.name}.weight"], weights[f"{layer.name}.bias"] = folded
 
     weight_key, bias_key = keys.classifier
     c = plan.classifier
     fc_w = take(weight_key, (c.num_classes, c.in_features))
     fc_b = take(bias_key, (c.num_classes,)) if bias_key else np.zeros(c.num_classes, np.float32)
     if fc_w is not None and fc_b is not None:
-        weights[f"{c.name}.weight"] = fc_w.astype(np.float32)
-        weights[f"{c.name}.bias"] = fc_b.astype(np.float32)
+        with np.errstate(over="ignore"):
+            classifier = fc_w.astype(np.float32), fc_b.astype(np.float32)
+        if all(np.isfinite(a).all() for a in classifier):
+            weights[f"{c.name}.weight"], weights[f"{c.name}.bias"] = classifier
+        else:
+            problems.append(f"{weight_key} or its bias does not fit in float32")
 
     unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(IGNORED_SUFFIXES))
     if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+        more = f" ({len(unexpected)} in all)" if len(unexpected) > 5 else ""
+        problems.append(f"unexpected keys: {', '.join(unexpected[:5])}{more}")
     if problems:
-        raise ConversionError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems))
+        raise ConversionError(f"{path}: {len(problems)} problem(s): {_first_problems(problems)}")
 
     if spec.version == 1 and module.DIALECT == "megvii":
         _move_megvii_shuffle_before_depthwise(plan, weights)
     return Converted(spec, module.DIALECT, weights, {})
+
+
+def _first_problems(problems: list[str]) -> str:
+    """The problems that fit in about :data:`_PROBLEMS_SHOWN_CHARS` characters, and how many more there are.
+
+    (A checkpoint of another network can have hundreds; the message stays one short line.)
+    """
+    shown: list[str] = []
+    length = 0
+    for problem in problems:
+        if shown and length + len(problem) > _PROBLEMS_SHOWN_CHARS:
+            break
+        shown.append(problem)
+        length += len(problem) + 2
+    rest = len(problems) - len(shown)
+    return "; ".join(shown) + (f"; and {rest} more" if rest else "")
 
 
 def _move_megvii_shuffle_before_depthwise(plan, weights: dict[str, np.ndarray]) -> None:
@@ -156,25 +191,46 @@ def _move_megvii_shuffle_before_depthwise(plan, weights: dict[str, np.ndarray]) 
 
 
 def read_class_names(path: str, num_classes: int) -> list[str]:
-    """Class names from a ``class_indices.json`` (``{"0": "daisy", ...}``) or a text file (one per line)."""
+    """Class names from a ``class_indices.json`` (``{"0": "daisy", ...}`` or a list) or a text file (one per line)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConversionError(f"{path}: cannot read class names ({exc})") from None
+        with open_regular_file(path) as f:
+            raw = f.read(MAX_CLASS_FILE_BYTES + 1)
+        if len(raw) > MAX_CLASS_FILE_BYTES:
+            raise ConversionError(f"{path}: a class names file of more than {MAX_CLASS_FILE_BYTES:,} bytes")
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError, CheckpointError) as exc:
+        raise ConversionError(f"{path}: cannot read class names ({getattr(exc, 'strerror', None) or exc})") from None
     if path.endswith(".json"):
-        try:
-            data = json.loads(text)
-            names = [str(data[str(i)]) for i in range(len(data))] if isinstance(data, dict) else [str(n) for n in data]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise ConversionError(
-                f"{path}: expected a JSON object {{\"0\": \"name\", \"1\": ...}} with keys 0..n-1 ({exc})"
-            ) from None
+        names = _json_class_names(text, path)
     else:
         names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) != num_classes:
         raise ConversionError(f"{path}: {len(names)} class names, but the checkpoint has {num_classes} classes")
     return names
+
+
+def _json_class_names(text: str, path: str) -> list[str]:
+    """``{"0": "daisy", "1": ...}`` or ``["daisy", ...]``; names are strings (or numbers, written as strings)."""
+    expected = 'expected a JSON object {"0": "name", "1": ...} with keys 0..n-1, or a list of names'
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ConversionError(f"{path}: {expected}; this JSON is nested too deeply to read") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        raise ConversionError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(data, dict):
+        missing = next((i for i in range(len(data)) if str(i) not in data), None)
+        if missing is not None:
+            raise ConversionError(f"{path}: {expected} (no key {str(missing)!r})")
+        names = [data[str(i)] for i in range(len(data))]
+    elif isinstance(data, list):
+        names = data
+    else:
+        raise ConversionError(f"{path}: {expected}, not a JSON {type(data).__name__}")
+    bad = next((n for n in names if type(n) not in (str, int, float)), None)
+    if bad is not None:
+        raise ConversionError(f"{path}: class names must be strings, found {show(bad)}")
+    return [str(n) for n in names]
 
 
 def imagenet_class_names() -> list[str]:
@@ -199,7 +255,7 @@ def default_resize(converted: Converted) -> int:
 
 def sha256_of(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -220,9 +276,11 @@ def convert_file(
     else class_0..class_{n-1}). ``resize``/``crop`` override the preprocessing default: the
     dialect's (resize 256, crop 224), except Resize(232) for torchvision's x1.5/x2.0 ImageNet weights.
     """
-    checkpoint = str(checkpoint)
+    checkpoint, output = str(checkpoint), str(output)
+    _check_output_path(output)
     try:
         obj = load_torch_checkpoint(checkpoint)
+        digest = sha256_of(checkpoint)
     except CheckpointError as exc:
         raise ConversionError(str(exc)) from None
     except OSError as exc:
@@ -245,8 +303,22 @@ def convert_file(
         recipe = check_recipe(recipe)
     except ValueError as exc:
         raise ConversionError(f"bad preprocessing override: {exc}") from None
-    source = {"file": os.path.basename(checkpoint), "sha256": sha256_of(checkpoint)}
-    return save_model_file(
-        output, converted.spec, converted.dialect, converted.weights,
-        class_names=names, recipe=recipe, extra={"source": source, **(extra or {})},
-    )
+    source = {"file": os.path.basename(checkpoint), "sha256": digest}
+    try:  # save_model_file writes a temporary file and renames it: a kill never leaves half a model at output
+        return save_model_file(
+            output, converted.spec, converted.dialect, converted.weights,
+            class_names=names, recipe=recipe, extra={"source": source, **(extra or {})},
+        )
+    except ModelFileError as exc:  # not expected: convert_state_dict checks what save_model_file checks
+        raise ConversionError(str(exc)) from None
+    except OSError as exc:
+        raise ConversionError(f"{output}: cannot write the model file ({exc.strerror or exc})") from None
+
+
+def _check_output_path(output: str) -> None:
+    """Refuse an output that is a folder or lies in a missing folder before any work is done."""
+    if os.path.isdir(output):
+        raise ConversionError(f"{output}: is a folder; give the model file to write, e.g. {output}/model.npz")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise ConversionError(f"{output}: the folder {folder} does not exist")

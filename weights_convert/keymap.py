@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .messages import one_line, show
+
 
 class ConversionError(ValueError):
-    """A checkpoint that cannot become an npshuffle model; the message says what and where."""
+    """A checkpoint that cannot become an npshuffle model; the message (one line) says what and where."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 @dataclass
@@ -29,12 +34,16 @@ class KeyMap:
         self.convs[layer] = (conv, f"{sequential}.{int(index) + 1}")
 
 
-def shape_of(state_dict: dict, key: str) -> tuple[int, ...]:
-    """The shape of ``state_dict[key]``, or a ConversionError naming the missing key."""
+def shape_of(state_dict: dict, key: str, ndim: int = 4) -> tuple[int, ...]:
+    """The shape of ``state_dict[key]`` (a conv weight: 4 dimensions; a classifier's: 2), or a
+    ConversionError naming the missing key or the wrong number of dimensions."""
     try:
-        return tuple(state_dict[key].shape)
+        shape = tuple(state_dict[key].shape)
     except KeyError:
         raise ConversionError(f"cannot work out the architecture: the checkpoint has no {key!r}") from None
+    if len(shape) != ndim:
+        raise ConversionError(f"{key} has shape {show(shape)}, expected {ndim} dimensions")
+    return shape
 
 
 def numbered_children(state_dict: dict, prefix: str) -> list[int]:
@@ -43,6 +52,6 @@ def numbered_children(state_dict: dict, prefix: str) -> list[int]:
     for key in state_dict:
         if key.startswith(prefix):
             head = key[len(prefix):].split(".", 1)[0]
-            if head.isdigit():
+            if head.isascii() and head.isdigit() and len(head) <= 6:  # not '²', not a 5000-digit number
                 found.add(int(head))
     return sorted(found)

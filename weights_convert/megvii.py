@@ -49,7 +49,7 @@ def infer_spec(state_dict: dict, version: int) -> V1Spec | V2Spec:
     units = numbered_children(state_dict, "features.")
     if units != list(range(len(units))):
         raise ConversionError(f"features.* units are not numbered 0..n-1: found {units}")
-    num_classes, features = shape_of(state_dict, "classifier.0.weight")
+    num_classes, features = shape_of(state_dict, "classifier.0.weight", 2)
     strides, widths = [], []
     if version == 2:
         for i in units:

@@ -41,7 +41,7 @@ def infer_spec(state_dict: dict, version: int) -> V1Spec | V2Spec:
     stem = shape_of(state_dict, "conv1.0.weight")[0]
     stages = _stages(state_dict)
     repeats = tuple(n for _, n in stages)
-    num_classes = shape_of(state_dict, "fc.weight")[0]
+    num_classes = shape_of(state_dict, "fc.weight", 2)[0]
     if version == 2:
         widths = tuple(
             shape_of(state_dict, f"{s}.0.branch1.2.weight")[0] + shape_of(state_dict, f"{s}.0.branch2.5.weight")[0]
