@@ -395,6 +395,17 @@ def test_small_expanded_views_still_load(tmp_path: Path) -> None:
                                                                              (1000, 1)))
 
 
+def test_thousands_of_stages_are_refused_quickly(tmp_path: Path, worker: Worker) -> None:
+    # 20,000 keys stage2.0.w ... stage20001.0.w viewing one storage: finding the stages took a scan of
+    # every key per stage (minutes)
+    state = small_state_dict()
+    one = torch.zeros(1)
+    state.update({f"stage{i}.0.w": one for i in range(2, 20_002)})
+    path = tmp_path / "stages.pth"
+    torch.save(state, path)
+    assert_refused_cleanly(worker.ask("convert", path, tmp_path / "out.npz"))
+
+
 # --------------------------------------------------------------------------
 # types a state dict does not have
 # --------------------------------------------------------------------------

@@ -8,10 +8,12 @@ V1 keys: ``conv1.{0,1}``, ``stage{s}.{j}.branch.{0,1,4,5,6,7}``, ``fc.{weight,bi
 
 from __future__ import annotations
 
+import re
+
 from npshuffle.archs import V1Spec, V2Spec
 from npshuffle.plan import Plan
 
-from .keymap import KeyMap, numbered_children, shape_of
+from .keymap import KeyMap, shape_of
 
 DIALECT = "torchvision"
 
@@ -27,12 +29,23 @@ def detect_version(state_dict: dict) -> int | None:
     return None
 
 
+_STAGE_UNIT = re.compile(r"stage([1-9][0-9]{0,5})\.([0-9]{1,6})\.")
+
+
 def _stages(state_dict: dict) -> list[tuple[str, int]]:
-    """[(stage name, number of units), ...] in order: stage2, stage3, ..."""
+    """[(stage name, number of units), ...] in order: stage2, stage3, ...
+
+    One pass over the keys (a scan per stage would be quadratic in a file that names 20,000 stages).
+    """
+    units: dict[int, set[int]] = {}
+    for key in state_dict:
+        match = _STAGE_UNIT.match(key)
+        if match:
+            units.setdefault(int(match[1]), set()).add(int(match[2]))
     stages = []
     index = 2
-    while units := numbered_children(state_dict, f"stage{index}."):
-        stages.append((f"stage{index}", len(units)))
+    while index in units:
+        stages.append((f"stage{index}", len(units[index])))
         index += 1
     return stages
 
