@@ -101,7 +101,7 @@ _MAX_NDIM = 64  # numpy's limit on the number of dimensions
 
 # Limits on what one file may make the reader do.  A torchvision V2 x2.0
 # state dict (the largest real ShuffleNet) is a 45 KB pickle of ~12,000
-# opcodes, four containers deep, with 30 MB of storages.
+# opcodes, nested three levels deep, with 30 MB of storages.
 MAX_PICKLE_BYTES = 16 * 2**20
 MAX_PICKLE_OPS = 500_000
 MAX_LINE_BYTES = 2**16  # the argument of a text opcode (pickle protocol 0)
@@ -313,15 +313,15 @@ _CALLABLE: tuple[Callable[..., object], ...] = (
 )
 
 
-_GLOBAL_NAMES: dict[int, str] = {id(stand_in): f"{m}.{n}" for (m, n), stand_in in _ALLOWED_GLOBALS.items()}
+_GLOBAL_NAMES: dict[int, tuple[str, object]] = {
+    id(stand_in): (f"{module}.{name}", stand_in) for (module, name), stand_in in _ALLOWED_GLOBALS.items()
+}
 
 
 def _describe(value: object) -> str:
     """What to call ``value`` in a message: the global it stands in for, else a short repr."""
-    name = _GLOBAL_NAMES.get(id(value))
-    if name is not None and _ALLOWED_GLOBALS[tuple(name.rsplit(".", 1))] is value:  # type: ignore[index]
-        return name
-    return show(value)
+    name, stand_in = _GLOBAL_NAMES.get(id(value), ("", None))
+    return name if stand_in is value else show(value)
 
 
 # --------------------------------------------------------------------------
