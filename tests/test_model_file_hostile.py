@@ -189,3 +189,17 @@ def test_fuzz_metadata_edits_load_or_give_one_clear_error(tmp_path_factory, data
         load_model_file(path)
     except ModelFileError as exc:
         assert len(str(exc)) < 700 and "\n" not in str(exc)
+
+
+def test_a_saved_model_file_is_complete_and_has_ordinary_permissions(tmp_path):
+    from npshuffle.model_file import save_model_file
+
+    original = load_model_file(FLOWERS)
+    path = tmp_path / "copy.npz"
+    save_model_file(path, original.spec, original.dialect, original.weights, class_names=original.class_names,
+                    recipe=original.recipe)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not the 0600 of a temporary file
+    assert [p.name for p in tmp_path.iterdir()] == ["copy.npz"]
+    assert load_model_file(path).class_names == original.class_names
