@@ -1,6 +1,6 @@
 """Batch-1 latency of the NumPy backend on every bundled model, beside ONNX Runtime and torch eager.
 
-    python benchmarks/numpy_batch1.py [--calls 200] [--threads N] [--models flowers ...]
+    python benchmarks/numpy_batch1.py [--calls 200] [--threads N] [--models flowers ...] [--plain]
     OPENBLAS_NUM_THREADS=1 python benchmarks/numpy_batch1.py --threads 1     # everything on one thread
 
 For each bundled model, the NumPy backend runs the model file itself (``load_model(name,
@@ -15,6 +15,8 @@ count against the next and every runtime sees the same drift of a shared machine
 
 Prints a markdown table: per model, the NumPy backend's median and minimum milliseconds, and ONNX
 Runtime's and torch eager's median with the NumPy backend's median as a multiple of theirs.
+``--plain`` adds the backend's plain op-by-op walk (``NumpyBackend.prepare_reference``, which is
+what the backend ran before its single-image fast path) to the same interleaved rounds.
 
 Threads: ``--threads`` sets torch's and ONNX Runtime's intra-op threads (default: all cores). NumPy's
 BLAS reads its thread count once, when NumPy is imported: set ``OPENBLAS_NUM_THREADS`` (or
@@ -37,15 +39,15 @@ try:
 except ImportError:  # imported from elsewhere than benchmarks/
     from benchmarks.bench_cpu import exportable, fmt_ms
 
-RUNTIMES = ("numpy", "onnxruntime", "torch")
-LABELS = {"numpy": "npshuffle-numpy", "onnxruntime": "ONNX Runtime", "torch": "torch eager"}
 
 
-def runtimes(name: str, threads: int, seed: int) -> tuple[dict, int]:
-    """({runtime: fn(x) -> logits}, crop) for bundled model ``name``."""
+def runtimes(name: str, threads: int, seed: int, plain: bool = False) -> tuple[dict, int]:
+    """({runtime: fn(x) -> logits}, crop) for bundled model ``name``; with ``plain``, also the NumPy
+    backend's op-by-op walk as "numpy-plain"."""
     import onnxruntime as ort
     import torch
 
+    from npshuffle.backends import NumpyBackend
     from npshuffle.predict import load_model
     from npshuffle.torch_ref import build_torch_model, randomize_
 
@@ -66,11 +68,14 @@ def runtimes(name: str, threads: int, seed: int) -> tuple[dict, int]:
         with torch.inference_mode():
             return net(torch.from_numpy(x)).numpy()
 
-    return {
+    runs = {
         "numpy": model.forward,
         "onnxruntime": lambda x: session.run(None, {"input": x})[0],
         "torch": run_torch,
-    }, crop
+    }
+    if plain:
+        runs["numpy-plain"] = NumpyBackend().prepare_reference(model.file.plan, model.file.weights)
+    return runs, crop
 
 
 def interleaved_times(runs: dict, x: np.ndarray, calls: int, per_block: int, lead_s: float = 0.1,
@@ -106,6 +111,7 @@ def main() -> int:
     parser.add_argument("--per-block", type=int, default=10, help="calls per interleaved block (default 10)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch and ONNX Runtime intra-op threads (default: all cores)")
+    parser.add_argument("--plain", action="store_true", help="also time the plain op-by-op walk (the old backend)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -121,19 +127,20 @@ def main() -> int:
         f"Command: `python benchmarks/numpy_batch1.py {' '.join(sys.argv[1:])}`",
         "",
         "| model | input | npshuffle-numpy median | min | ONNX Runtime median | numpy / ORT | torch eager median "
-        "| numpy / torch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| numpy / torch |" + (" plain walk median | min |" if args.plain else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.plain else ""),
     ]
     for name in args.models:
         print(f"{name}: building, exporting...", file=sys.stderr, flush=True)
-        runs, crop = runtimes(name, args.threads, args.seed)
+        runs, crop = runtimes(name, args.threads, args.seed, args.plain)
         x = rng.standard_normal((1, 3, crop, crop)).astype(np.float32)
         print(f"{name}: timing...", file=sys.stderr, flush=True)
         samples = interleaved_times(runs, x, args.calls, args.per_block)
-        med = {r: statistics.median(samples[r]) for r in RUNTIMES}
+        med = {r: statistics.median(t) for r, t in samples.items()}
+        plain = f" {fmt_ms(med['numpy-plain'])} | {fmt_ms(min(samples['numpy-plain']))} |" if args.plain else ""
         lines.append(f"| {name} | {crop}x{crop} | {fmt_ms(med['numpy'])} | {fmt_ms(min(samples['numpy']))} | "
                      f"{fmt_ms(med['onnxruntime'])} | {med['numpy'] / med['onnxruntime']:.2f}x | "
-                     f"{fmt_ms(med['torch'])} | {med['numpy'] / med['torch']:.2f}x |")
+                     f"{fmt_ms(med['torch'])} | {med['numpy'] / med['torch']:.2f}x |" + plain)
         print(f"{name}: " + ", ".join(f"{r} {fmt_ms(t)}" for r, t in med.items()), file=sys.stderr, flush=True)
     print("\n".join(lines))
     return 0
