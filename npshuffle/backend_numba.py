@@ -484,11 +484,12 @@ def _start_helper(slots) -> subprocess.Popen | None:
     cannot be started: then this process compiles them itself)."""
     roots = sorted({str(Path(cpu.__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent)})
     code = (f"import sys; sys.path[:0] = {roots!r}\n"
+            "from npshuffle.children import exit_with_parent; exit_with_parent()\n"
             "from npshuffle import backend_numba  # (installs the cache locator, as here)\n"
             f"backend_numba.cpu.compile_kernels({list(slots)!r}, driver=False)\n")
     try:
-        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # (stdin: the child exits with this process)
     except OSError:
         return None
 
@@ -506,8 +507,11 @@ def _compile_kernels() -> None:
         if helper is not None:
             helper.wait(HELPER_TIMEOUT_S)
     finally:
-        if helper is not None and helper.poll() is None:
-            helper.kill()
+        if helper is not None:
+            if helper.poll() is None:
+                helper.kill()
+            helper.wait()
+            helper.stdin.close()
     cpu.kernel_table()  # (compiles whatever the helper did not leave in the cache)
     _kernels_ready = True
 

@@ -10,16 +10,15 @@ compiles again.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 
 from . import kernel_cache
+from .children import exit_with_parent
 
 # decoding + preprocessing one photo (a phone-camera-sized JPEG costs more, a thumbnail less),
 # added to the NumPy forward time when working out how many images a compile takes to pay off
@@ -99,22 +98,6 @@ def warmup(models: list[str] | None = None, *, force: bool = False, measure: boo
     return report
 
 
-def _exit_with_parent() -> None:
-    """For ``--child``: the parent holds our standard input open; end of file means it is gone."""
-
-    def watch():
-        try:  # (os.read, not sys.stdin: a daemon thread inside a buffered read breaks interpreter exit)
-            while os.read(fd, 1024):
-                pass
-        except OSError:
-            pass
-        os._exit(1)
-
-    fd = sys.stdin.fileno()
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def add_warmup_arguments(parser) -> None:
     parser.add_argument("--model", "-m", nargs="+", metavar="NAME",
                         help="models to run (default: the default model; every model uses the same kernels)")
@@ -126,7 +109,7 @@ def run_warmup(args) -> int:
     from .cli import EXIT_OK, fail
 
     if args.child:
-        _exit_with_parent()
+        exit_with_parent()
     report = warmup(args.model, force=args.force, measure=True)
     if args.child:
         return EXIT_OK

@@ -216,3 +216,38 @@ def test_a_read_only_install_caches_in_the_users_cache_folder(world_readable_tmp
     expected = str(home / "npshuffle" / "numba")
     assert out.stdout.split() == [expected, expected]
     assert not (install / "kernels" / "__pycache__").exists()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find child processes")
+def test_the_compile_helper_does_not_outlive_a_parent_killed_mid_compile(tmp_path):
+    """A cold first Numba run starts a helper process; SIGKILL the parent (no clean-up runs) and the
+    helper must go too."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "NPSHUFFLE_COMPILE_HELPER": "1"}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import numpy as np, npshuffle\n"
+         "m = npshuffle.load_model(backend='numba'); m.forward(np.zeros((1, 3, 224, 224), np.float32))"],
+        env=env, cwd=REPO, stderr=subprocess.DEVNULL)
+    deadline, helpers = time.time() + 60, []
+    while time.time() < deadline and not helpers and parent.poll() is None:
+        time.sleep(0.2)
+        helpers = children_of(parent.pid)
+    assert helpers, "no compile helper was started"
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(os.path.exists(f"/proc/{p}") and _state(p) != "Z" for p in helpers):
+        time.sleep(0.1)
+    assert not any(os.path.exists(f"/proc/{p}") and _state(p) != "Z" for p in helpers)
