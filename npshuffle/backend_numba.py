@@ -514,6 +514,8 @@ def _compile_kernels() -> None:
             helper.stdin.close()
     cpu.kernel_table()  # (compiles whatever the helper did not leave in the cache)
     _kernels_ready = True
+    if not kernel_cache.is_warm():
+        kernel_cache.write_stamp()  # later processes know, without importing numba, that they are cached
 
 
 def _forward(*args) -> None:
