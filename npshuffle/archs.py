@@ -123,10 +123,11 @@ def spec_to_dict(spec: V1Spec | V2Spec) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
 
 
-# Bounds on a spec read from a file: far above any ShuffleNet of either paper (V2 x2.0 has 4
-# stages of at most 2048 channels, 16 units, 7.4 M parameters), far below what would exhaust memory.
+# Bounds on a spec read from a file: far above any ShuffleNet of either paper (V2 x2.0: 3 stages
+# of at most 976 channels, a 2048-channel head conv, 16 units, 7.4 M parameters), far below what
+# would exhaust memory (64 M float32 parameters: 256 MB).
 MAX_STAGES, MAX_REPEATS, MAX_CHANNELS, MAX_CLASSES, MAX_GROUPS = 8, 64, 8192, 100_000, 64
-MAX_PARAMETERS = 200_000_000
+MAX_PARAMETERS = 64_000_000
 
 
 def _strict_int(value, name: str) -> int:
@@ -178,7 +179,8 @@ def variant_name(spec: V1Spec | V2Spec) -> str:
 
 
 def check_spec(spec: V1Spec | V2Spec) -> None:
-    """Raise :class:`ArchError` unless every conv of ``spec`` has whole channel groups."""
+    """Raise :class:`ArchError` unless ``spec`` is within the bounds above and every conv of it
+    has whole channel groups."""
     positive = [spec.stem_channels, *spec.stage_channels, *spec.stage_repeats, spec.num_classes]
     if isinstance(spec, V2Spec):
         positive.append(spec.head_channels)

@@ -17,12 +17,10 @@ and refuses anything else with a :class:`ModelFileError` that names the file and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import struct
-import tempfile
 import tokenize
 import zipfile
 import zlib
@@ -31,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .archs import DIALECTS, MAX_PARAMETERS, ArchError, V1Spec, V2Spec, build_plan, spec_from_dict, spec_to_dict
+from .atomic import write_atomically
 from .plan import Plan
 
 FORMAT = "npshuffle-model"
@@ -162,25 +161,13 @@ def save_model_file(
     arrays = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in weights.items()}
     _check_contents(str(path), metadata, plan, arrays)
     arrays[METADATA_KEY] = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
-    # atomically: a temporary file in the same folder, renamed over ``path`` only once complete, so
-    # a kill mid-write leaves the previous file at ``path`` intact
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".npshuffle-", suffix=".npz.tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it (mkstemp makes files 0600)
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # atomically (npshuffle.atomic): a kill mid-write leaves the previous file at ``path`` intact
+    write_atomically(path, lambda f: np.savez_compressed(f, **arrays))
     return metadata
 
 
-MAX_FILE_BYTES = 2 * 2**30  # far above any ShuffleNet (V2 x2.0: 30 MB of float32)
+MAX_FILE_BYTES = 512 * 2**20  # above any file archs.MAX_PARAMETERS allows (V2 x2.0: 30 MB)
+MAX_ENTRIES = 20_000  # archive members: two per layer of the largest bounded architecture, and more
 MAX_METADATA_BYTES = 16 * 2**20  # the JSON: class names and provenance
 NPY_HEADER_MAX = 4096  # a .npy header is ~128 bytes
 
@@ -189,11 +176,16 @@ def _member_name(tensor: str) -> str:
     return tensor + ".npy"
 
 
+class ShapeMismatch(ValueError):
+    """A tensor of the wrong shape: reported with the other problems, not alone."""
+
+
 def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dtype: str, shape: tuple | None) -> np.ndarray:
     """One ``.npy`` member, checked before anything is allocated or decompressed past its header:
     the declared (uncompressed) size, the header's dtype and shape (``shape`` None: any 1-D), and
     then exactly that many bytes are read, whatever the compressed stream would inflate to."""
-    if info.file_size > NPY_HEADER_MAX + (MAX_METADATA_BYTES if shape is None else 4 * math.prod(shape)):
+    itemsize = np.dtype(dtype).itemsize
+    if info.file_size > NPY_HEADER_MAX + (MAX_METADATA_BYTES if shape is None else itemsize * math.prod(shape)):
         raise ValueError(f"{info.filename} declares {info.file_size} bytes, more than its shape can hold")
     with archive.open(info) as f:
         version = np.lib.format.read_magic(f)
@@ -214,20 +206,29 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dtype: str, shape
         elif tuple(npy_shape) != tuple(shape):
             raise ShapeMismatch(f"{info.filename[:-4]} has shape {tuple(npy_shape)}, expected {tuple(shape)}")
         count = math.prod(npy_shape)
-        data = f.read(count * np.dtype(dtype).itemsize)
-        if len(data) != count * np.dtype(dtype).itemsize or f.read(1):
+        data = f.read(count * itemsize)
+        if len(data) != count * itemsize or f.read(1):
             raise ValueError(f"{info.filename}: data does not match its header's shape")
     return np.frombuffer(data, dtype=dtype).reshape(npy_shape).copy()
-
-
-class ShapeMismatch(ValueError):
-    """A tensor of the wrong shape: reported with the other problems, not alone."""
 
 
 # what a damaged or hostile archive can raise from zipfile, zlib and NumPy's header parser
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, SyntaxError, RuntimeError,
                 NotImplementedError, MemoryError, RecursionError, OverflowError, struct.error, zlib.error,
                 zipfile.BadZipFile, tokenize.TokenError, UnicodeDecodeError)
+
+
+def _zip_entry_count(path: str) -> int:
+    """How many entries the archive's end record declares (read before zipfile parses them all;
+    ``zipfile._EndRecData`` is private but has not changed in decades: if it goes, no limit)."""
+    end_record = getattr(zipfile, "_EndRecData", None)
+    if end_record is None:
+        return 0
+    with open(path, "rb") as f:
+        record = end_record(f)
+    if record is None:
+        raise zipfile.BadZipFile("no end of central directory record")
+    return record[zipfile._ECD_ENTRIES_TOTAL]
 
 
 def load_model_file(path: str | os.PathLike) -> ModelFile:
@@ -245,6 +246,9 @@ def load_model_file(path: str | os.PathLike) -> ModelFile:
     try:
         if os.path.getsize(path) > MAX_FILE_BYTES:
             raise ModelFileError(f"{path}: {os.path.getsize(path)} bytes, too large to be a model file")
+        entries = _zip_entry_count(path)
+        if entries > MAX_ENTRIES:  # (zipfile would build an object per entry before we see any)
+            raise ModelFileError(f"{path}: an archive of {entries} entries is not a model file")
         with zipfile.ZipFile(path) as archive:
             members = {info.filename: info for info in archive.infolist()}
             meta_info = members.pop(_member_name(METADATA_KEY), None)
@@ -330,4 +334,4 @@ def _check_contents(path: str, metadata: dict, plan: Plan, arrays: dict[str, np.
         elif not np.isfinite(value).all():
             problems.append(f"{name} holds NaN or infinite values")
     if problems:
-        raise ModelFileError(f"{path}: " + "; ".join(problems))
+        raise ModelFileError(f"{path}: " + "; ".join(problems)[:600])

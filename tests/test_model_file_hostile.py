@@ -203,3 +203,12 @@ def test_a_saved_model_file_is_complete_and_has_ordinary_permissions(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not the 0600 of a temporary file
     assert [p.name for p in tmp_path.iterdir()] == ["copy.npz"]
     assert load_model_file(path).class_names == original.class_names
+
+
+def test_an_archive_of_too_many_entries_is_refused_before_zipfile_reads_them(tmp_path):
+    path = tmp_path / "many.npz"
+    write(path, members())
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_STORED) as archive:
+        for i in range(25_000):
+            archive.writestr(f"{i}", b"")
+    refused(path, r"of \d+ entries is not a model file", seconds=0.5)
