@@ -29,10 +29,12 @@ The backends agree to within 1e-4 (relative), not bitwise: force ``--device nump
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import math
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import weakref
@@ -41,13 +43,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernel_cache
+from . import children, kernel_cache
 from .backends import BackendError, NumpyBackend
 from .plan import Plan
 
 # Defaults until `npshuffle warmup` has measured this machine: the project's 2-core machine,
 # bundled models at batch 1 (benchmarks/cold_start.py); numpy_s includes decoding a photo.
-DEFAULT_TIMINGS = {"numba_start_s": 0.6, "numpy_s": 0.012, "numba_s": 0.004, "compile_s": 45.0}
+DEFAULT_TIMINGS = {"numba_start_s": 0.6, "numpy_s": 0.012, "numba_s": 0.004, "compile_s": 20.0}
 CROSSOVER_ENV = "NPSHUFFLE_AUTO_CROSSOVER"
 
 
@@ -99,43 +101,39 @@ def choose(images: float, warm: bool, crossover: Crossover) -> str:
 
 
 class BackgroundCompile:
-    """``npshuffle warmup`` in a child process, which exits if this process dies (it watches its
-    standard input, a pipe from here: end of file means the parent is gone) and is killed when
-    this process exits or :meth:`stop` is called: nothing outlives the command that started it."""
+    """The Numba kernels compiling into the cache in a child process (``npshuffle warmup``'s
+    compile, without its timings), which ends with this process (see :mod:`npshuffle.children`)."""
 
     def __init__(self):
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "npshuffle", "warmup", "--child"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        _children.add(self)
+        self.log = tempfile.TemporaryFile()  # (a file, not a pipe: a full pipe would stall the child)
+        code = "from npshuffle.warmup import warmup; warmup(measure=False)\n"
+        self.proc = children.start_python(code, stdout=subprocess.DEVNULL, stderr=self.log)
+        _running.add(self)
 
-    def done(self) -> bool | None:
-        """None while compiling; True when the cache is filled; False when the compile failed."""
+    def outcome(self) -> str:
+        """"running", "compiled" (the cache is filled and stamped) or "failed"."""
         code = self.proc.poll()
-        return None if code is None else code == 0
+        return "running" if code is None else "compiled" if code == 0 else "failed"
 
     def error(self) -> str:
-        out = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
-        return (out.splitlines() or [f"exit status {self.proc.returncode}"])[-1][:300]
+        """The last line the child wrote to stderr (why it failed)."""
+        self.log.seek(0)
+        lines = self.log.read()[-4096:].decode(errors="replace").strip().splitlines()
+        return (lines or [f"exit status {self.proc.returncode}"])[-1][:300]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stderr):
-            if stream:
-                stream.close()
-        _children.discard(self)
+        children.stop(self.proc)
+        self.log.close()
+        _running.discard(self)
 
 
-_children: weakref.WeakSet[BackgroundCompile] = weakref.WeakSet()
+_running: weakref.WeakSet[BackgroundCompile] = weakref.WeakSet()
 
 
 @atexit.register
-def _stop_children() -> None:
-    for child in list(_children):
+def _stop_running() -> None:
+    for child in list(_running):
         child.stop()
 
 
@@ -144,7 +142,14 @@ def _stop_children() -> None:
 
 
 def _say(message: str) -> None:
-    print(f"npshuffle: {message}", file=sys.stderr, flush=True)
+    # on a terminal, first clear the progress bar's line (it is redrawn at the next photo)
+    clear = "\r\033[K" if sys.stderr.isatty() else ""
+    print(f"{clear}npshuffle: {message}", file=sys.stderr, flush=True)
+
+
+def numba_usable() -> bool:
+    """Can Numba run and cache here? (numba installed, a writable cache folder; no import.)"""
+    return importlib.util.find_spec("numba") is not None and kernel_cache.cache_dir()[0] is not None
 
 
 class AutoRunner:
@@ -154,91 +159,108 @@ class AutoRunner:
     :meth:`expect` tells it how many images the job still has (a list's length, a folder's file
     count); without it, the images seen so far are the estimate of those to come. ``status`` says
     what it is doing, for a progress line; ``log`` receives one line per change of backend.
+    ``is_warm`` (kernel_cache.is_warm) and ``crossover`` can be injected, for tests.
     """
 
     def __init__(self, plan: Plan, weights: dict[str, np.ndarray], *, crossover: Crossover | None = None,
-                 warm: Callable[[], bool] = kernel_cache.is_warm, log: Callable[[str], None] = _say):
+                 is_warm: Callable[[], bool] = kernel_cache.is_warm, log: Callable[[str], None] = _say):
         self.plan, self.weights = plan, weights
-        self.numpy = NumpyBackend().prepare(plan, weights)
-        self.numba = None
+        self.numpy_runner = NumpyBackend().prepare(plan, weights)
+        self.numba_runner = None
         self.crossover = crossover  # (None: read when first needed; a one-photo job never looks)
-        self.warm, self.log = warm, log
-        self.compile: BackgroundCompile | None = None
-        self.numba_failed = False
+        self.is_warm, self.log = is_warm, log
+        self.background: BackgroundCompile | None = None
+        self.stay_on_numpy = False  # numba unusable here, or a compile that failed
         self.seen, self.expected = 0, None
+        self._warm = None  # is_warm(), asked once per job
         self._lock = threading.Lock()
 
     @property
     def status(self) -> str:
-        if self.numba is not None:
+        if self.numba_runner is not None:
             return "numba"
-        return "numpy, compiling numba" if self.compile is not None else "numpy"
+        return "numpy, compiling numba" if self.background is not None else "numpy"
 
     def expect(self, images: int) -> None:
         """The job has ``images`` more images to run (counted from now)."""
-        self.expected = self.seen + images
+        with self._lock:
+            self.expected = self.seen + images
+            self._warm = None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with self._lock:
-            self._decide(x.shape[0])
-            run = self.numba or self.numpy
+            self._decide()
+            run = self.numba_runner or self.numpy_runner
             self.seen += x.shape[0]
         return run(x)
 
     def close(self) -> None:
-        """Stop a background compile that is still running."""
-        if self.compile is not None:
-            self.compile.stop()
-            self.compile = None
+        """Stop a background compile that is still running (the runner stays usable)."""
+        with self._lock:
+            if self.background is not None:
+                self.background.stop()
+                self.background = None
 
     # -- deciding ----------------------------------------------------------------------------------
 
-    def _decide(self, batch: int) -> None:
-        if self.numba is not None or self.numba_failed:
+    def _remaining(self) -> int:
+        """Images still to come, this call's included: as told by expect(), else as many as so far."""
+        return self.expected - self.seen if self.expected is not None else max(self.seen, 1)
+
+    def _decide(self) -> None:
+        if self.numba_runner is not None or self.stay_on_numpy:
             return
-        if self.compile is not None:
-            done = self.compile.done()
-            if done is None:
-                return
-            seconds = time.perf_counter() - self.compile.started
-            if done:
-                self._use_numba(f"Numba kernels compiled in the background in {seconds:.0f} s")
-            else:
-                self.numba_failed = True
-                self.log(f"the background compile failed ({self.compile.error()}); staying on NumPy")
-            self.compile.stop()
-            self.compile = None
+        remaining = self._remaining()
+        if self.background is not None:
+            self._after_compile(remaining)
             return
-        remaining = (self.expected - self.seen) if self.expected is not None else self.seen + batch
-        if remaining <= batch:  # the last batch: nothing left for a switch to pay off
+        if remaining <= 1:  # one photo: never worth a look at the cache
             return
         self.crossover = self.crossover or Crossover.current()
-        choice = choose(remaining, self.warm(), self.crossover)
+        if self._warm is None:
+            self._warm = self.is_warm()
+        choice = choose(remaining, self._warm, self.crossover)
+        if choice == "numpy":
+            return
+        if not numba_usable():
+            self.stay_on_numpy = True
+            return
         if choice == "numba":
             self._use_numba(None)
-        elif choice == "compile":
-            try:
-                self.compile = BackgroundCompile()
-            except OSError as exc:
-                self.numba_failed = True
-                self.log(f"cannot start a background compile ({exc}); staying on NumPy")
-                return
-            self.log(f"{remaining} images and no compiled Numba kernels yet: running on NumPy while they "
-                     "compile in the background (once per machine; `npshuffle warmup` does it ahead of time)")
+            return
+        try:
+            self.background = BackgroundCompile()
+        except OSError as exc:
+            self.stay_on_numpy = True
+            self.log(f"cannot start a background compile ({exc}); staying on NumPy")
+            return
+        self.log(f"{remaining} images and no compiled Numba kernels yet: running on NumPy while they "
+                 "compile in the background (once per machine; `npshuffle warmup` does it ahead of time)")
 
-    def _use_numba(self, why: str | None) -> None:
+    def _after_compile(self, remaining: int) -> None:
+        outcome = self.background.outcome()
+        if outcome == "running":
+            return
+        seconds = time.perf_counter() - self.background.started
+        if outcome == "failed":
+            self.stay_on_numpy = True
+            self.log(f"the background compile failed ({self.background.error()}); staying on NumPy")
+        elif remaining >= self.crossover.warm:  # (else starting Numba costs more than it saves)
+            self._use_numba(f"Numba kernels compiled in the background in {seconds:.0f} s", remaining)
+        self.background.stop()
+        self.background = None
+
+    def _use_numba(self, why: str | None, remaining: int = 0) -> None:
         from .backends import get_backend
 
         try:
-            self.numba = get_backend("numba").prepare(self.plan, self.weights)
+            self.numba_runner = get_backend("numba").prepare(self.plan, self.weights)
         except (BackendError, ImportError) as exc:
-            self.numba_failed = True
+            self.stay_on_numpy = True
             self.log(f"staying on NumPy: {exc}")
             return
         if why:
-            remaining = self.expected - self.seen if self.expected is not None else None
-            rest = f" for the remaining {remaining} images" if remaining else ""
-            self.log(f"{why}; switching to Numba{rest}")
+            self.log(f"{why}; switching to Numba for the remaining {remaining} images")
 
 
 class AutoBackend:

@@ -47,11 +47,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from . import kernel_cache
+from . import children, kernel_cache
 from .backends import BackendError
 from .plan import ConvLayer, Plan, V1Unit, V2Unit
 
@@ -481,15 +480,11 @@ def _spare_core() -> bool:
 
 def _start_helper(slots) -> subprocess.Popen | None:
     """A process that compiles the kernels of these address-table slots into the cache (None if it
-    cannot be started: then this process compiles them itself)."""
-    roots = sorted({str(Path(cpu.__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent)})
-    code = (f"import sys; sys.path[:0] = {roots!r}\n"
-            "from npshuffle.children import exit_with_parent; exit_with_parent()\n"
-            "from npshuffle import backend_numba  # (installs the cache locator, as here)\n"
+    cannot be started: then this process compiles them itself). It ends with this process."""
+    code = ("from npshuffle import backend_numba  # (installs the cache locator, as here)\n"
             f"backend_numba.cpu.compile_kernels({list(slots)!r}, driver=False)\n")
     try:
-        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # (stdin: the child exits with this process)
+        return children.start_python(code, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None
 
@@ -508,10 +503,7 @@ def _compile_kernels() -> None:
             helper.wait(HELPER_TIMEOUT_S)
     finally:
         if helper is not None:
-            if helper.poll() is None:
-                helper.kill()
-            helper.wait()
-            helper.stdin.close()
+            children.stop(helper)
     cpu.kernel_table()  # (compiles whatever the helper did not leave in the cache)
     _kernels_ready = True
     if not kernel_cache.is_warm():

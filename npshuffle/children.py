@@ -11,7 +11,10 @@ closed: when the parent exits, however it exits.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 
 def exit_with_parent() -> None:
@@ -27,3 +30,25 @@ def exit_with_parent() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+# the folder holding the installed npshuffle, kernels and weights_convert packages
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def start_python(code: str, **popen_kwargs) -> subprocess.Popen:
+    """A Python child running ``code`` with *this* installation of npshuffle first on its path (not
+    whatever ``npshuffle`` or ``kernels`` folder the current directory holds), which exits with this
+    process (see :func:`exit_with_parent`). ``popen_kwargs`` go to Popen (stdout, stderr, env...)."""
+    prologue = (f"import sys; sys.path.insert(0, {PACKAGE_ROOT!r})\n"
+                "from npshuffle.children import exit_with_parent; exit_with_parent()\n")
+    return subprocess.Popen([sys.executable, "-c", prologue + code], stdin=subprocess.PIPE, **popen_kwargs)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` if it still runs, reap it and close the pipe it watches."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if proc.stdin:
+        proc.stdin.close()

@@ -32,9 +32,10 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from .atomic import write_atomically
 
 STAMP_NAME = "npshuffle-kernels.json"
 STAMP_MAX_BYTES = 64 * 1024
@@ -53,13 +54,13 @@ def user_cache_root() -> Path:
 
 
 def _writable(path: Path) -> bool:
-    """Can files be created in ``path`` (creating it if needed)?"""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-        return True
-    except OSError:
-        return False
+    """Could files be created in ``path``: it is a writable folder, or its nearest existing
+    ancestor is one, so it can be made? (Asked without creating anything.)"""
+    while not path.exists():
+        if path.parent == path:
+            return False
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
 def candidates() -> list[tuple[Path, str]]:
@@ -102,11 +103,14 @@ def _machine() -> str:
 
 
 def _kernel_sources() -> str:
-    """A hash of the kernel sources Numba compiles."""
+    """A hash of the kernel sources Numba compiles: their contents, and their modification times
+    and sizes, which is what older Numba versions check (a reinstall of the same code makes their
+    cache stale, so it must make the stamp stale too)."""
     digest = hashlib.sha256()
     for path in sorted(KERNELS_DIR.glob("*.py")):
         if path.name not in NOT_CPU_KERNELS:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+            stat = path.stat()
+            digest.update(f"{path.name}\0{stat.st_mtime_ns}\0{stat.st_size}\0".encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -151,8 +155,13 @@ def is_warm(directory: Path | None = None) -> bool:
     stamp = read_stamp(directory)
     if stamp is None or any(stamp.get(key) != value for key, value in identity().items()):
         return False
+    return has_index(directory)
+
+
+def has_index(directory: Path) -> bool:
+    """Does ``directory`` hold any of Numba's cache index files (``*.nbi``)?"""
     try:
-        return any(name.endswith(".nbi") for name in os.listdir(directory))  # Numba's index files
+        return any(name.endswith(".nbi") for name in os.listdir(directory))
     except OSError:
         return False
 
@@ -160,6 +169,8 @@ def is_warm(directory: Path | None = None) -> bool:
 def write_stamp(measured: dict | None = None, directory: Path | None = None) -> Path | None:
     """Record that the kernels are compiled (atomically: a temporary file renamed into place).
     ``measured``: timings to keep for the automatic backend choice (merged into earlier ones)."""
+    if directory is None and not locator_installed:
+        return None  # Numba caches by its own rules, not in cache_dir(): a stamp there would lie
     directory = directory or cache_dir()[0]
     if directory is None:
         return None
@@ -167,10 +178,8 @@ def write_stamp(measured: dict | None = None, directory: Path | None = None) -> 
     keep = old.get("measured", {}) if all(old.get(k) == v for k, v in identity().items()) else {}
     stamp = {**identity(), "measured": {**keep, **(measured or {})}}
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".stamp-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(stamp, f, indent=1)
-        os.replace(tmp, directory / STAMP_NAME)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomically(directory / STAMP_NAME, lambda f: f.write(json.dumps(stamp, indent=1).encode()))
     except OSError:
         return None
     return directory / STAMP_NAME
@@ -197,20 +206,22 @@ def install_locator() -> Path | None:
 
     This adds a locator class at the front of Numba's list that only answers for files inside
     ``kernels/``; every other function keeps Numba's own rules. It uses Numba's (private but
-    long-stable) ``_CacheLocator`` interface; if that ever moves, Numba's defaults apply, which
-    also honour NUMBA_CACHE_DIR and fall back to a per-user directory.
+    long-stable) ``_CacheLocator`` interface; if that ever moves, it returns None and Numba's
+    defaults apply (they also honour NUMBA_CACHE_DIR and fall back to a per-user directory), and no
+    stamp is written, so ``--device auto`` treats the kernels as not compiled.
     """
+    global locator_installed
     directory, _ = cache_dir()
     try:
         from numba.core import caching
     except ImportError:  # pragma: no cover - only without numba
-        return directory
+        return None
     base = getattr(caching, "_CacheLocator", None)
     mixin = getattr(caching, "_SourceFileBackedLocatorMixin", None)
     impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)  # (renamed in 0.6x)
     if base is None or mixin is None or impl is None or directory is None:
-        return directory
-    if any(getattr(cls, "npshuffle_locator", False) for cls in impl._locator_classes):
+        return None
+    if locator_installed:
         return directory
 
     class KernelsCacheLocator(mixin, base):
@@ -233,4 +244,10 @@ def install_locator() -> Path | None:
             return super().from_function(py_func, py_file)
 
     impl._locator_classes.insert(0, KernelsCacheLocator)
+    locator_installed = True
     return directory
+
+
+# Set by install_locator: Numba caches the kernels where cache_dir() says (else where its own rules
+# say, and a stamp there would describe a folder Numba does not use)
+locator_installed = False

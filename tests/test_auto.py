@@ -70,7 +70,8 @@ def test_a_small_job_never_imports_numba():
 
 def runner(warm: bool, crossover: Crossover, log: list) -> AutoRunner:
     model = npshuffle.load_model("flowers_v2", backend="numpy")
-    return AutoRunner(model.file.plan, model.file.weights, crossover=crossover, warm=lambda: warm, log=log.append)
+    return AutoRunner(model.file.plan, model.file.weights, crossover=crossover, is_warm=lambda: warm,
+                      log=log.append)
 
 
 def batch(n: int, size: int = 192) -> np.ndarray:
@@ -86,8 +87,15 @@ def test_a_large_job_on_a_warm_cache_runs_on_numba():
     r.expect(50)
     logits = r(batch(4))
     assert r.status == "numba" and log == []
-    reference = r.numpy(batch(4))
+    reference = r.numpy_runner(batch(4))
     np.testing.assert_allclose(logits, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+def test_a_job_of_one_large_batch_runs_on_numba_too():
+    r = runner(warm=True, crossover=Crossover(3, 100), log=[])
+    r.expect(4)
+    r(batch(4))
+    assert r.status == "numba"
 
 
 def test_a_large_job_on_a_cold_cache_starts_on_numpy_and_switches_after_the_compile():
@@ -98,8 +106,8 @@ def test_a_large_job_on_a_cold_cache_starts_on_numpy_and_switches_after_the_comp
     x = batch(4)
     first = r(x)
     assert r.status == "numpy, compiling numba" and "compile in the background" in log[0]
-    np.testing.assert_array_equal(first, r.numpy(x))  # still NumPy's answer, bitwise
-    assert r.compile.proc.wait(timeout=600) == 0, r.compile.error()
+    np.testing.assert_array_equal(first, r.numpy_runner(x))  # still NumPy's answer, bitwise
+    assert r.background.proc.wait(timeout=600) == 0, r.background.error()
     switched = r(x)
     assert r.status == "numba" and "switching to Numba for the remaining 36 images" in log[1]
     np.testing.assert_allclose(switched, first, rtol=1e-4, atol=1e-4 * np.abs(first).max())
