@@ -1,4 +1,4 @@
-"""The ``npshuffle`` command: predict | list | convert | train | eval.
+"""The ``npshuffle`` command: predict | list | convert | warmup | train | eval.
 
 Exit status: 0 success; 1 some inputs could not be classified (the others were, and each failure
 is named on stderr); 2 nothing could run (bad arguments, unknown or malformed model, no backend).
@@ -7,7 +7,6 @@ is named on stderr); 2 nothing could run (bad arguments, unknown or malformed mo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import glob
 import importlib
@@ -64,11 +63,13 @@ def expand_inputs(arguments: list[str]) -> tuple[list[str], int]:
 # output formats
 
 
-def printable(text: str) -> str:
-    """``text`` safe for a terminal: control characters (a class name could carry escape sequences
-    that recolour or rewrite the screen) and unencodable ones (a lone surrogate) as ``\\x..`` escapes."""
-    text = "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
-    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+def printable(text: str, controls: bool = True, stream=None) -> str:
+    """``text`` safe to write to ``stream`` (default stdout): characters its encoding cannot hold
+    (a lone surrogate in a class name) as ``\\x..`` escapes, and with ``controls`` the control
+    characters too (a class name could carry escape sequences that rewrite a terminal's screen)."""
+    if controls:
+        text = "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+    encoding = getattr(stream or sys.stdout, "encoding", None) or "utf-8"
     return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
@@ -124,13 +125,20 @@ class CsvWriter:
     def __init__(self, out):
         self.writer = csv.writer(out)
         self.writer.writerow(["source", "rank", "class_index", "label", "probability", "error"])
+        # data, usually for a file: kept as it is, but for what the encoding cannot hold; escaped
+        # like the table when it goes to a terminal
+        self.out, self.tty = out, out.isatty()
+
+    def clean(self, text: str) -> str:
+        return printable(text, controls=self.tty, stream=self.out)
 
     def write(self, p) -> None:
+        clean = self.clean
         if p.error is not None:
-            self.writer.writerow([printable(p.source), "", "", "", "", printable(p.error)])
+            self.writer.writerow([clean(p.source), "", "", "", "", clean(p.error)])
         for rank, (label, probability) in enumerate(p.top, start=1):
             index = p.class_index if rank == 1 else ""
-            self.writer.writerow([printable(p.source), rank, index, printable(label), f"{probability:.6f}", ""])
+            self.writer.writerow([clean(p.source), rank, index, clean(label), f"{probability:.6f}", ""])
 
     def close(self) -> None:
         pass
@@ -168,7 +176,7 @@ class Progress:
 
 
 def backend_for(device: str) -> str:
-    return "auto" if device == "cpu" else device  # (cpu: the name of auto before it chose per job)
+    return "auto" if device == "cpu" else device  # "cpu" is kept as another name for auto
 
 
 def cmd_predict(args) -> int:
@@ -186,6 +194,7 @@ def cmd_predict(args) -> int:
         problem = check_output_folder(args.annotate)
         if problem:
             return fail(problem)
+    inputs = {os.path.realpath(p) for p in paths}  # --annotate never writes over any of these
     model.expect(len(paths))
     writer = WRITERS[args.format](sys.stdout)
     progress = Progress(len(paths), sys.stderr.isatty(), status=lambda: model.status)
@@ -198,7 +207,7 @@ def cmd_predict(args) -> int:
             if prediction.error is not None:
                 failures.append((prediction.source, prediction.error))
             elif args.annotate:
-                problem = annotate(prediction, args.annotate, annotated_names, args.overwrite)
+                problem = annotate(prediction, args.annotate, annotated_names, args.overwrite, inputs)
                 if problem:
                     failures.append((prediction.source, problem))
     finally:
@@ -231,14 +240,14 @@ def check_output_folder(folder: str) -> str | None:
     return None
 
 
-def annotate(prediction, folder: str, used: set[str], overwrite: bool = False) -> str | None:
+def annotate(prediction, folder: str, used: set[str], overwrite: bool = False,
+             inputs: frozenset | set = frozenset()) -> str | None:
     """Save a copy of the image with its top-1 label and probability drawn on it, atomically (a
-    temporary file renamed into place). Never over an input photo; over an existing file only
-    with ``overwrite``. Returns why it could not, or None."""
-    import tempfile
-
+    temporary file renamed into place). Never over an input photo of this run (``inputs``: their
+    real paths); over another existing file only with ``overwrite``. Returns why it could not, or None."""
     from PIL import ImageDraw, ImageFont
 
+    from .atomic import write_atomically
     from .images import ImageError, load_rgb
 
     stem, ext = os.path.splitext(os.path.basename(prediction.source))
@@ -250,8 +259,8 @@ def annotate(prediction, folder: str, used: set[str], overwrite: bool = False) -
     used.add(name)
     target = os.path.join(folder, name)
     if os.path.exists(target):
-        if os.path.samefile(target, prediction.source):
-            return f"--annotate would overwrite the input photo itself ({target}): choose another folder"
+        if os.path.realpath(target) in inputs or os.path.samefile(target, prediction.source):
+            return f"--annotate would overwrite an input photo ({target}): choose another folder"
         if not overwrite:
             return f"--annotate: {target} already exists (--overwrite replaces it)"
     try:
@@ -269,14 +278,9 @@ def annotate(prediction, folder: str, used: set[str], overwrite: bool = False) -
     pad = max(2, size // 5)
     draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(0, 0, 0))
     draw.text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".annotate-", suffix=ext)
     try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=_FORMATS[ext])
-        os.replace(tmp, target)
+        write_atomically(target, lambda f: image.save(f, format=_FORMATS[ext]))
     except (OSError, ValueError) as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         return f"--annotate: cannot write {target} ({exc})"
     return None
 
@@ -321,7 +325,7 @@ def cmd_convert(args) -> int:
 
 
 def fail(message: str) -> int:
-    print(f"npshuffle: error: {message}", file=sys.stderr)
+    print(printable(f"npshuffle: error: {message}", stream=sys.stderr), file=sys.stderr)
     return EXIT_ERROR
 
 
@@ -396,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `npshuffle predict ... | head`
+        # the reader is gone: send what is still buffered nowhere, so that the interpreter's last
+        # flush of stdout does not fail again on the way out
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 
 

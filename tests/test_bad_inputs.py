@@ -110,8 +110,22 @@ def test_annotate_never_overwrites_an_input_photo(folder_with_a_strip, capsys):
     before = {p.name: digest(p) for p in folder_with_a_strip.iterdir()}
     code = cli.main(["predict", str(folder_with_a_strip), "--annotate", str(folder_with_a_strip), "--overwrite"])
     _, err = capsys.readouterr()
-    assert code == cli.EXIT_SOME_FAILED and "would overwrite the input photo itself" in err
+    assert code == cli.EXIT_SOME_FAILED and "would overwrite an input photo" in err
     assert {p.name: digest(p) for p in folder_with_a_strip.iterdir()} == before
+
+
+def test_annotate_never_overwrites_another_input_of_the_run(tmp_path, capsys):
+    """`predict photos/ x/a.jpg --annotate photos --overwrite`: the copy of x/a.jpg would land on
+    photos/a.jpg, an input of the same run."""
+    photos, other = tmp_path / "photos", tmp_path / "x"
+    photos.mkdir()
+    other.mkdir()
+    shutil.copy(DAISY, photos / "a.jpg")
+    shutil.copy(TULIP, other / "a.jpg")
+    before = digest(photos / "a.jpg")
+    code = cli.main(["predict", str(other / "a.jpg"), str(photos), "--annotate", str(photos), "--overwrite"])
+    assert code == cli.EXIT_SOME_FAILED and "would overwrite an input photo" in capsys.readouterr().err
+    assert digest(photos / "a.jpg") == before
 
 
 def test_annotate_keeps_existing_files_unless_asked(tmp_path, capsys):
@@ -163,11 +177,29 @@ def test_class_names_cannot_send_escape_sequences_to_the_terminal(tmp_path, caps
     assert cli.main(["predict", TULIP, "--model", path]) == cli.EXIT_OK
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "\\x1b[31mdaisy" in out and "tulips\\x07" in out
-    for fmt in ("csv", "json", "jsonl"):
+    for fmt in ("json", "jsonl"):  # JSON escapes control characters itself
         assert cli.main(["predict", TULIP, "--model", path, "-f", fmt]) == cli.EXIT_OK
         assert "\x1b" not in capsys.readouterr().out
+    # CSV is data, usually for a file: the names as they are (but for the unencodable surrogate)
+    assert cli.main(["predict", TULIP, "--model", path, "-f", "csv"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "\x1b[2J\x1b[31mdaisy" in out and "dandelion\\ud800" in out
 
 
 def test_printable_survives_a_strict_terminal_encoding(monkeypatch):
     monkeypatch.setattr(cli.sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
     assert cli.printable("caf\u00e9 \ud800") == "caf\\xe9 \\ud800"
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`npshuffle predict ... | head -1`: the reader leaves early; exit 0, no traceback, no
+    'Exception ignored' from the interpreter's last flush."""
+    import subprocess
+
+    command = [sys.executable, "-m", "npshuffle", "predict", TULIP, DAISY, TULIP, "-k", "1000",
+               "--model", "imagenet_v1_g3_x0_5"]  # ~90 KB of output: more than a pipe holds
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    proc.stdout.readline()
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == b"", err.decode()
