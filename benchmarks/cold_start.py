@@ -103,7 +103,7 @@ def onnx_reference(root: Path) -> Path | None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_cpu import exportable
 
-    net = randomize_(build_torch_model(v1_spec(3, 0.5, 5), "megvii"), torch.Generator().manual_seed(0)).eval()
+    net = randomize_(build_torch_model(v1_spec(3, "0.5x", 5), "megvii"), torch.Generator().manual_seed(0)).eval()
     path = root / "v1_g3_x0_5.onnx"
     torch.onnx.export(exportable(net), torch.zeros(1, 3, 224, 224), str(path), input_names=["input"],
                       output_names=["logits"], dynamo=False)

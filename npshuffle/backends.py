@@ -5,9 +5,12 @@ A backend turns (plan, folded weights) into a *runner*: a callable from an NCHW 
 work (packing weights into its own layout, compiling, allocating workspaces), so a runner can be
 called many times cheaply.
 
-``NumpyBackend`` is the readable reference: it walks the plan and calls ``kernels.reference`` op by
-op, exactly as the plan's docstrings describe the network. Faster backends plug in by registering
-under another name in :data:`BACKENDS`.
+``NumpyBackend`` is the readable reference: its ``prepare_reference`` walks the plan and calls
+``kernels.reference`` op by op, exactly as the plan's docstrings describe the network, and its
+``prepare`` (what runs) walks it the same way with the single-image forms of those ops, on weights
+laid out once (a batch-1 forward in ~5-10 ms: ``benchmarks/numpy_batch1.py``). The other backends
+load by name from :data:`BACKENDS`: ``numba`` and ``cuda`` (imported only when asked for) and
+``auto`` (the default: NumPy or Numba per job, ``npshuffle/auto.py``).
 """
 
 from __future__ import annotations
