@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -71,6 +72,7 @@ def mutated(draw) -> tuple[str, bytes]:
     return ext, bytes(data)
 
 
+@pytest.mark.fuzz
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(files=st.lists(mutated(), min_size=1, max_size=6))
 def test_fuzz_mutated_photos_are_classified_or_one_error_row_each(tmp_path_factory, files):

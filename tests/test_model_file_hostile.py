@@ -147,6 +147,7 @@ def test_the_bundled_model_still_loads():
     assert model.plan.classifier.num_classes == 5
 
 
+@pytest.mark.fuzz
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzz_bit_flips_and_truncations_load_or_give_one_clear_error(tmp_path_factory, data):
@@ -174,6 +175,7 @@ JSON_VALUES = st.recursive(
 )
 
 
+@pytest.mark.fuzz
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzz_metadata_edits_load_or_give_one_clear_error(tmp_path_factory, data):
