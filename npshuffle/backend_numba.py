@@ -491,8 +491,27 @@ def _start_helper(slots) -> subprocess.Popen | None:
 
 def _compile_kernels() -> None:
     """Compile the kernels, or load them from Numba's cache (``kernels.cpu.compile_kernels``); on a
-    cold cache, with two cores or more, in two processes (see HELPER_ENV above)."""
+    cold cache, with two cores or more, in two processes (see HELPER_ENV above).
+
+    Numba unpickles its cache files without checking them, so a damaged file (a full disk, a copy
+    cut short) raises from deep inside it: then the cache is emptied and everything compiled anew.
+    """
     global _kernels_ready
+    try:
+        _compile_or_load()
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes Numba raise
+        if kernel_cache.cache_dir()[0] is None:
+            raise
+        print(f"npshuffle: the compiled-kernel cache is damaged ({type(exc).__name__}); compiling anew",
+              file=sys.stderr, flush=True)
+        kernel_cache.clear()
+        _compile_or_load()
+    _kernels_ready = True
+    if not kernel_cache.is_warm():
+        kernel_cache.write_stamp()  # later processes know, without importing numba, that they are cached
+
+
+def _compile_or_load() -> None:
     cold = cpu.compile_kernels([cpu.GLOBAL_POOL], driver=False)  # the smallest kernel: is the cache cold?
     helper = None
     if cold and _spare_core() and kernel_cache.cache_dir()[0]:
@@ -505,9 +524,6 @@ def _compile_kernels() -> None:
         if helper is not None:
             children.stop(helper)
     cpu.kernel_table()  # (compiles whatever the helper did not leave in the cache)
-    _kernels_ready = True
-    if not kernel_cache.is_warm():
-        kernel_cache.write_stamp()  # later processes know, without importing numba, that they are cached
 
 
 def _forward(*args) -> None:

@@ -259,3 +259,24 @@ def test_the_compile_helper_does_not_outlive_a_parent_killed_mid_compile(tmp_pat
     while time.time() < deadline and any(os.path.exists(f"/proc/{p}") and _state(p) != "Z" for p in helpers):
         time.sleep(0.1)
     assert not any(os.path.exists(f"/proc/{p}") and _state(p) != "Z" for p in helpers)
+
+
+def test_a_corrupt_kernel_cache_is_rebuilt_not_a_crash(tmp_path):
+    """Fill a cache, then damage it (garbage index files, truncated code files, a garbage stamp):
+    the next run recompiles what it must and answers as before."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "npshuffle", "predict", TULIP, "--device", "numba", "-f", "json"]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    cache = tmp_path / "npshuffle"
+    files = sorted(p for p in cache.iterdir() if p.suffix in (".nbi", ".nbc"))
+    assert files and kernel_cache.is_warm(cache)
+    rng = np.random.default_rng(0)
+    for i, path in enumerate(files):
+        if i % 3 == 0:  # a third of them: garbage, truncated, or emptied
+            data = path.read_bytes()
+            path.write_bytes([rng.bytes(len(data)), data[: len(data) // 2], b""][i % 9 // 3])
+    (cache / kernel_cache.STAMP_NAME).write_bytes(b"\x00garbage")
+    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert json.loads(again.stdout)[0]["top"] == json.loads(first.stdout)[0]["top"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 
@@ -203,3 +204,10 @@ def test_output_into_a_closed_pipe_ends_quietly():
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and err == b"", err.decode()
+
+
+def test_a_named_pipe_among_the_photos_is_an_error_row_not_a_hang(model, tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    results = npshuffle.predict([DAISY, str(fifo), TULIP], model=model)  # (would block forever if opened)
+    assert [r.ok for r in results] == [True, False, True] and "not a regular file" in results[1].error
