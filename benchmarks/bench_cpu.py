@@ -174,9 +174,16 @@ class Contestants:
 
 def interleaved(runs: dict, x: np.ndarray, calls: int, per_block: int, lead_s: float = 0.1,
                 settle_s: float = 0.2) -> dict[str, float]:
-    """Median seconds per call of each runtime, timed in interleaved blocks of ``per_block`` calls,
-    each block preceded by ``settle_s`` seconds of sleep and ``lead_s`` seconds (at least one call)
-    of untimed calls."""
+    """Median seconds per call of each runtime (see :func:`interleaved_samples`)."""
+    samples = interleaved_samples(runs, x, calls, per_block, lead_s, settle_s)
+    return {name: statistics.median(t) for name, t in samples.items()}
+
+
+def interleaved_samples(runs: dict, x: np.ndarray, calls: int, per_block: int, lead_s: float = 0.1,
+                        settle_s: float = 0.2) -> dict[str, list[float]]:
+    """Every call's seconds, per runtime, timed in interleaved blocks of ``per_block`` calls, each
+    block preceded by ``settle_s`` seconds of sleep and ``lead_s`` seconds (at least one call) of
+    untimed calls."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     order = list(runs)
     rounds = -(-calls // per_block)
@@ -192,7 +199,7 @@ def interleaved(runs: dict, x: np.ndarray, calls: int, per_block: int, lead_s: f
                 start = time.perf_counter()
                 run(x)
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def agreement(c: Contestants, x: np.ndarray) -> dict[str, float]:

@@ -30,14 +30,13 @@ import io
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 
 try:
-    from bench_cpu import exportable, fmt_ms
+    from bench_cpu import exportable, fmt_ms, interleaved_samples
 except ImportError:  # imported from elsewhere than benchmarks/
-    from benchmarks.bench_cpu import exportable, fmt_ms
+    from benchmarks.bench_cpu import exportable, fmt_ms, interleaved_samples
 
 
 
@@ -78,27 +77,6 @@ def runtimes(name: str, threads: int, seed: int, plain: bool = False) -> tuple[d
     return runs, crop
 
 
-def interleaved_times(runs: dict, x: np.ndarray, calls: int, per_block: int, lead_s: float = 0.1,
-                      settle_s: float = 0.2) -> dict[str, list[float]]:
-    """Every call's seconds, per runtime, timed as ``bench_cpu.interleaved`` times them (which keeps
-    only the median; here the minimum is wanted too)."""
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    order = list(runs)
-    for r in range(-(-calls // per_block)):
-        for name in order[r % len(order):] + order[: r % len(order)]:  # rotate who goes first
-            run = runs[name]
-            time.sleep(settle_s)  # the previous runtime's spinning threads go to sleep
-            start = time.perf_counter()
-            run(x)
-            while time.perf_counter() - start < lead_s:
-                run(x)
-            for _ in range(per_block):
-                start = time.perf_counter()
-                run(x)
-                samples[name].append(time.perf_counter() - start)
-    return samples
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -135,7 +113,7 @@ def main() -> int:
         runs, crop = runtimes(name, args.threads, args.seed, args.plain)
         x = rng.standard_normal((1, 3, crop, crop)).astype(np.float32)
         print(f"{name}: timing...", file=sys.stderr, flush=True)
-        samples = interleaved_times(runs, x, args.calls, args.per_block)
+        samples = interleaved_samples(runs, x, args.calls, args.per_block)
         med = {r: statistics.median(t) for r, t in samples.items()}
         plain = f" {fmt_ms(med['numpy-plain'])} | {fmt_ms(min(samples['numpy-plain']))} |" if args.plain else ""
         lines.append(f"| {name} | {crop}x{crop} | {fmt_ms(med['numpy'])} | {fmt_ms(min(samples['numpy']))} | "
