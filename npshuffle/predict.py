@@ -101,13 +101,16 @@ def classify_batch(model: Model, inputs: np.ndarray, top_k: int) -> list[Predict
 
 
 def prepare_input(source: object, recipe: dict) -> np.ndarray:
-    """One input (path, PIL image, array) -> float32 (3, crop, crop), or ImageError saying why not."""
+    """One input (path, PIL image, array) -> float32 (3, crop, crop), or an ImageError whose message
+    starts with the input's name and says why not."""
+    name = describe(source)
     try:
         return preprocess_image(load_rgb(source), recipe)
-    except ImageError:
-        raise
+    except ImageError as exc:  # (preprocessing's own, e.g. a 1x10000 strip, do not know the name)
+        message = str(exc)
+        raise ImageError(message if message.startswith(name) else f"{name}: {message}") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:  # PIL's own, on odd images
-        raise ImageError(f"{describe(source)}: cannot be read as an image ({type(exc).__name__}: {exc})") from None
+        raise ImageError(f"{name}: cannot be read as an image ({type(exc).__name__}: {exc})") from None
 
 
 def predict_stream(

@@ -51,6 +51,7 @@ def test_unusable_images_in_a_list_are_error_rows(model, tmp_path):
     assert [r.ok for r in results] == [True, False, False, False, False, False, True]
     assert results[0].label == "daisy" and results[-1].label == "tulips"
     assert "empty" in results[1].error and "aspect ratio" in results[2].error
+    assert all(r.error.startswith(r.source) for r in results if not r.ok)  # each names its input
     assert "truncated" in results[3].error and "closed" in results[4].error and "empty" in results[5].error
     for bad in inputs[1:-1]:  # alone, each is one ImageError, not a ZeroDivisionError or OSError
         with pytest.raises(npshuffle.ImageError):
