@@ -51,6 +51,9 @@ class NumpyBackend:
     name = "numpy"
 
     def prepare(self, plan: Plan, weights: dict[str, np.ndarray]) -> Runner:
+        def out_size(n: int, layer: ConvLayer) -> int:  # a conv's output height or width
+            return (n + 2 * layer.padding - layer.kernel) // layer.stride + 1
+
         def parameters(layer: ConvLayer) -> tuple[np.ndarray, np.ndarray]:
             w, b = weights[f"{layer.name}.weight"], weights[f"{layer.name}.bias"]
             return np.asarray(w, np.float32), np.asarray(b, np.float32)
@@ -82,7 +85,7 @@ class NumpyBackend:
 
             def apply(x: np.ndarray) -> np.ndarray:
                 c, h, wd = x.shape
-                ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+                ho, wo = out_size(h, layer), out_size(wd, layer)
                 out = np.empty((c, ho * wo), np.float32)
                 return ref.depthwise_conv_image(x, w, b, k, s, p, layer.relu, out).reshape(c, ho, wo)
 
@@ -104,7 +107,7 @@ class NumpyBackend:
 
             def apply(x: np.ndarray) -> np.ndarray:
                 _, h, wd = x.shape
-                ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+                ho, wo = out_size(h, layer), out_size(wd, layer)
                 out = np.empty((layer.out_channels, ho, wo), np.float32)
                 ref.conv_image(x, w, b, k, s, p, layer.relu, out.reshape(layer.out_channels, ho * wo))
                 return out
@@ -131,13 +134,12 @@ class NumpyBackend:
                 z = dw(y.reshape(mid, h, w))
                 _, ho, wo = z.shape
                 z = z.reshape(mid, ho * wo)
+                out = np.empty((u.out_channels, ho * wo), np.float32)
                 if u.stride == 1:   # out = relu(x + pw2(z))
-                    out = np.empty((u.out_channels, ho * wo), np.float32)
                     pw2(z, out, False)
                     np.add(out, x.reshape(c, h * w), out=out)
                     np.maximum(out, 0.0, out=out)
                 else:               # out = concat(avg_pool(x), relu(pw2(z))), each written into its slot
-                    out = np.empty((u.out_channels, ho * wo), np.float32)
                     ref.avg_pool_image(x, 3, 2, 1, out[:c])
                     pw2(z, out[c:], True)
                 return out.reshape(-1, ho, wo)

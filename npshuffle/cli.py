@@ -251,7 +251,7 @@ def annotate(prediction, folder: str, used: set[str], overwrite: bool = False,
     from .images import ImageError, load_rgb
 
     stem, ext = os.path.splitext(os.path.basename(prediction.source))
-    ext = ext.lower() if ext.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff") else ".png"
+    ext = ext.lower() if ext.lower() in _FORMATS else ".png"  # (a format PIL can write, else PNG)
     name, n = stem + ext, 1
     while name in used:
         n += 1

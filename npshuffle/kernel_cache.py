@@ -174,9 +174,9 @@ def write_stamp(measured: dict | None = None, directory: Path | None = None) -> 
     directory = directory or cache_dir()[0]
     if directory is None:
         return None
-    old = read_stamp(directory) or {}
-    keep = old.get("measured", {}) if all(old.get(k) == v for k, v in identity().items()) else {}
-    stamp = {**identity(), "measured": {**keep, **(measured or {})}}
+    old, ours = read_stamp(directory) or {}, identity()
+    keep = old.get("measured", {}) if all(old.get(k) == v for k, v in ours.items()) else {}
+    stamp = {**ours, "measured": {**keep, **(measured or {})}}
     try:
         directory.mkdir(parents=True, exist_ok=True)
         write_atomically(directory / STAMP_NAME, lambda f: f.write(json.dumps(stamp, indent=1).encode()))
@@ -226,8 +226,6 @@ def install_locator() -> Path | None:
 
     class KernelsCacheLocator(mixin, base):
         """Numba cache locator for npshuffle's kernels: one directory, chosen by :func:`cache_dir`."""
-
-        npshuffle_locator = True
 
         def __init__(self, py_func, py_file):
             self._py_file = py_file

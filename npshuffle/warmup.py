@@ -80,13 +80,13 @@ def warmup(models: list[str] | None = None, *, force: bool = False, measure: boo
     an image per thread), so nothing is left to compile later; then, unless the stamp already has
     them, time this machine for ``--device auto``. Returns a report dict: ``cache`` (folder), ``why``
     (why that folder), ``already`` (compiled before), ``compiled`` (this run compiled rather than
-    loaded from Numba's cache), ``ready_s``, ``seconds`` (all of it), ``measured`` (the timings
-    written to the stamp), ``problem`` (why timing failed, or None)."""
+    loaded from Numba's cache), ``ready_s``, ``seconds`` (all of it), ``timed`` (this run timed the
+    machine), ``measured`` (the timings in the stamp), ``problem`` (why timing failed, or None)."""
     from .predict import load_model
 
     directory, why = kernel_cache.cache_dir()
     report = {"cache": str(directory) if directory else None, "why": why, "already": False, "compiled": False,
-              "measured": {}, "problem": None}
+              "timed": False, "measured": {}, "problem": None}
     start = time.perf_counter()
     if directory is None:
         return report
@@ -113,6 +113,7 @@ def warmup(models: list[str] | None = None, *, force: bool = False, measure: boo
     if measure and not (report["already"] and all(key in have for key in TIMINGS)):
         try:
             measured.update(_measure(names, loaded))
+            report["timed"] = True
         except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
             report["problem"] = str(exc)
     if measured or not report["already"]:
@@ -143,7 +144,7 @@ def run_warmup(args) -> int:
     m = report["measured"]
     if report["problem"]:
         print(f"could not time this machine ({report['problem']}): --device auto uses its defaults")
-    elif all(key in m for key in TIMINGS) and not report["already"] or report["seconds"] > report["ready_s"] + 0.1:
+    elif report["timed"]:
         print(f"this machine, batch 1: {1000 * m['numpy_s']:.1f} ms per photo on NumPy, {1000 * m['numba_s']:.1f} ms "
               f"on Numba, {m['numba_start_s']:.2f} s to start Numba in a new process")
     return EXIT_OK

@@ -133,12 +133,17 @@ def test_the_background_compile_does_not_outlive_its_parent():
     assert c.proc.returncode is not None
 
 
-def _state(pid: int) -> str:
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: [state, parent pid, ...]; [] if gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0]
-    except OSError:
-        return "Z"
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _state(pid: int) -> str:
+    return (_stat(pid) or ["Z"])[0]
 
 
 # -- the stamp and the cache folder ----------------------------------------------------------------
@@ -227,16 +232,7 @@ def test_a_read_only_install_caches_in_the_users_cache_folder(world_readable_tmp
 
 
 def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return found
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and _stat(int(e))[1:2] == [str(pid)]]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find child processes")
