@@ -36,6 +36,8 @@ import operator
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .channel_map import SHUFFLE_CONVENTIONS, SPLIT_CONVENTIONS, check_convention
+
 __all__ = [
     "avg_pool2d",
     "avg_pool_image",
@@ -61,8 +63,6 @@ __all__ = [
     "window_columns",
 ]
 
-SHUFFLE_CONVENTIONS = ("torchvision", "megvii")
-SPLIT_CONVENTIONS = ("halves", "interleaved")
 
 
 # --------------------------------------------------------------------------
@@ -344,11 +344,6 @@ def batch_norm(x, gamma, beta, mean, var, eps=1e-5) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def _check_convention(convention, allowed) -> None:
-    if convention not in allowed:
-        raise ValueError(f"convention must be one of {allowed}, got {convention!r}")
-
-
 def channel_shuffle(x, groups, convention="torchvision") -> np.ndarray:
     """Permute channels so that the next grouped conv sees every group.
 
@@ -372,7 +367,7 @@ def channel_shuffle(x, groups, convention="torchvision") -> np.ndarray:
     """
     x = _as_f32(x, 4, "x")
     groups = _int(groups, "groups", 1)
-    _check_convention(convention, SHUFFLE_CONVENTIONS)
+    check_convention(convention, SHUFFLE_CONVENTIONS)
     n, c, h, w = x.shape
     if c % groups:
         raise ValueError(f"channels ({c}) are not divisible by groups ({groups})")
@@ -393,7 +388,7 @@ def shuffle_permutation(channels, groups, convention="torchvision") -> np.ndarra
     """
     channels = _int(channels, "channels", 1)
     groups = _int(groups, "groups", 1)
-    _check_convention(convention, SHUFFLE_CONVENTIONS)
+    check_convention(convention, SHUFFLE_CONVENTIONS)
     if channels % groups:
         raise ValueError(f"channels ({channels}) are not divisible by groups ({groups})")
     i = np.arange(channels, dtype=np.int64)
@@ -413,7 +408,7 @@ def split_channels(x, convention="halves") -> tuple[np.ndarray, np.ndarray]:
     the shuffle folded into the split.  Returns two new contiguous arrays.
     """
     x = _as_f32(x, 4, "x")
-    _check_convention(convention, SPLIT_CONVENTIONS)
+    check_convention(convention, SPLIT_CONVENTIONS)
     c = x.shape[1]
     if c % 2:
         raise ValueError(f"split_channels needs an even number of channels, got {c}")

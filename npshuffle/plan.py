@@ -20,14 +20,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Channel-shuffle conventions (see kernels.reference.channel_shuffle):
-#   "torchvision": reshape (n, g, c/g, h, w) -> transpose -> flatten (the paper's wording)
-#   "megvii":      reshape (n, c/g, g, h, w) -> transpose -> flatten (ShuffleNet-Series V1)
-SHUFFLE_CONVENTIONS = ("torchvision", "megvii")
-# How a V2 stride-1 unit splits its input in two (see kernels.reference.split_channels):
-#   "halves":      first half / second half (torchvision's x.chunk(2, dim=1))
-#   "interleaved": even channels / odd channels (ShuffleNet-Series V2)
-SPLIT_CONVENTIONS = ("halves", "interleaved")
+# The 3x3, stride 2, padding 1 pool every ShuffleNet uses: the max-pool after the stem and the
+# average-pool shortcut of a V1 stride-2 unit.
+POOL_KERNEL, POOL_STRIDE, POOL_PADDING = 3, 2, 1
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Height (or width) of a conv's or pool's output for an input of height (width) ``size``.
+    The one place this formula lives: every backend and the lowering call it."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def pooled_size(size: int) -> int:
+    """:func:`output_size` of the 3x3 / 2 / 1 pool."""
+    return output_size(size, POOL_KERNEL, POOL_STRIDE, POOL_PADDING)
+
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,10 @@ class ConvLayer:
     padding: int = 0
     groups: int = 1
     relu: bool = False
+
+    def output_size(self, size: int) -> int:
+        """Output height (width) for an input of height (width) ``size``."""
+        return output_size(size, self.kernel, self.stride, self.padding)
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:
@@ -155,21 +166,15 @@ class Plan:
 
     def macs(self, image_size: int = 224) -> int:
         """Multiply-accumulates of one forward pass on a square ``image_size`` input (convs + fc)."""
-        total = 0
-        size = image_size
-
-        def conv_out(layer: ConvLayer, s: int) -> int:
-            return (s + 2 * layer.padding - layer.kernel) // layer.stride + 1
-
-        size = conv_out(self.stem, size)
-        total += _conv_macs(self.stem, size)
-        size = (size + 2 - 3) // 2 + 1  # max-pool 3x3 s2 p1
+        size = self.stem.output_size(image_size)
+        total = _conv_macs(self.stem, size)
+        size = pooled_size(size)
         for unit in self.units:
             if isinstance(unit, V2Unit) and unit.stride == 2:
-                out = conv_out(unit.proj_dw, size)
+                out = unit.proj_dw.output_size(size)
                 total += _conv_macs(unit.proj_dw, out) + _conv_macs(unit.proj_pw, out)
             total += _conv_macs(unit.pw1, size)
-            out = conv_out(unit.dw, size)
+            out = unit.dw.output_size(size)
             total += _conv_macs(unit.dw, out) + _conv_macs(unit.pw2, out)
             size = out
         if self.head is not None:
