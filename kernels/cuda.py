@@ -50,26 +50,28 @@ keeps contiguous; and the batch arrives and the reference works in NCHW, so noth
 from __future__ import annotations
 
 import math
-import warnings
-from typing import NamedTuple
 
 import numpy as np
+from numba import config as _numba_config
+from numba import cuda
 
-# numba-cuda <= 0.30.4 registers an overload for np.row_stack, an alias NumPy 2.5 removed; without
-# it the first kernel compile fails with "module 'numpy' has no attribute 'row_stack'". Restoring
-# the alias (it always meant np.vstack) is harmless and lets that combination work.
-if not hasattr(np, "row_stack"):
-    np.row_stack = np.vstack
-
-from numba import config as _numba_config  # noqa: E402
-from numba import cuda  # noqa: E402
+from .channel_map import IDENTITY, NO_PERIOD, ChannelMap, shuffle_destination
 
 SIMULATOR = bool(getattr(_numba_config, "ENABLE_CUDASIM", 0))  # numba's CUDA simulator (no GPU)
 
-# "Grid size N will likely result in GPU under-utilization": true for the small late layers at
-# batch 1, and nothing a user can act on. Matched by message: numba-cuda raises its own warning
-# class, not numba.core.errors.NumbaPerformanceWarning.
-warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
+# A kernel that *stores* channel k at shuffle_map(...)(k) has shuffled its output
+# (kernels.channel_map.shuffle_destination, under the name this module has always used)
+shuffle_map = shuffle_destination
+
+
+def _restore_numpy_row_stack() -> None:
+    """numba-cuda <= 0.30.4 registers an overload for ``np.row_stack``, an alias NumPy 2.5 removed;
+    without it the first kernel compile fails with "module 'numpy' has no attribute 'row_stack'".
+    Restoring the alias (it always meant np.vstack) lets that combination work. Called when the
+    first launch is prepared (:class:`Launch`), not at import: importing this module changes nothing."""
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
+
 
 __all__ = [
     "ChannelMap",
@@ -123,9 +125,6 @@ SIDE_NONE = 0  # none
 SIDE_RESIDUAL = 1  # v += side[n, dst, p] before the ReLU (ShuffleNet V1 stride 1)
 SIDE_CARRY = 2  # also copy side[n, side_map(o), p] to out[n, carry_map(o), p] (ShuffleNet V2 stride 1)
 
-_NO_PERIOD = 1 << 30  # a ChannelMap period no channel number reaches: i % period == i (fits 32 bits: fast division)
-
-
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -139,55 +138,8 @@ def _plane_geometry(planes: int, pixels: int) -> tuple[tuple[int, int], int]:
     return (planes, blocks), threads
 
 
-# --------------------------------------------------------------------------
-# Channel maps: split, concat and shuffle as index arithmetic
-# --------------------------------------------------------------------------
-
-
-class ChannelMap(NamedTuple):
-    """Where channel ``i`` of a kernel's input or output lives in the tensor it reads or writes:
-
-        channel(i) = offset + step * (i % period) + jump * (i // period)
-
-    * identity: ``ChannelMap()``;
-    * concatenation: the second operand's channel i is at ``ChannelMap(offset=C1)``;
-    * V2 split: ``halves`` reads the second half at ``ChannelMap(offset=C/2)``, ``interleaved``
-      the odd channels at ``ChannelMap(offset=1, step=2)``;
-    * concat then ``channel_shuffle(., 2)`` (torchvision's V2): the first branch's channel i lands
-      at 2i (``ChannelMap(step=2)``), the second's at 2i + 1 (``ChannelMap(offset=1, step=2)``);
-    * a general channel shuffle: see :func:`shuffle_map`.
-    """
-
-    offset: int = 0
-    step: int = 1
-    period: int = _NO_PERIOD
-    jump: int = 0
-
-    def __call__(self, i):
-        """The mapped channel number(s) of ``i`` (an int or an integer array), on the host."""
-        return self.offset + self.step * (i % self.period) + self.jump * (i // self.period)
-
-
-def shuffle_map(channels: int, groups: int, convention: str = "torchvision") -> ChannelMap:
-    """Where channel k of a tensor goes under ``reference.channel_shuffle(., groups, convention)``.
-
-    A shuffle transposes the channels seen as a matrix. "torchvision" views them as G rows of C/G:
-    channel k = (row k // (C/G), column k % (C/G)) and reading by columns puts it at
-    ``(k % (C/G)) * G + k // (C/G)``. "megvii" views them as C/G rows of G, which puts it at
-    ``(k % G) * (C/G) + k // G``. (This is the inverse of ``reference.shuffle_permutation``: a
-    kernel that *stores* channel k at ``shuffle_map(...)(k)`` has shuffled its output for free.)
-    """
-    if convention not in ("torchvision", "megvii"):
-        raise ValueError(f"convention must be 'torchvision' or 'megvii', got {convention!r}")
-    if groups < 1 or channels % groups:
-        raise ValueError(f"channels ({channels}) are not divisible by groups ({groups})")
-    per_group = channels // groups
-    if convention == "torchvision":
-        return ChannelMap(step=groups, period=per_group, jump=1)
-    return ChannelMap(step=per_group, period=groups, jump=1)
-
-
-IDENTITY = ChannelMap()
+# Channel maps (split, concat and shuffle as index arithmetic): kernels.channel_map.ChannelMap,
+# applied on the device by _mapped.
 
 
 # --------------------------------------------------------------------------
@@ -286,7 +238,7 @@ def depthwise_kernel(x, w, bias, out, stride, padding, relu):
 @cuda.jit
 def pointwise_kernel(
     x, wt, bias, out, side, groups, relu,
-    in_offset, in_step,
+    in_offset, in_step, in_period, in_jump,
     out_offset, out_step, out_period, out_jump,
     side_mode, side_offset, side_step, carry_offset, carry_step,
 ):
@@ -298,7 +250,9 @@ def pointwise_kernel(
 
     Matrix view: the columns are the N*P (image, pixel) pairs; group g's output row o
     (g*O/G <= o < (g+1)*O/G) is ``sum_k wt[k, o] * x[n, in(g*K + k), p]`` with
-    ``in = ChannelMap(in_offset, in_step)``. Grid: blockIdx.x = column tile, blockIdx.y = row tile
+    ``in = ChannelMap(in_*)``: an affine map (a split half) or a permutation (a V1 shuffle read
+    back). An affine map (``in_period == NO_PERIOD``, the same for every thread, so the branch
+    never diverges) skips the division. Grid: blockIdx.x = column tile, blockIdx.y = row tile
     within the group, blockIdx.z = group.
 
     Each step loads a TILE_K x TILE_M slice of wt and a TILE_K x TILE_N slice of x into shared
@@ -357,7 +311,11 @@ def pointwise_kernel(
             kk = tid // TILE_N + s * (THREADS // TILE_N)
             k = k0 + kk
             if col_ok and k < k_size:
-                b_tile[kk, tid % TILE_N] = x[load_n, in_offset + in_step * (first_k + k), load_p]
+                if in_period == NO_PERIOD:
+                    channel = in_offset + in_step * (first_k + k)
+                else:
+                    channel = _mapped(first_k + k, in_offset, in_step, in_period, in_jump)
+                b_tile[kk, tid % TILE_N] = x[load_n, channel, load_p]
             else:
                 b_tile[kk, tid % TILE_N] = np.float32(0.0)
         cuda.syncthreads()
@@ -471,6 +429,7 @@ class Launch:
     __slots__ = ("kernel", "grid", "block", "args", "name", "label", "stream", "configured")
 
     def __init__(self, kernel, grid, block, args: tuple, name: str = ""):
+        _restore_numpy_row_stack()
         self.kernel, self.grid, self.block, self.args, self.name = kernel, grid, block, args, name
         self.label = name
         self.set_stream(0)
@@ -605,8 +564,8 @@ def pointwise_launch(
     """1x1 conv on the device: x (N, Cx, P), wt (K, O) (the weight transposed), bias (O,),
     out (N, Co, P).
 
-    ``in_map`` says where input channel i (0 <= i < K * groups) is in x (an affine map:
-    offset + step * i); ``out_map`` where output channel o goes in out. ``residual`` (an array
+    ``in_map`` says where input channel i (0 <= i < K * groups) is in x; ``out_map`` where output
+    channel o goes in out. ``residual`` (an array
     like out) is added before the ReLU, read at the output's channel. ``carry = (side, side_map,
     carry_map)`` copies ``side[:, side_map(o)]`` to ``out[:, carry_map(o)]`` for each output
     channel o (both affine maps).
@@ -614,11 +573,8 @@ def pointwise_launch(
     n, _, pixels = x.shape
     k_size, o = wt.shape
     _check(o % groups == 0, f"pointwise: {o} output channels are not divisible by groups={groups}")
-    _check(in_map.period == _NO_PERIOD and in_map.jump == 0, "pointwise: in_map must be affine (offset + step * i)")
-    _check(
-        in_map(k_size * groups - 1) < x.shape[1],
-        f"pointwise: input channels up to {in_map(k_size * groups - 1)} do not fit x {x.shape}",
-    )
+    reach = int(np.max(in_map.indices(k_size * groups)))
+    _check(reach < x.shape[1], f"pointwise: input channels up to {reach} do not fit x {x.shape}")
     _check(out.shape[0] == n and out.shape[2] == pixels, f"pointwise: out {out.shape} does not fit x {x.shape}")
     _check(int(np.max(out_map(np.arange(o)))) < out.shape[1], f"pointwise: output channels do not fit out {out.shape}")
     side, side_mode, side_map, carry_map = out, SIDE_NONE, IDENTITY, IDENTITY
@@ -628,6 +584,7 @@ def pointwise_launch(
     elif carry is not None:
         side, side_map, carry_map = carry
         side_mode = SIDE_CARRY
+        _check(side_map.is_affine and carry_map.is_affine, "pointwise: carry maps must be affine (offset + step * i)")
         _check(side.shape[0] == n and side.shape[2] == pixels, f"pointwise: carry {side.shape} does not fit {x.shape}")
         _check(
             side_map(o - 1) < side.shape[1] and carry_map(o - 1) < out.shape[1],
@@ -637,7 +594,7 @@ def pointwise_launch(
     grid = (_cdiv(n * pixels, TILE_N), _cdiv(rows_per_group, TILE_M), groups)
     args = (
         x, wt, bias, out, side, groups, relu,
-        in_map.offset, in_map.step,
+        in_map.offset, in_map.step, in_map.period, in_map.jump,
         out_map.offset, out_map.step, out_map.period, out_map.jump,
         side_mode, side_map.offset, side_map.step, carry_map.offset, carry_map.step,
     )

@@ -35,32 +35,30 @@ The call still starts from the caller's ordinary NumPy array and returns an ordi
 (a copy of the pinned output buffer, which the next call overwrites).
 
 Layout: NCHW, like the rest of npshuffle (see ``kernels/cuda.py`` for why it suits the GPU), so the
-input needs no conversion. Activations live in four reused scratch buffers: the unit input and
-output (A and B, swapped after every unit) and two temporaries for the branch (T1, T2), each
-allocated for the largest tensor it ever holds.
-
-A unit is 3 to 5 launches and no copies: split, concat and shuffle happen in the stores and loads
-of the kernels that produce and consume the tensors (``kernels.cuda.ChannelMap``):
-
-* V1, stride 1:  pw1 (+ReLU, stores into shuffled channels) -> dw -> pw2 (+x, ReLU) -> B
-* V1, stride 2:  avg-pool(x) -> B[:, :Cin];  pw1 (shuffled) -> dw -> pw2 (+ReLU) -> B[:, Cin:]
-* V2, stride 1:  pw1 (reads the branch half of x) -> dw -> pw2 (+ReLU), which stores the branch
-  into its final (concatenated, shuffled) channels and carries the other half of x to its own
-* V2, stride 2:  proj_dw -> proj_pw (+ReLU) -> B;  pw1 -> dw -> pw2 (+ReLU) -> B, each branch
-  stored straight into its final channels
+input needs no conversion. The network is the lowered program (``npshuffle.lowering``), one launch
+per op; split, concat and shuffle are the ops' channel maps, which ``kernels.cuda`` applies where
+a kernel loads its input or stores its output (no launch copies data). The one op the kernels do
+not fuse is the head's global pool: the head writes its output and a global pool reads it.
+Activations live in a few reused scratch buffers: a value gets a free buffer when an op first
+writes it and gives it back after the last op that reads it; each buffer is allocated once, for
+the largest value it ever holds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .backends import BackendError
-from .plan import ConvLayer, Plan, V1Unit, V2Unit
+from .lowering import AvgPool, Conv, Depthwise, GlobalPool, Linear, MaxPool, Pointwise, Program, Value, lower
+from .plan import Plan
 
 INSTALL_HINT = "numba-cuda is not installed: pip install npshuffle[gpu]"
 
@@ -96,20 +94,6 @@ class CudaBackend:
         return CudaRunner(plan, weights)
 
 
-@dataclass(frozen=True)
-class _Tensor:
-    """An activation while the network is being laid out: which scratch buffer holds it, and the
-    shape a kernel sees it with (NCHW, or (N, C, H*W) for the 1x1 convs)."""
-
-    buffer: str
-    shape: tuple[int, ...]
-
-    def flat(self) -> _Tensor:
-        """The (N, C, H*W) view the 1x1 conv kernel reads."""
-        n, c, h, w = self.shape
-        return _Tensor(self.buffer, (n, c, h * w))
-
-
 @dataclass
 class Workspace:
     """Everything one input shape needs: its buffers, its stream, its launches (and their graph)."""
@@ -130,13 +114,9 @@ class Workspace:
         if self.graph is not None:
             self.graph.launch()
         else:
-            for launch in self.launches:
-                launch()
-
-
-def _conv_size(layer: ConvLayer, h: int, w: int) -> tuple[int, int]:
-    s, p, k = layer.stride, layer.padding, layer.kernel
-    return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+            with quiet_occupancy_warnings():
+                for launch in self.launches:
+                    launch()
 
 
 class CudaRunner:
@@ -165,20 +145,13 @@ class CudaRunner:
         self.cuda = kc.cuda
         self.plan = plan
         self.num_classes = plan.classifier.num_classes
-        self.weights = {}  # name -> device array, uploaded once
-        for layer in plan.convs():
-            w = np.asarray(weights[f"{layer.name}.weight"], np.float32)
-            if tuple(w.shape) != layer.weight_shape:
-                raise ValueError(f"{layer.name}.weight has shape {w.shape}, the plan needs {layer.weight_shape}")
-            packed = kc.pack_pointwise_weight(w) if layer.kernel == 1 else np.ascontiguousarray(w)
-            self.weights[f"{layer.name}.weight"] = self.cuda.to_device(packed)
-            self.weights[f"{layer.name}.bias"] = self.cuda.to_device(
-                np.ascontiguousarray(weights[f"{layer.name}.bias"], np.float32)
-            )
-        c = plan.classifier  # a linear layer is a 1x1 conv on 1x1 images: same packing
-        w, b = weights[f"{c.name}.weight"], weights[f"{c.name}.bias"]
-        self.weights[f"{c.name}.weight"] = self.cuda.to_device(kc.pack_pointwise_weight(w))
-        self.weights[f"{c.name}.bias"] = self.cuda.to_device(np.ascontiguousarray(b, np.float32))
+        self.program = _without_pooled_epilogue(lower(plan, weights))
+        self.device_weights = {}  # op name -> (weight, bias) on the device, in the layout its kernel reads
+        for op in self.program.ops:
+            if hasattr(op, "weight"):
+                # a 1x1 conv's weight transposed to (K, O); a linear layer is a 1x1 conv on 1x1 images
+                weight = kc.pack_pointwise_weight(op.weight) if isinstance(op, Pointwise | Linear) else op.weight
+                self.device_weights[op.name] = (self.cuda.to_device(weight), self.cuda.to_device(op.bias))
         self.workspaces: dict[tuple[int, ...], Workspace] = {}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -236,8 +209,9 @@ class CudaRunner:
         """The first call of a shape: the launches one by one (compiling the kernels), then, if
         graphs are on, capture them, replay the graph and keep it only if it reproduces the
         launches' logits bit for bit (same kernels, same buffers: it must)."""
-        for launch in ws.launches:
-            launch()
+        with quiet_occupancy_warnings():
+            for launch in ws.launches:
+                launch()
         if not self.graphs:
             ws.graph_error = "graphs turned off"
             return
@@ -270,38 +244,28 @@ class CudaRunner:
     # Laying out the network for one input shape
 
     def build_workspace(self, shape: tuple[int, ...]) -> Workspace:
-        """Trace the plan for ``shape`` into (factory, arguments) steps whose activations are
-        :class:`_Tensor` placeholders, size each scratch buffer for its largest tensor, allocate,
-        then bind every step to views of the real buffers."""
+        """Device buffers and launches for an input of ``shape`` (N, 3, H, W): each value of the
+        program gets a scratch buffer (:func:`_assign_buffers`), each buffer is allocated once for
+        its largest value, and each op becomes one launch on views of those buffers."""
         n, _, h, w = shape
-        x = _Tensor("input", tuple(shape))
-        logits = _Tensor("logits", (n, self.num_classes, 1))
-        steps = self._trace(x, logits)
-
+        shapes = self.program.shapes(h, w)
+        buffer_of = _assign_buffers(self.program)
         sizes: dict[str, int] = {}
-        for _, args, _ in steps:
-            for value in args.values():
-                for t in _tensors_in(value):
-                    sizes[t.buffer] = max(sizes.get(t.buffer, 0), math.prod(t.shape))
+        for value, name in buffer_of.items():
+            sizes[name] = max(sizes.get(name, 0), n * math.prod(shapes[value]))
         buffers = {name: self.cuda.device_array(size, np.float32) for name, size in sizes.items()}
 
-        def bind(value):
-            if isinstance(value, _Tensor):
-                buffer, size = buffers[value.buffer], math.prod(value.shape)
-                return (buffer if buffer.size == size else buffer[:size]).reshape(value.shape)
-            if type(value) is tuple:  # a carry (side, maps); not a ChannelMap, itself a NamedTuple
-                return tuple(bind(v) for v in value)
-            return value
+        def tensor(value: Value) -> object:
+            """``value`` as an (N, C, H, W) device view of its buffer."""
+            buffer, size = buffers[buffer_of[value]], n * math.prod(shapes[value])
+            return (buffer if buffer.size == size else buffer[:size]).reshape((n, *shapes[value]))
 
         stream = self.cuda.stream()
-        launches = []
-        for factory, args, label in steps:
-            launch = factory(**{k: bind(v) for k, v in args.items()})
-            launch.label = label
-            launches.append(launch.set_stream(stream))
+        with quiet_occupancy_warnings():
+            launches = [self._launch(op, tensor, shapes).set_stream(stream) for op in self.program.ops]
         ws = Workspace(
-            input=bind(x),
-            logits=buffers["logits"].reshape(n, self.num_classes),
+            input=tensor(self.program.image),
+            logits=tensor(self.program.logits).reshape(n, self.num_classes),
             launches=launches,
             buffer_bytes=4 * sum(sizes.values()),
             stream=stream,
@@ -315,136 +279,98 @@ class CudaRunner:
                          for first in range(0, n, per_chunk)]
         return ws
 
-    def _trace(self, x: _Tensor, logits: _Tensor) -> list:
-        trace = _Trace(self.kc, self.weights)
-        trace.network(self.plan, x, logits)
-        return trace.steps
-
-
-class _Trace:
-    """Turns a plan into launch steps ``(launch factory, keyword arguments)`` for one input shape,
-    with :class:`_Tensor` placeholders for the activations (scratch buffers A, B, T1, T2)."""
-
-    def __init__(self, kc, weights: dict):
-        self.kc = kc
-        self.weights = weights
-        self.steps: list[tuple] = []
-
-    def launch(self, factory, label: str = "", **args) -> None:
-        """One step; ``label`` (kind and shape) names it in profiles (``Launch.label``)."""
-        self.steps.append((factory, args, label or factory.__name__.removesuffix("_launch")))
-
-    def conv(self, layer: ConvLayer, src: _Tensor, dst: _Tensor, **fused) -> None:
-        """One step for ``layer``: a 1x1 conv (``fused``: its channel maps, residual, carry, and a
-        ReLU that overrides the layer's), a depthwise conv or a dense one (the stem)."""
+    def _launch(self, op, tensor, shapes):
+        """The launch of one op (``tensor(value)``: its (N, C, H, W) device view), labelled with
+        the op's kind and shape for profiles."""
         kc = self.kc
-        weight, bias = self.weights[f"{layer.name}.weight"], self.weights[f"{layer.name}.bias"]
-        _, c_in, h, w = src.shape
-        if layer.kernel == 1:
-            fused.setdefault("relu", layer.relu)
-            label = (f"pointwise {layer.in_channels // layer.groups}->{layer.out_channels}"
-                     f"{f' g{layer.groups}' if layer.groups > 1 else ''} @{h}x{w}")
-            self.launch(kc.pointwise_launch, label, x=src.flat(), wt=weight, bias=bias, out=dst.flat(),
-                        groups=layer.groups, **fused)
-        elif layer.groups == layer.in_channels == layer.out_channels and layer.groups > 1:
-            label = f"depthwise {layer.kernel}x{layer.kernel} s{layer.stride} {c_in}ch @{h}x{w}"
-            self.launch(kc.depthwise_launch, label, x=src, w=weight, bias=bias, out=dst,
-                        stride=layer.stride, padding=layer.padding, relu=layer.relu)
+        weight, bias = self.device_weights.get(op.name, (None, None))
+        c, h, w = shapes[op.src]
+        x, out = tensor(op.src), tensor(op.dst)
+        if isinstance(op, Pointwise):
+            extra = {}
+            if op.residual is not None:
+                extra["residual"] = _flat(tensor(op.residual))
+            if op.carry is not None:
+                if op.carry.count != op.out_channels:
+                    raise BackendError(f"{op.name}: the CUDA kernel carries one channel per output channel")
+                extra["carry"] = (_flat(tensor(op.carry.value)), op.carry.source, op.carry.destination)
+            groups = f" g{op.groups}" if op.groups > 1 else ""
+            label = f"pointwise {op.in_channels // op.groups}->{op.out_channels}{groups} @{h}x{w}"
+            launch = kc.pointwise_launch(_flat(x), weight, bias, _flat(out), groups=op.groups, relu=op.relu,
+                                         in_map=op.reads, out_map=op.writes, **extra)
+        elif isinstance(op, Depthwise):
+            label = f"depthwise {op.kernel}x{op.kernel} s{op.stride} {c}ch @{h}x{w}"
+            launch = kc.depthwise_launch(x, weight, bias, out, stride=op.stride, padding=op.padding, relu=op.relu)
+        elif isinstance(op, Conv):
+            label = f"conv2d {op.kernel}x{op.kernel} s{op.stride} {c}->{op.dst.channels} @{h}x{w}"
+            launch = kc.conv2d_launch(x, weight, bias, out, stride=op.stride, padding=op.padding, groups=op.groups,
+                                      relu=op.relu)
+        elif isinstance(op, MaxPool):
+            label = f"max_pool {op.kernel}x{op.kernel} s{op.stride} {c}ch @{h}x{w}"
+            launch = kc.max_pool_launch(x, out, kernel=op.kernel, stride=op.stride, padding=op.padding)
+        elif isinstance(op, AvgPool):
+            if not (op.writes.is_affine and op.writes.step == 1):
+                raise BackendError(f"{op.name}: the CUDA average pool writes a contiguous channel range only")
+            label = f"avg_pool {op.kernel}x{op.kernel} s{op.stride} {c}ch @{h}x{w}"
+            launch = kc.avg_pool_launch(x, out, kernel=op.kernel, stride=op.stride, padding=op.padding,
+                                        count_include_pad=True, out_offset=op.writes.offset)
+        elif isinstance(op, GlobalPool):
+            label = f"global_avg_pool {c}ch @{h}x{w}"
+            launch = kc.global_avg_pool_launch(x.reshape(x.shape[0], c, h * w), out.reshape(out.shape[0], -1))
+        elif isinstance(op, Linear):
+            label = f"linear {op.src.channels}->{op.dst.channels}"
+            launch = kc.pointwise_launch(x.reshape(x.shape[0], c, 1), weight, bias, out.reshape(out.shape[0], -1, 1))
         else:
-            label = f"conv2d {layer.kernel}x{layer.kernel} s{layer.stride} {c_in}->{layer.out_channels} @{h}x{w}"
-            self.launch(kc.conv2d_launch, label, x=src, w=weight, bias=bias, out=dst,
-                        stride=layer.stride, padding=layer.padding, groups=layer.groups, relu=layer.relu)
+            raise BackendError(f"{op.name}: the CUDA backend has no kernel for {type(op).__name__}")
+        launch.label = label
+        return launch
 
-    def network(self, plan: Plan, x: _Tensor, logits: _Tensor) -> None:
-        n, _, h, w = x.shape
-        h, w = _conv_size(plan.stem, h, w)
-        stem = _Tensor("T1", (n, plan.stem.out_channels, h, w))
-        self.conv(plan.stem, x, stem)
-        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # max-pool 3x3 s2 p1
-        cur = _Tensor("A", (n, plan.stem.out_channels, h, w))
-        self.launch(self.kc.max_pool_launch, f"max_pool 3x3 s2 {stem.shape[1]}ch @{stem.shape[2]}x{stem.shape[3]}",
-                    x=stem, out=cur, kernel=3, stride=2, padding=1)
 
-        for unit in plan.units:
-            ho, wo = _conv_size(unit.dw, h, w)
-            out = _Tensor("B" if cur.buffer == "A" else "A", (n, unit.out_channels, ho, wo))
-            if isinstance(unit, V1Unit):
-                self.v1_unit(unit, cur, out)
-            elif isinstance(unit, V2Unit):
-                self.v2_unit(unit, cur, out)
-            else:
-                raise TypeError(f"unknown unit type {type(unit).__name__}")
-            cur, h, w = out, ho, wo
-
-        if plan.head is not None:
-            head = _Tensor("T1", (n, plan.head.out_channels, h, w))
-            self.conv(plan.head, cur, head)
-            cur = head
-        c = plan.classifier
-        self.launch(self.kc.global_avg_pool_launch, f"global_avg_pool {cur.shape[1]}ch @{h}x{w}",
-                    x=cur.flat(), out=_Tensor("T2", (n, c.in_features)))
-        features = _Tensor("T2", (n, c.in_features, 1))  # the pooled features as N 1x1 images
-        weight, bias = self.weights[f"{c.name}.weight"], self.weights[f"{c.name}.bias"]
-        self.launch(self.kc.pointwise_launch, f"linear {c.in_features}->{c.num_classes}",
-                    x=features, wt=weight, bias=bias, out=logits)
-
-    def v1_unit(self, u: V1Unit, x: _Tensor, out: _Tensor) -> None:
-        kc = self.kc
-        n, _, h, w = x.shape
-        _, _, ho, wo = out.shape
-        mid = u.pw1.out_channels
-        t1, t2 = _Tensor("T1", (n, mid, h, w)), _Tensor("T2", (n, mid, ho, wo))
-        # pw1 stores channel k where channel_shuffle(., groups) would put it
-        self.conv(u.pw1, x, t1, out_map=kc.shuffle_map(mid, u.groups, u.shuffle) if u.groups > 1 else kc.IDENTITY)
-        self.conv(u.dw, t1, t2)
-        if u.stride == 1:  # relu(x + pw2(.))
-            self.conv(u.pw2, t2, out, relu=True, residual=x.flat())
-        else:  # concat(avg_pool(x), relu(pw2(.))): each stored into its channel slice
-            self.launch(kc.avg_pool_launch, f"avg_pool 3x3 s2 {x.shape[1]}ch @{h}x{w}", x=x, out=out,
-                        kernel=3, stride=2, padding=1,
-                        count_include_pad=True, out_offset=0)
-            self.conv(u.pw2, t2, out, relu=True, out_map=kc.ChannelMap(offset=u.in_channels))
-
-    def v2_unit(self, u: V2Unit, x: _Tensor, out: _Tensor) -> None:
-        kc = self.kc
-        n, _, h, w = x.shape
-        _, _, ho, wo = out.shape
-        mid = u.pw1.out_channels
-        # out = concat(first, branch) [then shuffle(2)]: first = the kept half of x (stride 1) or
-        # the projection (stride 2). Where their channel i lands:
-        first = u.in_channels - u.pw1.in_channels if u.stride == 1 else u.proj_pw.out_channels
-        if u.shuffle_after:
-            if first != u.pw2.out_channels:
-                raise ValueError(f"{u.name}: shuffle(2) after the concat needs two equal halves")
-            first_dst, branch_dst = kc.ChannelMap(step=2), kc.ChannelMap(offset=1, step=2)
+def _without_pooled_epilogue(program: Program) -> Program:
+    """The program with the head's pooled epilogue split in two (the CUDA kernels do not fuse it):
+    the head writes its own output value, which a :class:`GlobalPool` then averages."""
+    ops = []
+    for op in program.ops:
+        if isinstance(op, Pointwise) and op.pool:
+            head_out = Value(op.name, op.out_channels)
+            ops += [dataclasses.replace(op, dst=head_out, pool=False), GlobalPool("global_pool", head_out, op.dst)]
         else:
-            first_dst, branch_dst = kc.IDENTITY, kc.ChannelMap(offset=first)
-
-        t1, t2 = _Tensor("T1", (n, mid, h, w)), _Tensor("T2", (n, mid, ho, wo))
-        if u.stride == 2:
-            projected = _Tensor("T1", (n, u.in_channels, ho, wo))
-            self.conv(u.proj_dw, x, projected)
-            self.conv(u.proj_pw, projected, out, out_map=first_dst)
-            self.conv(u.pw1, x, t1)
-            self.conv(u.dw, t1, t2)
-            self.conv(u.pw2, t2, out, out_map=branch_dst)
-            return
-        if u.split == "halves":  # kept = x[:, :C/2], branch input = x[:, C/2:]
-            kept, branch_in = kc.IDENTITY, kc.ChannelMap(offset=u.in_channels // 2)
-        elif u.split == "interleaved":  # kept = x[:, 0::2], branch input = x[:, 1::2]
-            kept, branch_in = kc.ChannelMap(step=2), kc.ChannelMap(offset=1, step=2)
-        else:
-            raise ValueError(f"{u.name}: unknown split {u.split!r}")
-        if first != u.pw2.out_channels:
-            raise ValueError(f"{u.name}: the kept half ({first}) must match pw2's {u.pw2.out_channels} channels")
-        self.conv(u.pw1, x, t1, in_map=branch_in)
-        self.conv(u.dw, t1, t2)
-        self.conv(u.pw2, t2, out, out_map=branch_dst, carry=(x.flat(), kept, first_dst))
+            ops.append(op)
+    return dataclasses.replace(program, ops=tuple(ops))
 
 
-def _tensors_in(value):
-    if isinstance(value, _Tensor):
-        yield value
-    elif type(value) is tuple:
-        for v in value:
-            yield from _tensors_in(v)
+def _assign_buffers(program: Program) -> dict[Value, str]:
+    """A scratch buffer name for every value: the image and the logits have their own; any other
+    value takes a free buffer when an op first writes it (a new one if none is free), and frees it
+    after the last op that reads it. (An op's output never shares a buffer with its inputs: those
+    are freed only after the op.)"""
+    last_use = program.last_use()
+    buffer_of = {program.image: "input", program.logits: "logits"}
+    free: list[str] = []
+    scratch = 0
+    for i, op in enumerate(program.ops):
+        if op.dst not in buffer_of:
+            if not free:
+                free.append(f"T{scratch}")
+                scratch += 1
+            buffer_of[op.dst] = free.pop()
+        for value in dict.fromkeys(op.inputs()):  # (each input once, though an op may read one twice)
+            if last_use[value] == i and buffer_of[value] != "input":
+                free.append(buffer_of[value])
+    return buffer_of
+
+
+def _flat(tensor):
+    """An (N, C, H, W) device array as the (N, C, H*W) view the 1x1 conv kernel reads."""
+    return tensor.reshape(tensor.shape[0], tensor.shape[1], -1)
+
+
+@contextlib.contextmanager
+def quiet_occupancy_warnings():
+    """numba-cuda warns "Grid size N will likely result in GPU under-utilization" when it launches
+    the small late layers at batch 1: true, and nothing a user can act on. Silenced around this
+    backend's own launches only, not with a process-wide filter. (Matched by message: numba-cuda
+    raises its own warning class, not numba.core.errors.NumbaPerformanceWarning.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
+        yield
