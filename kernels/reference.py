@@ -37,6 +37,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .channel_map import SHUFFLE_CONVENTIONS, SPLIT_CONVENTIONS, check_convention
+from .sizes import output_size
 
 __all__ = [
     "avg_pool2d",
@@ -119,13 +120,13 @@ def _bias(bias, channels: int) -> np.ndarray | None:
 
 
 def _out_size(size: int, k: int, s: int, p: int, what: str, axis: str) -> int:
-    """Output length along one axis: ``floor((size + 2p - k) / s) + 1``."""
+    """``output_size`` along one axis, refusing a kernel larger than the padded input."""
     if k > size + 2 * p:
         raise ValueError(
             f"{what} kernel {axis} ({k}) is larger than the padded input {axis} "
             f"({size} + 2*{p} = {size + 2 * p})"
         )
-    return (size + 2 * p - k) // s + 1
+    return output_size(size, k, s, p)
 
 
 def _pad(x: np.ndarray, ph: int, pw: int, value: float = 0.0) -> np.ndarray:
@@ -568,7 +569,7 @@ def tap_ranges(size: int, kernel: int, stride: int, padding: int) -> tuple[int, 
     those input positions in the same order.  Outputs whose input would fall in
     the padding are left out of ``dst``.
     """
-    out_size = (size + 2 * padding - kernel) // stride + 1
+    out_size = output_size(size, kernel, stride, padding)
     taps = []
     for t in range(kernel):
         first = max(0, -((t - padding) // stride))                      # ceil((padding - t) / stride)

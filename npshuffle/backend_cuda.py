@@ -34,7 +34,7 @@ graphs=False, pinned=False, copy_threads=1)``):
 The call still starts from the caller's ordinary NumPy array and returns an ordinary NumPy array
 (a copy of the pinned output buffer, which the next call overwrites).
 
-Layout: NCHW, like the rest of npshuffle (see ``kernels/cuda.py`` for why it suits the GPU), so the
+Layout: NCHW, like the rest of npshuffle (see ``kernels.cuda`` for why it suits the GPU), so the
 input needs no conversion. The network is the lowered program (``npshuffle.lowering``), one launch
 per op; split, concat and shuffle are the ops' channel maps, which ``kernels.cuda`` applies where
 a kernel loads its input or stores its output (no launch copies data). The one op the kernels do

@@ -20,15 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kernels.sizes import output_size
+
 # The 3x3, stride 2, padding 1 pool every ShuffleNet uses: the max-pool after the stem and the
 # average-pool shortcut of a V1 stride-2 unit.
 POOL_KERNEL, POOL_STRIDE, POOL_PADDING = 3, 2, 1
-
-
-def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Height (or width) of a conv's or pool's output for an input of height (width) ``size``.
-    The one place this formula lives: every backend and the lowering call it."""
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def pooled_size(size: int) -> int:
