@@ -6,7 +6,7 @@
 For each model (ShuffleNet V2 x0.5 / x1.0 / x2.0 and V1 g3 0.5x, torchvision wiring, 224x224,
 float32), the script
 
-1. builds the torch oracle (``npshuffle.torch_ref``) with random weights and random BN statistics,
+1. builds the torch oracle (``npshuffle.training.torch_ref``) with random weights and random BN statistics,
    converts its state_dict for npshuffle (``weights_convert``) and exports it to ONNX, so every
    runtime runs the *same* network;
 2. checks that the four runtimes agree (max |difference| / max |logit| against torch);
@@ -92,7 +92,7 @@ def exportable(net):
 
     from torch import nn
 
-    from npshuffle.torch_ref import shuffle_torchvision
+    from npshuffle.training.torch_ref import shuffle_torchvision
 
     class Shuffle(nn.Module):
         def __init__(self, groups: int):
@@ -121,7 +121,7 @@ class Contestants:
         from npshuffle.backend_numba import NumbaBackend
         from npshuffle.backends import NumpyBackend
         from npshuffle.model_file import save_model_file
-        from npshuffle.torch_ref import build_torch_model, randomize_
+        from npshuffle.training.torch_ref import build_torch_model, randomize_
         from weights_convert.convert import convert_state_dict
 
         self.name = name
@@ -225,7 +225,7 @@ elif runtime == "onnxruntime":
 else:
     import torch
     from npshuffle.archs import spec_from_dict
-    from npshuffle.torch_ref import build_torch_model
+    from npshuffle.training.torch_ref import build_torch_model
     torch.set_num_threads(threads)
     spec = spec_from_dict(json.loads(sys.argv[4]))
     net = build_torch_model(spec, "torchvision"); net.load_state_dict(torch.load(path)); net.eval()

@@ -98,7 +98,7 @@ def onnx_reference(root: Path) -> Path | None:
     except ImportError:
         return None
     from npshuffle.archs import v1_spec
-    from npshuffle.torch_ref import build_torch_model, randomize_
+    from npshuffle.training.torch_ref import build_torch_model, randomize_
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_cpu import exportable

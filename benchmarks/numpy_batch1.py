@@ -6,7 +6,7 @@
 For each bundled model, the NumPy backend runs the model file itself (``load_model(name,
 backend="numpy")``, real weights) on a random ``(1, 3, crop, crop)`` input, crop = the model's
 recipe crop. torch eager and ONNX Runtime run the same architecture and wiring (the file's spec and
-dialect, built by the torch oracle ``npshuffle.torch_ref`` with random weights and BN statistics:
+dialect, built by the torch oracle ``npshuffle.training.torch_ref`` with random weights and BN statistics:
 a forward pass costs the same whatever the values; V1's channel shuffle made exportable by
 ``bench_cpu.exportable``). The three are timed interleaved, as ``bench_cpu.py`` does: rounds of a
 block of ``--per-block`` calls of each runtime in turn (rotating who goes first), each block after
@@ -48,7 +48,7 @@ def runtimes(name: str, threads: int, seed: int, plain: bool = False) -> tuple[d
 
     from npshuffle.backends import NumpyBackend
     from npshuffle.predict import load_model
-    from npshuffle.torch_ref import build_torch_model, randomize_
+    from npshuffle.training.torch_ref import build_torch_model, randomize_
 
     model = load_model(name, backend="numpy")
     crop = model.recipe["crop"]

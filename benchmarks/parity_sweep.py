@@ -17,7 +17,7 @@ import torch
 
 from npshuffle.archs import V1Spec, V2Spec, build_plan
 from npshuffle.backends import get_backend
-from npshuffle.torch_ref import build_torch_model, randomize_
+from npshuffle.training.torch_ref import build_torch_model, randomize_
 from weights_convert import convert_state_dict
 
 

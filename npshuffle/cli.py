@@ -10,15 +10,16 @@ import argparse
 import csv
 import glob
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import os
 import sys
-import time
 
 from .backends import BackendError
 from .images import IMAGE_EXTENSIONS, ImageError
 from .model_file import ModelFileError
+from .progress import Progress
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 DEVICES = ("auto", "numpy", "numba", "cuda", "cpu")
@@ -147,30 +148,6 @@ class CsvWriter:
 WRITERS = {"table": TableWriter, "json": JsonWriter, "jsonl": JsonLinesWriter, "csv": CsvWriter}
 
 
-class Progress:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self, total: int, enabled: bool, status=lambda: ""):
-        self.total, self.done, self.enabled = total, 0, enabled and total > 1
-        self.status = status  # what the model runs on (it may change during the run)
-        self.start = time.perf_counter()
-
-    def step(self) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-        filled = int(30 * self.done / self.total)
-        status = self.status()
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}  {rate:.1f} img/s"
-                         + (f"  ({status})" if status else "") + "\033[K")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
 # --------------------------------------------------------------------------------------------------
 # commands
 
@@ -197,13 +174,13 @@ def cmd_predict(args) -> int:
     inputs = {os.path.realpath(p) for p in paths}  # --annotate never writes over any of these
     model.expect(len(paths))
     writer = WRITERS[args.format](sys.stdout)
-    progress = Progress(len(paths), sys.stderr.isatty(), status=lambda: model.status)
+    progress = Progress(len(paths), log=False, status=lambda: model.status)
     failures: list[tuple[str, str]] = []
     annotated_names: set[str] = set()
     try:
         for prediction in predict_stream(paths, model, args.top_k, args.batch_size):
             writer.write(prediction)
-            progress.step()
+            progress.update()
             if prediction.error is not None:
                 failures.append((prediction.source, prediction.error))
             elif args.annotate:
@@ -361,7 +338,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_convert)
 
     for name, module_name, add_arguments, run, help_text in OPTIONAL_COMMANDS:
-        if importlib.util.find_spec(module_name) is None:
+        if not module_exists(module_name):
             continue
         p = sub.add_parser(name, help=help_text)
         if name == command:
@@ -377,11 +354,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def module_exists(name: str) -> bool:
+    """Whether module ``name`` is installed, found without importing it or its own package
+    (``importlib.util.find_spec`` would import ``npshuffle.training`` to look inside it)."""
+    package, _, _ = name.rpartition(".")
+    spec = importlib.util.find_spec(package)
+    return (spec is not None and spec.submodule_search_locations is not None
+            and importlib.machinery.PathFinder.find_spec(name, spec.submodule_search_locations) is not None)
+
+
 # (command, module, its add-arguments function, its run function, help): imported only when used
 OPTIONAL_COMMANDS = (
-    ("train", "npshuffle.train", "add_train_arguments", "run_train",
+    ("train", "npshuffle.training.train", "add_train_arguments", "run_train",
      "train or fine-tune a model (needs torch: pip install npshuffle[train])"),
-    ("eval", "npshuffle.evaluate", "add_eval_arguments", "run_eval",
+    ("eval", "npshuffle.training.evaluate", "add_eval_arguments", "run_eval",
      "accuracy and confusion matrix of a model on a class-per-folder data set"),
     ("warmup", "npshuffle.warmup", "add_warmup_arguments", "run_warmup",
      "compile and cache the Numba kernels ahead of time (Dockerfiles, cluster nodes, CI images)"),

@@ -23,6 +23,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# the files a folder given to `npshuffle predict` contributes (compared with the name in lower case);
+# a data set's split keeps to the seed project's subset (training.datasets.SEED_IMAGE_EXTENSIONS)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 

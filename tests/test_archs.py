@@ -21,7 +21,7 @@ from npshuffle.archs import (
     v2_spec,
     variant_name,
 )
-from npshuffle.torch_ref import build_torch_model
+from npshuffle.training.torch_ref import build_torch_model
 from tests.conftest import WEIGHTS, require
 
 TORCHVISION_V2_PARAMS = {"0.5x": 1_366_792, "1.0x": 2_278_604, "1.5x": 3_503_624, "2.0x": 7_393_996}

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from npshuffle.archs import V2Spec
-from npshuffle.torch_ref import build_torch_model, randomize_
+from npshuffle.training.torch_ref import build_torch_model, randomize_
 from tests.conftest import REPO
 
 EXAMPLES = REPO / "examples"

@@ -15,7 +15,7 @@ import torch
 from npshuffle.archs import V2Spec
 from npshuffle.model import Model
 from npshuffle.model_file import METADATA_KEY, ModelFileError, load_model_file
-from npshuffle.torch_ref import build_torch_model, randomize_
+from npshuffle.training.torch_ref import build_torch_model, randomize_
 from tests.conftest import REPO
 from weights_convert import ConversionError, convert_file
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npshuffle import evaluate as E
-from npshuffle.datasets import seed_split, write_split
+from npshuffle.images import IMAGE_EXTENSIONS
 from npshuffle.model_file import DEFAULT_RECIPES
+from npshuffle.training import evaluate as E
+from npshuffle.training.datasets import SEED_IMAGE_EXTENSIONS, seed_split, write_split
 
 
 def test_summarize_counts_by_hand():
@@ -105,3 +106,9 @@ def test_unknown_folder_is_a_clear_error(colour_dir, monkeypatch, capsys):
     args = E.add_eval_arguments(argparse.ArgumentParser()).parse_args([str(colour_dir), "--model", "stub"])
     assert E.run_eval(args) == 2
     assert "purple" in capsys.readouterr().err
+
+
+def test_the_seed_split_keeps_to_image_extensions_the_runtime_reads():
+    # the split matches the seed's four spellings exactly; each is one npshuffle predict reads too
+    assert SEED_IMAGE_EXTENSIONS == (".jpg", ".JPG", ".png", ".PNG")
+    assert {ext.lower() for ext in SEED_IMAGE_EXTENSIONS} <= set(IMAGE_EXTENSIONS)

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npshuffle.archs import V2Spec
-from npshuffle.torch_ref import build_torch_model, randomize_
+from npshuffle.training.torch_ref import build_torch_model, randomize_
 from tests.conftest import REPO
 from weights_convert import torch_pickle
 from weights_convert.torch_pickle import (

@@ -9,7 +9,7 @@ from PIL import Image
 
 from npshuffle.model import Model
 from npshuffle.preprocess import preprocess_batch
-from npshuffle.torch_ref import build_torch_model
+from npshuffle.training.torch_ref import build_torch_model
 from tests.conftest import FLOWERS, WEIGHTS, require
 from weights_convert import convert_file
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npshuffle.model import Model
-from npshuffle.torch_ref import build_torch_model, randomize_
+from npshuffle.training.torch_ref import build_torch_model, randomize_
 from tests.strategies import v1_specs, v2_specs
 from weights_convert import convert_file
 

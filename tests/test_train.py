@@ -12,13 +12,16 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from npshuffle import train as T  # noqa: E402
 from npshuffle.archs import V1Spec, V2Spec, v1_spec, v2_spec  # noqa: E402
-from npshuffle.datasets import read_split, seed_split, write_split  # noqa: E402
 from npshuffle.model import Model  # noqa: E402
 from npshuffle.model_file import DEFAULT_RECIPES  # noqa: E402
 from npshuffle.preprocess import preprocess_batch  # noqa: E402
-from npshuffle.torch_ref import build_torch_model  # noqa: E402
+from npshuffle.progress import Progress  # noqa: E402
+from npshuffle.training import train as T  # noqa: E402
+from npshuffle.training.arguments import parse_arch  # noqa: E402
+from npshuffle.training.datasets import read_split, seed_split, write_split  # noqa: E402
+from npshuffle.training.pipeline import Normalize, random_resized_crop_params  # noqa: E402
+from npshuffle.training.torch_ref import build_torch_model  # noqa: E402
 
 TINY_V2 = "v2:stem=4,stages=8-16,repeats=1-1,head=16"
 TINY_V1 = "v1:groups=2,stem=4,stages=16-32,repeats=1-1"
@@ -110,22 +113,22 @@ def test_split_matches_the_seed_and_is_reproducible(tmp_path):
 
 
 def test_arch_names():
-    assert T.parse_arch("shufflenet_v1_g3_x0_5", 5) == v1_spec(3, "0.5x", 5)
-    assert T.parse_arch("shufflenet_v2_x1_0", 5) == v2_spec("1.0x", 5)
-    assert T.parse_arch(TINY_V2, 3) == V2Spec(4, (8, 16), 16, (1, 1), 3)
-    assert T.parse_arch(TINY_V1, 3) == V1Spec(2, 4, (16, 32), (1, 1), 3)
+    assert parse_arch("shufflenet_v1_g3_x0_5", 5) == v1_spec(3, "0.5x", 5)
+    assert parse_arch("shufflenet_v2_x1_0", 5) == v2_spec("1.0x", 5)
+    assert parse_arch(TINY_V2, 3) == V2Spec(4, (8, 16), 16, (1, 1), 3)
+    assert parse_arch(TINY_V1, 3) == V1Spec(2, 4, (16, 32), (1, 1), 3)
     for bad in ("shufflenet_v3_x1_0", "shufflenet_v2_x0_7", "v2:stem=4", "v1:groups=3,stem=4,stages=10,repeats=1"):
         with pytest.raises(Exception, match="architecture|ShuffleNet"):
-            T.parse_arch(bad, 3)
+            parse_arch(bad, 3)
 
 
 def test_random_resized_crop_is_torchvisions_algorithm():
     torch.manual_seed(1)
     for _ in range(200):
-        top, left, h, w = T.random_resized_crop_params(60, 40)
+        top, left, h, w = random_resized_crop_params(60, 40)
         assert 0 <= top and top + h <= 40 and 0 <= left and left + w <= 60 and h > 0 and w > 0
     # the fallback: impossible scales give the central crop clipped to the ratio range
-    assert T.random_resized_crop_params(100, 20, scale=(5.0, 5.0)) == (0, 36, 20, 27)
+    assert random_resized_crop_params(100, 20, scale=(5.0, 5.0)) == (0, 36, 20, 27)
 
 
 def test_tiny_training_run_writes_a_model_file_the_engine_runs(tiny_run, data_dir):
@@ -143,7 +146,7 @@ def test_tiny_training_run_writes_a_model_file_the_engine_runs(tiny_run, data_di
     assert (model.recipe["resize"], model.recipe["crop"]) == (40, 32)
 
     # the engine's logits equal the torch network's (best.pth) on the same preprocessed images
-    torch_model = build_torch_model(T.parse_arch(TINY_V2, 3), "torchvision")
+    torch_model = build_torch_model(parse_arch(TINY_V2, 3), "torchvision")
     torch_model.load_state_dict(torch.load(out / "best.pth", weights_only=True))
     torch_model.eval()
     split = read_split(out / "split.json")
@@ -157,7 +160,7 @@ def test_tiny_training_run_writes_a_model_file_the_engine_runs(tiny_run, data_di
 def test_normalize_matches_each_dialects_recipe():
     pixels = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
     for dialect, recipe in DEFAULT_RECIPES.items():
-        got = T.Normalize(recipe, channels_last=True)(pixels).numpy()
+        got = Normalize(recipe, channels_last=True)(pixels).numpy()
         x = pixels.numpy().astype(np.float32)
         if recipe["channel_order"] == "BGR":
             x = x[..., ::-1]
@@ -167,21 +170,21 @@ def test_normalize_matches_each_dialects_recipe():
 
 def test_resume_after_interrupt_continues_at_the_right_epoch(data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    original = T.Progress.update
+    original = Progress.update
 
     def interrupt_in_epoch_2(self, n, **stats):
         if self.label.startswith("epoch 2/"):
             raise KeyboardInterrupt
         return original(self, n, **stats)
 
-    monkeypatch.setattr(T.Progress, "update", interrupt_in_epoch_2)
+    monkeypatch.setattr(Progress, "update", interrupt_in_epoch_2)
     args = tiny_args(data_dir, out)
     args[args.index("--epochs") + 1] = "3"
     assert T.main(args) == 130
     state = torch.load(out / "last.pth", weights_only=True)
     assert state["epoch"] == 1 and not (out / "model.npz").exists()
 
-    monkeypatch.setattr(T.Progress, "update", original)
+    monkeypatch.setattr(Progress, "update", original)
     assert T.main([data_dir, "--out", str(out), "--resume"]) == 0
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -195,7 +198,7 @@ def test_resume_after_interrupt_continues_at_the_right_epoch(data_dir, tmp_path,
 
 def test_init_drops_a_mismatched_classifier_and_distillation_runs(tiny_run, data_dir, tmp_path):
     # a 7-class "pretrained" V1 checkpoint in Megvii keys: the classifier must be re-initialised
-    spec = T.parse_arch(TINY_V1, 7)
+    spec = parse_arch(TINY_V1, 7)
     pretrained = build_torch_model(spec, "megvii")
     torch.save({"state_dict": {"module." + k: v for k, v in pretrained.state_dict().items()}}, tmp_path / "init.pth")
     out = tmp_path / "student"
@@ -204,7 +207,7 @@ def test_init_drops_a_mismatched_classifier_and_distillation_runs(tiny_run, data
             "--threads", "1", "--freeze", "--teacher", str(tiny_run / "best.pth"), "--lr", "0.01"]
     assert T.main(args) == 0
     model = Model.load(out / "model.npz")
-    assert model.file.dialect == "megvii" and model.file.spec == T.parse_arch(TINY_V1, 3)
+    assert model.file.dialect == "megvii" and model.file.spec == parse_arch(TINY_V1, 3)
     trained = torch.load(out / "best.pth", weights_only=True)
     for key, value in pretrained.state_dict().items():  # frozen: only the classifier changed
         if not key.startswith("classifier."):
@@ -213,7 +216,7 @@ def test_init_drops_a_mismatched_classifier_and_distillation_runs(tiny_run, data
 
 
 def test_bad_init_is_a_clear_error(data_dir, tmp_path, capsys):
-    spec = T.parse_arch(TINY_V1, 3)
+    spec = parse_arch(TINY_V1, 3)
     torch.save(build_torch_model(spec, "megvii").state_dict(), tmp_path / "v1.pth")
     code = T.main([data_dir, "--out", str(tmp_path / "o"), "--arch", TINY_V2, "--init", str(tmp_path / "v1.pth"),
                    "--epochs", "1", "--workers", "0"])

@@ -1,5 +1,5 @@
 """torchvision-style checkpoints: torchvision's ShuffleNetV2 (and fine-tuned copies of it), and
-npshuffle's torchvision-style V1 (see ``npshuffle.torch_ref.TorchvisionV1``).
+npshuffle's torchvision-style V1 (see ``npshuffle.training.torch_ref.TorchvisionV1``).
 
 V2 keys: ``conv1.{0,1}``, ``stage{2,3,4}.{j}.branch1.{0,1,2,3}`` (stride-2 units only),
 ``stage{s}.{j}.branch2.{0,1,3,4,5,6}``, ``conv5.{0,1}``, ``fc.{weight,bias}``.

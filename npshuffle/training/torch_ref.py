@@ -1,6 +1,6 @@
 """PyTorch reference graphs: the oracle for parity tests, and the models the trainer trains.
 
-This is the only module of the package that imports torch (an optional extra: ``pip install .[test]``).
+Only :mod:`npshuffle.training` imports torch (an optional extra: ``pip install .[test]``).
 Each class reproduces a published code base's ``state_dict`` keys exactly, so its real checkpoints
 load with ``strict=True``:
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .archs import V1Spec, V2Spec, check_spec, unit_layout
+from ..archs import V1Spec, V2Spec, check_spec, unit_layout
 
 
 def shuffle_torchvision(x: torch.Tensor, groups: int) -> torch.Tensor:

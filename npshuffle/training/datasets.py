@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-IMAGE_EXTENSIONS = (".jpg", ".JPG", ".png", ".PNG")
+# The seed's extensions, matched case-sensitively, as its read_split_data does: the split of a folder
+# must select exactly the seed's photos (a .jpeg, .bmp or .Jpg file is not in it). The runtime's
+# list of image files (npshuffle.images.IMAGE_EXTENSIONS, matched ignoring case) holds more.
+SEED_IMAGE_EXTENSIONS = (".jpg", ".JPG", ".png", ".PNG")
 SPLIT_FORMAT = "npshuffle-split"
 
 
@@ -80,7 +83,7 @@ def list_classes(root: str | os.PathLike) -> list[str]:
 def list_images(root: str | os.PathLike, cls: str) -> list[str]:
     """Sorted relative paths ``cls/name.jpg`` of the images (seed's extensions) of one class."""
     folder = os.path.join(str(root), cls)
-    names = sorted(n for n in os.listdir(folder) if os.path.splitext(n)[-1] in IMAGE_EXTENSIONS)
+    names = sorted(n for n in os.listdir(folder) if os.path.splitext(n)[-1] in SEED_IMAGE_EXTENSIONS)
     return [f"{cls}/{n}" for n in names]
 
 
@@ -89,7 +92,7 @@ def list_dataset(root: str | os.PathLike) -> tuple[list[str], list[str]]:
     classes = list_classes(root)
     files = [p for cls in classes for p in list_images(root, cls)]
     if not files:
-        raise DatasetError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+        raise DatasetError(f"{root}: no images ({', '.join(SEED_IMAGE_EXTENSIONS)}) in its class folders")
     return classes, files
 
 

@@ -20,9 +20,11 @@ import time
 
 import numpy as np
 
-from .backends import BackendError
+from ..backends import BackendError
+from ..predict import load_model
+from ..preprocess import preprocess_batch
+from ..progress import Progress
 from .datasets import DatasetError, class_of, list_dataset, load_image, read_split
-from .preprocess import preprocess_batch
 
 
 class EvalError(ValueError):
@@ -40,21 +42,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--png", default=None, metavar="FILE", help="also draw the confusion matrix (matplotlib)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     return parser
-
-
-def load_model(name_or_path: str, backend: str = "numpy"):
-    """A model by path, or by zoo name once ``npshuffle.load_model`` exists."""
-    import npshuffle
-
-    loader = getattr(npshuffle, "load_model", None)
-    if loader is not None:
-        try:
-            return loader(name_or_path, backend=backend)
-        except TypeError:
-            return loader(name_or_path)
-    from .model import Model
-
-    return Model.load(name_or_path, backend=backend)
 
 
 def labelled_files(data_dir: str, split_file: str | None, part: str = "val") -> list[str]:
@@ -173,18 +160,12 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.model, backend=args.backend)
         files = labelled_files(args.data_dir, args.split, args.part)
-        done = [0]
         start = time.monotonic()
-
-        def progress(n: int) -> None:
-            done[0] += n
-            if sys.stderr.isatty():
-                sys.stderr.write(f"\revaluating {done[0]}/{len(files)}")
-                sys.stderr.flush()
-
-        result = evaluate_model(model, args.data_dir, files, args.batch_size, progress)
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
+        progress = Progress(len(files), "evaluating", log=False)
+        try:
+            result = evaluate_model(model, args.data_dir, files, args.batch_size, progress.update)
+        finally:
+            progress.close()
         seconds = time.monotonic() - start
     except (EvalError, DatasetError, BackendError, ValueError, OSError) as exc:
         print(f"npshuffle eval: error: {exc}", file=sys.stderr)
@@ -208,7 +189,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m npshuffle.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m npshuffle.training.evaluate",
+                                     description=__doc__.split("\n")[0])
     return run_eval(add_eval_arguments(parser).parse_args(argv))
 
 

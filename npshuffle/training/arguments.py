@@ -1,0 +1,126 @@
+"""``npshuffle train``'s command line: its options (defaults: the seed's recipe), architecture names,
+and the run's configuration they resolve to (no torch here)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+
+from ..archs import V1_CHANNELS, V2_CHANNELS, WIDTHS, V1Spec, V2Spec, check_spec, v1_spec, v2_spec
+
+SEED_DEFAULTS = dict(epochs=30, batch_size=16, lr=0.1, lrf=0.1, momentum=0.9, weight_decay=4e-5)
+# Options that --resume takes from the command line when given (everything else from the checkpoint).
+RESUME_OVERRIDABLE = ("epochs", "workers", "threads")
+
+
+class TrainError(RuntimeError):
+    """A training set-up that cannot work; the message says why."""
+
+
+def parse_arch(name: str, num_classes: int) -> V1Spec | V2Spec:
+    """A spec from a zoo name or a custom description.
+
+    * ``shufflenet_v2_x1_0``, ``shufflenet_v2_x0_5``, ... (V2 widths 0.5/1.0/1.5/2.0)
+    * ``shufflenet_v1_g3_x0_5``, ``shufflenet_v1_g8_x1_0``, ... (V1 groups 1/2/3/4/8)
+    * ``v2:stem=4,stages=8-16,repeats=1-1,head=16`` and ``v1:groups=2,stem=4,stages=16-32,repeats=1-1``
+      (tiny custom networks, for tests)
+    """
+    m = re.fullmatch(r"shufflenet_v2_x(\d)_(\d)", name)
+    if m:
+        return v2_spec(f"{m[1]}.{m[2]}x", num_classes)
+    m = re.fullmatch(r"shufflenet_v1_g(\d)_x(\d)_(\d)", name)
+    if m:
+        return v1_spec(int(m[1]), f"{m[2]}.{m[3]}x", num_classes)
+    m = re.fullmatch(r"(v[12]):(.*)", name)
+    if m:
+        try:
+            fields = dict(item.split("=", 1) for item in m[2].split(","))
+            stages = tuple(int(v) for v in fields.pop("stages").split("-"))
+            repeats = tuple(int(v) for v in fields.pop("repeats").split("-"))
+            stem = int(fields.pop("stem"))
+            if m[1] == "v2":
+                spec = V2Spec(stem, stages, int(fields.pop("head")), repeats, num_classes)
+            else:
+                spec = V1Spec(int(fields.pop("groups")), stem, stages, repeats, num_classes)
+            if fields:
+                raise ValueError(f"unknown fields {sorted(fields)}")
+            check_spec(spec)
+            return spec
+        except (KeyError, ValueError) as exc:
+            raise TrainError(f"bad custom architecture {name!r}: {exc}") from None
+    names = [f"shufflenet_v2_x{w[:-1].replace('.', '_')}" for w in V2_CHANNELS]
+    names += [f"shufflenet_v1_g{g}_x{w[:-1].replace('.', '_')}" for g, w in V1_CHANNELS if w in WIDTHS]
+    raise TrainError(f"unknown architecture {name!r}: use one of {', '.join(names)}")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``npshuffle train`` options (defaults: the seed's recipe)."""
+    d = SEED_DEFAULTS
+    parser.add_argument("data_dir", metavar="DATA_DIR", help="class-per-folder images (e.g. flower_photos)")
+    parser.add_argument("--out", default=None, help="output folder (default runs/<arch>)")
+    parser.add_argument("--arch", default=None,
+                        help="shufflenet_v2_x1_0 (default without --init), shufflenet_v1_g3_x0_5, ...; "
+                             "default with --init: the checkpoint's architecture")
+    parser.add_argument("--dialect", choices=("torchvision", "megvii"), default=None,
+                        help="graph/key dialect (default: the --init checkpoint's, else megvii for V1, "
+                             "torchvision for V2)")
+    parser.add_argument("--init", default=None, metavar="CKPT",
+                        help="start from this .pth checkpoint (Megvii or torchvision keys); a classifier "
+                             "with another class count is re-initialised")
+    parser.add_argument("--freeze", action="store_true", help="train only the classifier")
+    parser.add_argument("--epochs", type=int, default=None, help=f"(default {d['epochs']})")
+    parser.add_argument("--batch-size", type=int, default=d["batch_size"])
+    parser.add_argument("--lr", type=float, default=d["lr"], help="initial learning rate")
+    parser.add_argument("--lrf", type=float, default=d["lrf"], help="final lr as a fraction of --lr (cosine)")
+    parser.add_argument("--weight-decay", type=float, default=d["weight_decay"])
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--img-size", type=int, default=224, help="training crop size (RandomResizedCrop)")
+    parser.add_argument("--min-scale", type=float, default=0.08, help="RandomResizedCrop's smallest area fraction")
+    parser.add_argument("--val-resize", type=int, default=256, help="validation Resize (shorter side)")
+    parser.add_argument("--val-crop", type=int, default=224, help="validation CenterCrop")
+    parser.add_argument("--val-rate", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0, help="split seed (the seed project's 0) and training seed")
+    parser.add_argument("--workers", type=int, default=None, help="data loader processes (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch compute threads (default 2)")
+    parser.add_argument("--no-cache", dest="cache", action="store_false",
+                        help="decode images from disk every epoch instead of once into memory")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                        help="NCHW instead of channels-last tensors (channels-last is faster on CPU here)")
+    parser.add_argument("--teacher", default=None, metavar="CKPT",
+                        help="distil from this trained checkpoint (e.g. runs/flowers/best.pth)")
+    parser.add_argument("--kd-alpha", type=float, default=0.7, help="weight of the distillation loss")
+    parser.add_argument("--kd-temperature", type=float, default=4.0)
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="LAST_PTH",
+                        help="continue an interrupted run (default: OUT/last.pth); --epochs may extend it")
+    parser.add_argument("--max-images", type=int, default=None, help=argparse.SUPPRESS)  # tests: subsample
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    """The run's configuration from the parsed options, defaults filled in; ``out`` stays None when
+    not given (see :func:`default_out`)."""
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    config["epochs"] = config["epochs"] if config["epochs"] is not None else SEED_DEFAULTS["epochs"]
+    config["workers"] = config["workers"] if config["workers"] is not None else 1
+    config["threads"] = config["threads"] if config["threads"] is not None else 2
+    return config
+
+
+def default_out(config: dict) -> str:
+    """The output folder: ``--out``, else ``runs/<arch>`` (``runs/train`` without --arch)."""
+    return config["out"] or os.path.join("runs", config["arch"] or "train")
+
+
+def args_command_line(args: argparse.Namespace) -> str:
+    return getattr(args, "command_line", None) or command_line()
+
+
+def command_line() -> str:
+    """This process's ``npshuffle train ...`` command (recorded in the model file and on --resume)."""
+    words = sys.argv[1:]
+    if os.path.basename(sys.argv[0]) == "npshuffle" and words[:1] == ["train"]:
+        words = words[1:]
+    return " ".join(shlex.quote(a) for a in ["npshuffle", "train", *words])

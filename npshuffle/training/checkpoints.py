@@ -1,0 +1,147 @@
+"""The trainer's .pth files: checkpoints to start from (``--init``, ``--teacher``), the architecture
+they hold, and the state saved after every epoch (``last.pth``) that ``--resume`` continues from."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..archs import ArchError, V1Spec, V2Spec, check_spec
+from .arguments import RESUME_OVERRIDABLE, TrainError, args_command_line
+
+CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+
+
+def _unwrap_state_dict(obj: object, path: str) -> dict[str, torch.Tensor]:
+    for _ in range(3):
+        if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in ("state_dict", "model", "model_state_dict", "net")
+                          if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TrainError(f"{path}: no state_dict of tensors found in the checkpoint")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
+    """A .pth/.pth.tar checkpoint's state_dict (``weights_only`` loading: runs no pickled code)."""
+    if path.endswith(".npz"):
+        raise TrainError(
+            f"{path}: an npshuffle model file holds BN-folded weights, which cannot be trained further; "
+            "pass the .pth checkpoint it was converted from (a training run's best.pth)"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise TrainError(f"{path}: cannot load the checkpoint ({exc})") from None
+    return _unwrap_state_dict(obj, path)
+
+
+def infer_arch(state_dict: dict[str, torch.Tensor], path: str) -> tuple[V1Spec | V2Spec, str]:
+    """(spec, dialect) of a torchvision/Megvii state_dict, via the converter's shape inference."""
+    from weights_convert.convert import detect
+    from weights_convert.keymap import ConversionError
+
+    arrays = {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
+    try:
+        module, version = detect(arrays)
+        spec = module.infer_spec(arrays, version)
+        check_spec(spec)
+    except (ConversionError, ArchError) as exc:
+        raise TrainError(f"{path}: {exc}") from None
+    return spec, module.DIALECT
+
+
+def init_from_checkpoint(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str) -> list[str]:
+    """Load ``state_dict`` strictly except the classifier, which is dropped (and stays freshly
+    initialised) when its class count differs. Returns the keys dropped."""
+    own = model.state_dict()
+    dropped = [k for k in state_dict if k.startswith(CLASSIFIER_PREFIXES) and k in own
+               and state_dict[k].shape != own[k].shape]
+    sd = {k: v for k, v in state_dict.items() if k not in dropped}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in dropped]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+    if problems:
+        raise TrainError(f"{path} does not fit the chosen architecture/dialect: " + "; ".join(problems))
+    return dropped
+
+
+def atomic_save(obj: object, path: str) -> None:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# --resume
+
+
+def load_resume(resume: str, out: str, args: argparse.Namespace) -> tuple[dict, dict]:
+    """(saved state, configuration) to continue from: ``resume`` is a last.pth, or "auto" for
+    ``out``/last.pth. The configuration is the stored one, with the options of
+    :data:`RESUME_OVERRIDABLE` this command line gives, this command line noted in ``resumed_with``,
+    and ``out`` the stored one or else the folder of the last.pth."""
+    resume_path = os.path.join(out, "last.pth") if resume == "auto" else resume
+    if not os.path.exists(resume_path):
+        raise TrainError(f"{resume_path}: nothing to resume (no such file)")
+    try:
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise TrainError(f"{resume_path}: cannot load the resume checkpoint ({exc})") from None
+    config = state["config"]
+    for key in RESUME_OVERRIDABLE:
+        if getattr(args, key, None) is not None:
+            config[key] = getattr(args, key)
+    config["resume"] = resume
+    config["resumed_with"] = [*config.get("resumed_with", []), args_command_line(args)]
+    config["out"] = config["out"] or os.path.dirname(resume_path)
+    return state, config
+
+
+def save_resume_state(path: str, run, epochs_done: int) -> None:
+    """Everything :func:`load_resume` needs to continue ``run`` (a :class:`~.loop.Run`) after
+    ``epochs_done`` epochs, written atomically."""
+    atomic_save({
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "epoch": epochs_done, "best_acc": run.best_acc,
+        "best_epoch": run.best_epoch, "elapsed": run.elapsed, "rng": rng_state(), "config": run.config,
+    }, path)
+
+
+def restore_resume_state(run, state: dict) -> None:
+    """Put ``run``'s model, optimiser, schedule, progress and every RNG back as ``state`` saved them."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.epoch = state["epoch"]
+    run.best_acc, run.best_epoch = state["best_acc"], state["best_epoch"]
+    run.elapsed = state.get("elapsed", 0.0)
+    set_rng_state(state["rng"])
+
+
+def rng_state() -> dict:
+    """Every RNG's state, in types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])

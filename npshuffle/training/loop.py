@@ -1,0 +1,301 @@
+"""A training run (torch): its networks, optimiser and data loaders, and its epochs.
+
+Every epoch trains on each batch (cross-entropy, with label smoothing when asked, mixed with
+Hinton's distillation loss when a teacher is given), steps the cosine schedule once, validates,
+appends a line to ``metrics.jsonl``, keeps the best weights (``best.pth``), saves what ``--resume``
+needs (``last.pth``, also on Ctrl-C and SIGTERM) and redraws ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..archs import V1Spec, V2Spec, variant_name
+from ..model_file import DEFAULT_RECIPES
+from ..progress import Progress
+from .arguments import SEED_DEFAULTS, parse_arch
+from .checkpoints import (
+    CLASSIFIER_PREFIXES,
+    atomic_save,
+    infer_arch,
+    init_from_checkpoint,
+    load_state_dict_file,
+    restore_resume_state,
+    save_resume_state,
+)
+from .datasets import Split
+from .pipeline import FolderDataset, Normalize
+from .torch_ref import build_torch_model
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Run:
+    """A run being trained: its configuration, networks, optimiser and data, and where it stands."""
+
+    config: dict
+    model: nn.Module
+    normalize: Normalize
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    teacher: nn.Module | None = None
+    teacher_norm: Normalize | None = None
+    train_loader: torch.utils.data.DataLoader | None = None
+    val_loader: torch.utils.data.DataLoader | None = None
+    epoch: int = 0  # epochs completed when the current one began (before the loop: the first to run)
+    best_acc: float = -1.0
+    best_epoch: int = -1
+    elapsed: float = 0.0  # seconds spent in epochs, over every session of the run
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.config["out"], name)
+
+
+# --------------------------------------------------------------------------------------------------
+# setting a run up
+
+
+def setup_run(config: dict, split: Split, resume_state: dict | None) -> Run:
+    """The student (from --init or fresh), its optimiser and schedule, the teacher if any, then
+    either the --resume state or fresh seeds, then the data loaders (in that order: the RNGs)."""
+    model, spec, dialect = build_student(config, len(split.classes))
+    config["dialect"] = dialect
+    log(f"model: {variant_name(spec)} ({dialect} dialect), {sum(p.numel() for p in model.parameters()):,} parameters")
+    channels_last = config["channels_last"]
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    normalize = Normalize(DEFAULT_RECIPES[dialect], channels_last)
+    run = Run(config, model, normalize, *make_optimizer(model, config))
+    if config["teacher"]:
+        run.teacher, run.teacher_norm, _ = build_teacher(config["teacher"], channels_last)
+    if resume_state is not None:
+        restore_resume_state(run, resume_state)
+        log(f"resumed from epoch {run.epoch} (best val acc so far {100 * run.best_acc:.2f}% "
+            f"at epoch {run.best_epoch})")
+    else:
+        torch.manual_seed(config["seed"])
+        np.random.seed(config["seed"])
+        random.seed(config["seed"])
+        if os.path.exists(run.path("metrics.jsonl")):
+            os.remove(run.path("metrics.jsonl"))
+    run.train_loader, run.val_loader = make_loaders(config, split)
+    return run
+
+
+def build_student(config: dict, num_classes: int) -> tuple[nn.Module, V1Spec | V2Spec, str]:
+    init_sd = None
+    if config["init"]:
+        init_sd = load_state_dict_file(config["init"])
+        init_spec, init_dialect = infer_arch(init_sd, config["init"])
+    if config["arch"]:
+        spec = parse_arch(config["arch"], num_classes)
+    elif init_sd is not None:
+        spec = type(init_spec)(**{**init_spec.__dict__, "num_classes": num_classes})
+    else:
+        spec = parse_arch("shufflenet_v2_x1_0", num_classes)
+    default_dialect = "megvii" if spec.version == 1 else "torchvision"
+    dialect = config["dialect"] or (init_dialect if init_sd is not None else default_dialect)
+    torch.manual_seed(config["seed"])
+    model = build_torch_model(spec, dialect)
+    if init_sd is not None:
+        dropped = init_from_checkpoint(model, init_sd, config["init"])
+        log(f"initialised from {config['init']}" + (f" (re-initialised {', '.join(dropped)})" if dropped else ""))
+    return model, spec, dialect
+
+
+def build_teacher(path: str, channels_last: bool) -> tuple[nn.Module, Normalize, V1Spec | V2Spec]:
+    sd = load_state_dict_file(path)
+    spec, dialect = infer_arch(sd, path)
+    teacher = build_torch_model(spec, dialect)
+    teacher.load_state_dict(sd, strict=True)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    log(f"teacher: {path} ({f'V1 g{spec.groups}' if spec.version == 1 else 'V2'}, {dialect} dialect)")
+    return teacher, Normalize(DEFAULT_RECIPES[dialect], channels_last), spec
+
+
+def make_optimizer(model: nn.Module, config: dict) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
+    """SGD over the trainable parameters (with --freeze: the classifier's) and the seed's cosine
+    schedule from ``lr`` to ``lr * lrf``, stepped once per epoch."""
+    if config["freeze"]:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(CLASSIFIER_PREFIXES))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config["lr"], momentum=SEED_DEFAULTS["momentum"],
+                                weight_decay=config["weight_decay"])
+    epochs, lrf = config["epochs"], config["lrf"]
+
+    def lf(x):  # the seed's cosine schedule
+        return ((1 + math.cos(x * math.pi / epochs)) / 2) * (1 - lrf) + lrf
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+
+
+def make_loaders(config: dict, split: Split) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    t_load = time.monotonic()
+    train_set = FolderDataset(config["data_dir"], split.train, split.labels("train"), config["img_size"], True,
+                              cache=config["cache"], min_scale=config["min_scale"])
+    val_set = FolderDataset(config["data_dir"], split.val, split.labels("val"), config["val_crop"], False,
+                            resize=config["val_resize"], cache=config["cache"])
+    log(f"data loaded in {time.monotonic() - t_load:.1f} s")
+    workers = config["workers"]
+    loader_args = dict(num_workers=workers, persistent_workers=workers > 0)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=config["batch_size"], shuffle=True,
+                                               drop_last=len(train_set) > config["batch_size"], **loader_args)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=64, shuffle=False, **loader_args)
+    return train_loader, val_loader
+
+
+# --------------------------------------------------------------------------------------------------
+# the epochs
+
+
+def run_epochs(run: Run) -> int:
+    """Train from ``run.epoch`` to the configured number of epochs: 0, or 130 when interrupted
+    (Ctrl-C, SIGTERM), after saving last.pth and saying how to resume."""
+    epochs = run.config["epochs"]
+    metrics_path, best_path, last_path = run.path("metrics.jsonl"), run.path("best.pth"), run.path("last.pth")
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        for epoch in range(run.epoch, epochs):
+            run.epoch = epoch
+            row, epoch_time = train_epoch(run, epoch)
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            if row["val_acc"] > run.best_acc:
+                run.best_acc, run.best_epoch = row["val_acc"], epoch + 1
+                atomic_save(run.model.state_dict(), best_path)
+            save_resume_state(last_path, run, epoch + 1)
+            log(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}% | "
+                f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}% | lr {row['lr']:.5f} | "
+                f"{epoch_time:.0f} s" + (" (best)" if run.best_epoch == epoch + 1 else ""))
+            plot_curves(read_metrics(metrics_path), run.path("curves.png"))
+    except KeyboardInterrupt:
+        save_resume_state(last_path, run, run.epoch)
+        out = run.config["out"]
+        cmd = f"npshuffle train {shlex.quote(run.config['data_dir'])} --out {shlex.quote(out)} --resume"
+        log(f"\ninterrupted during epoch {run.epoch + 1}: saved {last_path}; resume with:\n  {cmd}")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    return 0
+
+
+def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
+    """One epoch of training, then validation: (its metrics.jsonl row, its seconds)."""
+    config, model, loader = run.config, run.model, run.train_loader
+    t0 = time.monotonic()
+    model.train()
+    if config["freeze"]:  # frozen backbone: keep its BN statistics too
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+    lr = run.optimizer.param_groups[0]["lr"]
+    bar = Progress(len(loader.dataset) if not loader.drop_last else len(loader) * config["batch_size"],
+                   f"epoch {epoch + 1}/{config['epochs']}")
+    loss_sum, correct, count = 0.0, 0, 0
+    for images, labels in loader:
+        logits = model(run.normalize(images))
+        loss = F.cross_entropy(logits, labels, label_smoothing=config["label_smoothing"])
+        if run.teacher is not None:
+            with torch.no_grad():
+                t_logits = run.teacher(run.teacher_norm(images))
+            loss = (1 - config["kd_alpha"]) * loss + config["kd_alpha"] * kd_loss(
+                logits, t_logits, config["kd_temperature"])
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        n = len(labels)
+        loss_sum += loss.item() * n
+        correct += (logits.argmax(1) == labels).sum().item()
+        count += n
+        bar.update(n, loss=f"{loss_sum / count:.3f}", acc=f"{100 * correct / count:.1f}%")
+    run.scheduler.step()
+    val_loss, val_acc, _ = evaluate_torch(model, run.normalize, run.val_loader)
+    epoch_time = time.monotonic() - t0
+    run.elapsed += epoch_time
+    row = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
+           "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "epoch_time_s": round(epoch_time, 2),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return row, epoch_time
+
+
+def evaluate_torch(model: nn.Module, normalize: Normalize, loader) -> tuple[float, float, int]:
+    """(mean loss, top-1 accuracy, count) of ``model`` on ``loader``."""
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for images, labels in loader:
+            logits = model(normalize(images))
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(1) == labels).sum().item()
+            count += len(labels)
+    return loss_sum / max(count, 1), correct / max(count, 1), count
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s distillation loss: T^2 * KL(softmax(t / T) || softmax(s / T))."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics
+
+
+def read_metrics(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(metrics: list[dict], path: str) -> bool:
+    """Loss and accuracy per epoch as a PNG; False (and nothing written) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    epochs = [m["epoch"] for m in metrics]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [m["train_loss"] for m in metrics], label="train")
+    ax1.plot(epochs, [m["val_loss"] for m in metrics], label="val")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax2.plot(epochs, [100 * m["train_acc"] for m in metrics], label="train")
+    ax2.plot(epochs, [100 * m["val_acc"] for m in metrics], label="val")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("top-1 accuracy (%)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -1,0 +1,92 @@
+"""The trainer's data pipeline (torch): images of a split -> uint8 RGB crops -> each network's input.
+
+Training crops are torchvision's RandomResizedCrop + horizontal flip, validation crops Resize +
+CenterCrop (npshuffle's own preprocessing, as the engine does). The crops stay uint8 RGB so that
+one batch can feed networks of both dialects: each normalises it with its own recipe
+(:class:`Normalize`; Megvii: BGR 0..255, torchvision: RGB normalised).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..preprocess import center_crop, resize_shorter_side
+from .datasets import load_image
+
+
+def random_resized_crop_params(width: int, height: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision ``RandomResizedCrop.get_params`` (same algorithm and torch RNG calls): (top, left, h, w)."""
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            i = torch.randint(0, height - h + 1, size=(1,)).item()
+            j = torch.randint(0, width - w + 1, size=(1,)).item()
+            return i, j, h, w
+    in_ratio = float(width) / float(height)  # fallback: central crop
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Images of a split part -> (uint8 HWC RGB crop, label). ``train``: RandomResizedCrop(size) +
+    horizontal flip; else Resize(resize) + CenterCrop(size). ``cache`` keeps decoded images in memory
+    (decoded once in the main process, shared copy-on-write with forked loader workers)."""
+
+    def __init__(self, root: str, files: list[str], labels: list[int], size: int, train: bool,
+                 resize: int = 256, cache: bool = True, min_scale: float = 0.08):
+        self.root, self.files, self.labels = root, files, labels
+        self.scale = (min_scale, 1.0)
+        self.size, self.train, self.resize = size, train, resize
+        self.images = [self._open(i) for i in range(len(files))] if cache else None
+
+    def _open(self, index: int) -> Image.Image:
+        return load_image(os.path.join(self.root, self.files[index]))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        image = self.images[index] if self.images is not None else self._open(index)
+        if self.train:
+            top, left, h, w = random_resized_crop_params(*image.size, scale=self.scale)
+            image = image.resize((self.size, self.size), Image.Resampling.BILINEAR,
+                                 box=(left, top, left + w, top + h))
+            if torch.rand(1).item() < 0.5:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        else:
+            image = center_crop(resize_shorter_side(image, self.resize), self.size)
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()), self.labels[index]
+
+
+class Normalize(nn.Module):
+    """uint8 NHWC RGB batch -> float NCHW input of one recipe (channel order, scale, mean, std)."""
+
+    def __init__(self, recipe: dict, channels_last: bool):
+        super().__init__()
+        order = [2, 1, 0] if recipe["channel_order"] == "BGR" else [0, 1, 2]
+        self.order = order
+        scale = torch.tensor(recipe["scale"], dtype=torch.float32)
+        self.register_buffer("mul", (scale / torch.tensor(recipe["std"])).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("sub", (torch.tensor(recipe["mean"]) / torch.tensor(recipe["std"])).view(1, 3, 1, 1),
+                             persistent=False)
+        self.channels_last = channels_last
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch[..., self.order].permute(0, 3, 1, 2).float() * self.mul - self.sub
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

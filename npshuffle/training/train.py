@@ -1,0 +1,127 @@
+"""``npshuffle train DATA_DIR``: fine-tune or train a ShuffleNet on a class-per-folder data set (torch, CPU).
+
+The default recipe is the seed project's (WZMIAOMIAO ``Test7_shufflenet/train.py``): the seed-style
+split (see :mod:`npshuffle.training.datasets`), RandomResizedCrop + horizontal flip for training,
+Resize(256) + CenterCrop(224) for validation, SGD (momentum 0.9, weight decay 4e-5), a cosine
+learning-rate schedule from ``lr`` down to ``lr * lrf`` stepped once per epoch, 30 epochs of batch
+16, and the best-validation-accuracy weights kept. At the end the best weights become an npshuffle
+model file (``model.npz``) with the class names and the validation accuracy in its metadata.
+
+Output folder (``--out``)::
+
+    split.json, class_indices.json   the split (files per part) and the class names
+    metrics.jsonl                    one line per epoch: loss, accuracy, lr, time
+    last.pth                         everything needed to --resume (also written on Ctrl-C)
+    best.pth                         the best epoch's state_dict (torchvision/Megvii keys)
+    model.npz                        best.pth converted by weights_convert
+    curves.png                       loss/accuracy curves, when matplotlib is installed
+
+Input recipes differ per dialect (Megvii: BGR 0..255; torchvision: RGB normalised), so the data
+pipeline yields uint8 RGB crops and each network (student, and teacher when distilling) normalises
+the same crop its own way.
+
+The run's parts: :mod:`~npshuffle.training.arguments` (options, configuration),
+:mod:`~npshuffle.training.checkpoints` (.pth files, --init, --resume), :mod:`~npshuffle.training.pipeline`
+(crops and normalisation) and :mod:`~npshuffle.training.loop` (networks, optimiser, epochs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+import torch
+
+from weights_convert import convert_file
+
+from ..archs import ArchError
+from .arguments import TrainError, add_train_arguments, command_line, default_out, resolve_config
+from .checkpoints import load_resume
+from .datasets import DatasetError, Split, read_split, seed_split, write_split
+from .loop import Run, log, run_epochs, setup_run
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Entry point of ``npshuffle train``; returns the process exit status."""
+    try:
+        return train(args)
+    except (TrainError, DatasetError, ArchError) as exc:
+        print(f"npshuffle train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before the first epoch began: nothing to save
+        print("\nnpshuffle train: interrupted before training started", file=sys.stderr)
+        return 130
+
+
+def train(args: argparse.Namespace) -> int:
+    """A run from its options to its model file (or to last.pth when interrupted: 130)."""
+    config = resolve_config(args)
+    out = default_out(config)
+    resume_state = None
+    if config["resume"]:
+        resume_state, config = load_resume(config["resume"], out, args)
+        out = config["out"]
+    config["out"] = out
+    os.makedirs(out, exist_ok=True)
+    torch.set_num_threads(config["threads"])
+
+    split, classes_path = prepare_split(config, resuming=resume_state is not None)
+    run = setup_run(config, split, resume_state)
+    if run_epochs(run) != 0:
+        return 130
+    write_model_file(run, split, classes_path)
+    return 0
+
+
+def prepare_split(config: dict, resuming: bool) -> tuple[Split, str]:
+    """The seed-style split of the data folder (subsampled by --max-images), written to the output
+    folder; a resumed run must find the split it began with. Returns (split, class_indices.json)."""
+    out = config["out"]
+    split = seed_split(config["data_dir"], config["val_rate"], config["seed"])
+    if config.get("max_images"):
+        k = config["max_images"]
+        train = split.train[:: max(1, len(split.train) // k)][:k]  # evenly over the classes
+        val = split.val[:: max(1, 4 * len(split.val) // k)][: max(1, k // 4)]
+        split = Split(split.classes, train, val, split.seed, split.val_rate)
+    if resuming and os.path.exists(os.path.join(out, "split.json")):
+        old = read_split(os.path.join(out, "split.json"))
+        if (old.train, old.val, old.classes) != (split.train, split.val, split.classes):
+            raise TrainError(f"{out}/split.json differs from the split of {config['data_dir']} now: data changed?")
+    split_path, classes_path = write_split(split, out)
+    log(f"data: {len(split.classes)} classes, {len(split.train)} train / {len(split.val)} val images "
+        f"(split written to {split_path})")
+    return split, classes_path
+
+
+def write_model_file(run: Run, split: Split, classes_path: str) -> None:
+    """best.pth -> model.npz, with the class names, the validation recipe, the best accuracy and how
+    the run was made in its metadata."""
+    config = run.config
+    model_path = run.path("model.npz")
+    trained = {
+        "command": config.get("command_line") or command_line(), "resumed_with": config.get("resumed_with", []),
+        "epochs": config["epochs"], "best_epoch": run.best_epoch,
+        "train_time_s": round(run.elapsed, 1), "data": os.path.basename(os.path.normpath(config["data_dir"])),
+        "split": {"seed": config["seed"], "val_rate": config["val_rate"], "train": len(split.train),
+                  "val": len(split.val)},
+        "init": os.path.basename(config["init"]) if config["init"] else None,
+        "teacher": config["teacher"], "img_size": config["img_size"],
+    }
+    convert_file(run.path("best.pth"), model_path, classes=classes_path, resize=config["val_resize"],
+                 crop=config["val_crop"], extra={"val_accuracy": round(run.best_acc, 6), "trained": trained})
+    log(f"best val acc {100 * run.best_acc:.2f}% (epoch {run.best_epoch}); training time {run.elapsed / 60:.1f} min; "
+        f"model file: {model_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m npshuffle.training.train", description=__doc__.split("\n")[0])
+    args = add_train_arguments(parser).parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args.command_line = " ".join(shlex.quote(a) for a in ["npshuffle", "train", *words])
+    return run_train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
