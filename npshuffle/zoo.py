@@ -52,8 +52,7 @@ ENTRIES = (
     ),
 )
 ZOO = {entry.name: entry for entry in ENTRIES}
-# the flower model takes over as default once it is bundled (see DEFAULT_PREFERENCE)
-DEFAULT_PREFERENCE = ("flowers", "imagenet_v1_g3_x0_5")
+DEFAULT_MODEL = "flowers"  # what predict runs without --model / model=
 
 
 def models_dir():
@@ -69,18 +68,10 @@ def available() -> list[ZooEntry]:
     return [e for e in ENTRIES if os.path.isfile(bundled_path(e))]
 
 
-def default_model_name() -> str:
-    present = {e.name for e in available()}
-    for name in DEFAULT_PREFERENCE:
-        if name in present:
-            return name
-    raise ModelFileError("no bundled model found: the npshuffle installation is incomplete (reinstall it)")
-
-
 def resolve(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
     """(display name, file path) for a zoo name or a model file path; None means the default model."""
     if name_or_path is None:
-        name_or_path = default_model_name()
+        name_or_path = DEFAULT_MODEL
     text = os.fspath(name_or_path)
     if text in ZOO:
         path = bundled_path(ZOO[text])
@@ -107,13 +98,12 @@ def read_metadata(path: str) -> dict:
 def describe_models() -> list[dict]:
     """One row per available bundled model, for ``npshuffle list``."""
     rows = []
-    default = default_model_name()
     for entry in available():
         path = bundled_path(entry)
         meta = read_metadata(path)
         recipe = meta["preprocess"]
         rows.append({
-            "name": entry.name + (" (default)" if entry.name == default else ""),
+            "name": entry.name + (" (default)" if entry.name == DEFAULT_MODEL else ""),
             "arch": meta["variant"],
             "dialect": meta["dialect"],
             "classes": meta["num_classes"],
