@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .convert import ConversionError, convert_file
+from .keymap import ConversionError
+from .write import convert_file
 
 
 def main(argv: list[str] | None = None) -> int:

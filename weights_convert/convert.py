@@ -1,11 +1,15 @@
-"""Checkpoint in, model file out.
+"""Checkpoint in, folded weights out.
 
     load (restricted unpickler, no torch) -> find the state_dict -> detect dialect and version
     -> infer widths/groups/classes from shapes -> build the plan -> for every plan conv: fold its
-    BN, check every shape -> check every key was used -> write the .npz model file
+    BN, check every shape -> check every key was used -> a :class:`Converted`: the spec, the
+    plan-named float32 weights, the class names, the source's digest
 
 Nothing is guessed silently: missing keys, unexpected keys, shape mismatches and non-finite
 values are all collected and reported by name in one :class:`ConversionError`.
+
+This module knows npshuffle only through its architecture tables (``npshuffle.archs``, which
+builds an ``npshuffle.plan``); writing the result as a model file is :mod:`weights_convert.write`'s.
 """
 
 from __future__ import annotations
@@ -13,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import numpy as np
 
 from kernels.reference import shuffle_permutation
-from npshuffle.archs import ArchError, V1Spec, V2Spec, build_plan, check_spec
-from npshuffle.model_file import DEFAULT_RECIPES, ModelFileError, check_recipe, save_model_file
+from npshuffle.archs import ArchError, V1Spec, V2Spec, build_plan, check_spec, variant_name
 
 from . import megvii, torchvision
 from .fold import fold_batchnorm, permute_output_channels
@@ -38,12 +41,19 @@ _PROBLEMS_SHOWN_CHARS = 300  # a ConversionError lists its first problems, then 
 
 @dataclass
 class Converted:
-    """A converted network, ready to save: folded float32 weights keyed by plan tensor name."""
+    """A converted network, ready to save: folded float32 weights keyed by plan tensor name.
+
+    ``source``: the checkpoint's file name and SHA-256; ``class_names``: from a classes file, the
+    ImageNet names for 1000 classes, else None; ``recipe``: where the preprocessing its authors
+    evaluate with differs from the dialect's default (torchvision's x1.5/x2.0: ``{"resize": 232}``).
+    """
 
     spec: V1Spec | V2Spec
     dialect: str
     weights: dict[str, np.ndarray]
     source: dict
+    class_names: list[str] | None = None
+    recipe: dict = field(default_factory=dict)
 
 
 def find_state_dict(obj: object, path: str) -> dict[str, np.ndarray]:
@@ -243,14 +253,13 @@ def imagenet_class_names() -> list[str]:
 TORCHVISION_RESIZE_232 = ("shufflenet_v2_x1_5", "shufflenet_v2_x2_0")
 
 
-def default_resize(converted: Converted) -> int:
-    """The shorter-side resize a checkpoint's authors evaluate with (overridable with --resize)."""
-    from npshuffle.archs import variant_name
-
+def authors_recipe(converted: Converted) -> dict:
+    """Where the preprocessing a checkpoint's authors evaluate with differs from its dialect's
+    default recipe (the caller may still override it, e.g. with --resize)."""
     if (converted.dialect == "torchvision" and converted.spec.num_classes == 1000
             and variant_name(converted.spec) in TORCHVISION_RESIZE_232):
-        return 232
-    return DEFAULT_RECIPES[converted.dialect]["resize"]
+        return {"resize": 232}
+    return {}
 
 
 def sha256_of(path: str) -> str:
@@ -261,23 +270,13 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def convert_file(
-    checkpoint: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    classes: str | None = None,
-    resize: int | None = None,
-    crop: int | None = None,
-    extra: dict | None = None,
-) -> dict:
-    """Convert ``checkpoint`` into the model file ``output``; returns the metadata written.
+def convert_checkpoint(checkpoint: str | os.PathLike, *, classes: str | os.PathLike | None = None) -> Converted:
+    """Load, check and fold ``checkpoint``. Raises ConversionError.
 
     ``classes``: a class_indices.json or labels file (default: ImageNet names for 1000 classes,
-    else class_0..class_{n-1}). ``resize``/``crop`` override the preprocessing default: the
-    dialect's (resize 256, crop 224), except Resize(232) for torchvision's x1.5/x2.0 ImageNet weights.
+    else none: the model file then names them class_0..class_{n-1}).
     """
-    checkpoint, output = str(checkpoint), str(output)
-    _check_output_path(output)
+    checkpoint = str(checkpoint)
     try:
         obj = load_torch_checkpoint(checkpoint)
         digest = sha256_of(checkpoint)
@@ -288,37 +287,9 @@ def convert_file(
     converted = convert_state_dict(find_state_dict(obj, checkpoint), path=checkpoint)
     n = converted.spec.num_classes
     if classes:
-        names = read_class_names(str(classes), n)
+        converted.class_names = read_class_names(str(classes), n)
     elif n == 1000:
-        names = imagenet_class_names()
-    else:
-        names = None
-    recipe = dict(DEFAULT_RECIPES[converted.dialect])
-    recipe["resize"] = default_resize(converted)
-    if resize is not None:
-        recipe["resize"] = resize
-    if crop is not None:
-        recipe["crop"] = crop
-    try:
-        recipe = check_recipe(recipe)
-    except ValueError as exc:
-        raise ConversionError(f"bad preprocessing override: {exc}") from None
-    source = {"file": os.path.basename(checkpoint), "sha256": digest}
-    try:  # save_model_file writes a temporary file and renames it: a kill never leaves half a model at output
-        return save_model_file(
-            output, converted.spec, converted.dialect, converted.weights,
-            class_names=names, recipe=recipe, extra={"source": source, **(extra or {})},
-        )
-    except ModelFileError as exc:  # not expected: convert_state_dict checks what save_model_file checks
-        raise ConversionError(str(exc)) from None
-    except OSError as exc:
-        raise ConversionError(f"{output}: cannot write the model file ({exc.strerror or exc})") from None
-
-
-def _check_output_path(output: str) -> None:
-    """Refuse an output that is a folder or lies in a missing folder before any work is done."""
-    if os.path.isdir(output):
-        raise ConversionError(f"{output}: is a folder; give the model file to write, e.g. {output}/model.npz")
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise ConversionError(f"{output}: the folder {folder} does not exist")
+        converted.class_names = imagenet_class_names()
+    converted.recipe = authors_recipe(converted)
+    converted.source = {"file": os.path.basename(checkpoint), "sha256": digest}
+    return converted
