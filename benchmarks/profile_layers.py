@@ -21,8 +21,8 @@ from kernels import cpu
 from npshuffle.archs import build_plan, v1_spec, v2_spec
 from npshuffle.backend_numba import NumbaBackend
 
-KIND_NAMES = {cpu.PHASE_INPUT: "input", cpu.STEM_POOL: "stem+max_pool", cpu.GEMM: "gemm", cpu.DEPTHWISE: "depthwise",
-              cpu.AVG_POOL: "avg_pool", cpu.GLOBAL_POOL: "global_pool"}
+KIND_NAMES = {cpu.PhaseInput: "input", cpu.StemPool: "stem+max_pool", cpu.Gemm: "gemm", cpu.Depthwise: "depthwise",
+              cpu.AvgPool: "avg_pool", cpu.GlobalPool: "global_pool"}
 
 
 def arch(name: str):
@@ -56,15 +56,16 @@ def median_time(fn, repeat: int) -> float:
     return times(fn, repeat)[0]
 
 
-def macs(step) -> int:
-    pixels = int(step["dst_h"] * step["dst_w"])
-    if step["kind"] == cpu.GEMM:
-        return pixels * int(step["k"] * step["groups"] * step["group_out"])
-    if step["kind"] == cpu.DEPTHWISE:
-        return pixels * 9 * int(step["src_c"])
-    if step["kind"] == cpu.STEM_POOL:  # the conv's output is 4x the pooled pixels
-        stem_pixels = ((int(step["src_h"]) - 1) // 2 + 1) * ((int(step["src_w"]) - 1) // 2 + 1)
-        return stem_pixels * 9 * int(step["k"]) * int(step["group_out"])
+def macs(step: cpu.Step) -> int:
+    """Multiply-adds of one step record."""
+    if isinstance(step, cpu.Gemm):
+        g = step.packed
+        return step.dst.height * step.dst.width * g.group_in * g.groups * g.group_out
+    if isinstance(step, cpu.Depthwise):
+        return step.dst.height * step.dst.width * 9 * step.src.channel_stride
+    if isinstance(step, cpu.StemPool):  # the conv's output is 4x the pooled pixels
+        stem_pixels = ((step.image_height - 1) // 2 + 1) * ((step.image_width - 1) // 2 + 1)
+        return stem_pixels * 9 * step.image_channels * step.out_channels
     return 0
 
 
@@ -109,8 +110,8 @@ def main() -> None:
 
         t1 = median_time(alone, args.repeat)
         tn = median_time(split, args.repeat) - t_fcn
-        m = macs(step)
-        kind = KIND_NAMES[int(step["kind"])]
+        m = macs(prog.records[s])
+        kind = KIND_NAMES[type(prog.records[s])]
         rows.append((label, kind, m, t1, tn))
         by_kind[kind][0] += t1
         by_kind[kind][1] += tn
@@ -125,10 +126,10 @@ def main() -> None:
     split_names = {cpu.SPLIT_NONE: "-", cpu.SPLIT_PIXELS: "pixels", cpu.SPLIT_COLUMNS: "columns"}
     print(f"| step | kind | MMAC | 1 thread us | GFLOP/s | {nthreads} threads us | split |")
     print("|---|---|---:|---:|---:|---:|---|")
-    for (label, kind, m, t1, tn), step in zip(rows, [*prog.steps, None], strict=True):
+    for (label, kind, m, t1, tn), how in zip(rows, [*prog.splits, None], strict=True):
         gf = f"{2 * m / t1 / 1e9:.0f}" if m else ""
-        split = "columns" if step is None else split_names[int(step["split"])]
-        print(f"| {label} | {kind} | {m / 1e6:.2f} | {t1 * 1e6:.1f} | {gf} | {tn * 1e6:.1f} | {split} |")
+        how = "columns" if how is None else split_names[how]  # (the classifier splits its column tiles)
+        print(f"| {label} | {kind} | {m / 1e6:.2f} | {t1 * 1e6:.1f} | {gf} | {tn * 1e6:.1f} | {how} |")
     print(f"\n| kind | MMAC | 1 thread ms | {nthreads} threads ms |")
     print("|---|---:|---:|---:|")
     for kind, (t1, tn, m) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):

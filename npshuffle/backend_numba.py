@@ -6,9 +6,11 @@
    convs, classifier) as (1 + K, NR) panels with the bias in row 0 (see ``kernels.cpu``), every
    depthwise conv as (10, C) rows, channel counts padded to multiples of 16, and the stem conv
    in blocks of 8 output channels for the fused stem + max-pool kernel;
-2. **compiles the plan into steps** (once per input size): a structured array with one row per
-   kernel launch, saying where each activation lives in the workspace and how each layer reads
-   and writes channels. Channel split, concat and shuffle become *index maps* inside those rows:
+2. **compiles the plan into steps** (once per input size): one record per kernel launch
+   (``kernels.cpu.Gemm``, ``Depthwise``, ...; packed by ``kernels.cpu.pack_steps`` into the
+   table Numba reads), saying where each activation lives in the workspace and how each layer
+   reads and writes channels. Channel split, concat and shuffle become *index maps* inside those
+   records:
 
    ==============================  ============================================================
    plan says                       the steps do
@@ -66,9 +68,6 @@ LANES = cpu.LANES
 COMPILE_NOTICE_AFTER_S = 1.0
 
 
-_pad16 = cpu.padded
-
-
 class _Packer:
     """Appends float32 / int64 blocks to one flat array each, 64-byte aligned."""
 
@@ -90,22 +89,12 @@ class _Packer:
         return np.concatenate(self.blocks) if self.blocks else np.zeros(0, self.dtype)
 
 
-@dataclass(frozen=True)
-class _Gemm:
-    """A packed GEMM layer (see ``kernels.cpu.pack_gemm``): panels at ``w``, tile table at ``tiles``."""
-
-    w: int
-    k: int
-    groups: int
-    group_out: int
-    group_w: int
-    tiles: int  # offset of the tile table in itab
-    ntiles: int
-
-    @classmethod
-    def add(cls, wts: _Packer, itab: _Packer, packed, groups: int, k: int, group_out: int) -> _Gemm:
-        panels, table, group_w = packed
-        return cls(wts.add(panels), k, groups, group_out, group_w, itab.add(table), len(table))
+def _add_gemm(wts: _Packer, itab: _Packer, packed, groups: int, k: int, group_out: int) -> cpu.PackedGemm:
+    """Append a GEMM layer packed by ``kernels.cpu.pack_gemm`` / ``pack_pointwise`` to the weights
+    and the int table; returns where it went."""
+    panels, table, group_floats = packed
+    return cpu.PackedGemm(weights_at=wts.add(panels), group_floats=group_floats, tiles_at=itab.add(table),
+                          ntiles=len(table), groups=groups, group_in=k, group_out=group_out)
 
 
 @dataclass(frozen=True)
@@ -117,6 +106,11 @@ class _Buf:
     w: int
     c: int
     channels: int
+
+    @property
+    def nhwc(self) -> cpu.Buffer:
+        """The buffer as a step record gives it (``kernels.cpu.Buffer``)."""
+        return cpu.Buffer(self.offset, self.h, self.w, self.c)
 
 
 class _Workspace:
@@ -133,7 +127,7 @@ class _Workspace:
         return offset
 
     def alloc(self, h: int, w: int, channels: int, min_stride: int = 0) -> _Buf:
-        c = _pad16(max(channels, min_stride))
+        c = cpu.padded(max(channels, min_stride))
         pool = self.free.get((h, w, c))
         offset = pool.pop() if pool else self.raw((h + 2) * (w + 2) * c)
         return _Buf(offset, h, w, c, channels)
@@ -143,7 +137,7 @@ class _Workspace:
             self.free.setdefault((b.h, b.w, b.c), []).append(b.offset)
 
 
-def _reach(g: _Gemm, first: int) -> int:
+def _reach(g: cpu.PackedGemm, first: int) -> int:
     """One past the last channel the whole tiles of a GEMM write, its outputs starting at ``first``."""
     return first + (g.groups - 1) * g.group_out + sum(cpu.tile_widths(g.group_out))
 
@@ -152,41 +146,41 @@ def _reach(g: _Gemm, first: int) -> int:
 # that, the fork-join and moving data between the cores' caches cost more than they save. The
 # rates (ns per unit of work) are rough single-thread measurements on a 2-core AVX-512 machine.
 SPLIT_ABOVE_NS = 10_000
-NS_PER_MAC = {cpu.GEMM: 1 / 30, cpu.DEPTHWISE: 1 / 8, cpu.AVG_POOL: 1 / 16}
+NS_PER_MAC = {cpu.Gemm: 1 / 30, cpu.Depthwise: 1 / 8, cpu.AvgPool: 1 / 16}
 
 
-def _split_policy(st) -> int:
+def _split_policy(step: cpu.Step) -> int:
     """How the threads split one step of a batch-1 pass (see ``kernels.cpu.SPLIT_*``)."""
-    kind, pixels, rows = int(st["kind"]), int(st["dst_h"] * st["dst_w"]), int(st["dst_h"])
-    if kind == cpu.PHASE_INPUT or kind == cpu.STEM_POOL:
+    if isinstance(step, (cpu.PhaseInput, cpu.StemPool)):
         return cpu.SPLIT_PIXELS
-    if kind == cpu.GEMM:
-        columns = int(st["groups"] * st["ntiles"])
-        work = pixels * int(st["k"] * st["groups"] * st["group_out"]) * NS_PER_MAC[cpu.GEMM]
-        if st["mode"] == cpu.EPI_POOL:  # threads must own their pooled values: split the columns
+    if isinstance(step, cpu.Gemm):
+        g = step.packed
+        pixels, columns = step.dst.height * step.dst.width, g.groups * g.ntiles
+        work = pixels * g.group_in * g.groups * g.group_out * NS_PER_MAC[cpu.Gemm]
+        if step.epilogue == cpu.EPI_POOL:  # threads must own their pooled values: split the columns
             return cpu.SPLIT_COLUMNS if columns > 1 and work >= SPLIT_ABOVE_NS else cpu.SPLIT_NONE
         if pixels >= 64:  # at least 16 pixel tiles
             return cpu.SPLIT_PIXELS if work >= SPLIT_ABOVE_NS else cpu.SPLIT_NONE
         # the last stage's 7x7 pixels: too few tiles to share unless there is plenty of work; with
         # enough output-channel tiles, sharing those is better (each thread reads half the weights).
         # (Not for groups: a grouped layer's tile may spill into the next group, done after it.)
-        if st["groups"] == 1 and columns >= 4 and work >= 2 * SPLIT_ABOVE_NS:
+        if g.groups == 1 and columns >= 4 and work >= 2 * SPLIT_ABOVE_NS:
             return cpu.SPLIT_COLUMNS
         return cpu.SPLIT_PIXELS if work >= 2.5 * SPLIT_ABOVE_NS else cpu.SPLIT_NONE
-    if kind in NS_PER_MAC:
-        work = pixels * 9 * int(st["k"]) * NS_PER_MAC[kind]
-        return cpu.SPLIT_PIXELS if work >= SPLIT_ABOVE_NS and rows >= 8 else cpu.SPLIT_NONE
+    if isinstance(step, (cpu.Depthwise, cpu.AvgPool)):
+        work = step.dst.height * step.dst.width * 9 * step.channels * NS_PER_MAC[type(step)]
+        return cpu.SPLIT_PIXELS if work >= SPLIT_ABOVE_NS and step.dst.height >= 8 else cpu.SPLIT_NONE
     return cpu.SPLIT_NONE
 
 
-def _rounds(steps: np.ndarray) -> np.ndarray:
+def _rounds(splits: list[int]) -> np.ndarray:
     """(first, last) step of each fork-join of a batch-1 pass: one split step, or a run of
     unsplit steps that one thread runs."""
     rounds, first = [], 0
-    while first < len(steps):
+    while first < len(splits):
         last = first + 1
-        if steps[first]["split"] == cpu.SPLIT_NONE:
-            while last < len(steps) and steps[last]["split"] == cpu.SPLIT_NONE:
+        if splits[first] == cpu.SPLIT_NONE:
+            while last < len(splits) and splits[last] == cpu.SPLIT_NONE:
                 last += 1
         rounds.append((first, last))
         first = last
@@ -205,53 +199,45 @@ class _Compiler:
         self.itab = _Packer(np.int64)
         self.itab.blocks, self.itab.size = list(packed.itab_blocks), packed.itab_size
         self.ws = _Workspace()
-        self.rows: list[dict] = []
+        self.records: list[cpu.Step] = []
         self.labels: list[str] = []
         self._build(height, width)
 
-    def step(self, label: str, **fields) -> None:
-        self.rows.append(fields)
+    def step(self, label: str, record: cpu.Step) -> None:
+        self.records.append(record)
         self.labels.append(label)
 
     # -- step builders ---------------------------------------------------------------------------
 
-    def gemm(self, label, g: _Gemm, src: _Buf, dst: _Buf, koff: np.ndarray, relu: bool, mode=cpu.EPI_STORE, **epi):
-        self.step(
-            label, kind=cpu.GEMM, src=src.offset, src_h=src.h, src_w=src.w, src_wp=src.w + 2, src_c=src.c,
-            dst=dst.offset, dst_h=dst.h, dst_w=dst.w, dst_c=dst.c, stride=1, relu=int(relu),
-            k=g.k, groups=g.groups, koff=self.itab.add(koff), a_org=1, a_pix=src.c,
-            w=g.w, group_w=g.group_w, tiles=g.tiles, ntiles=g.ntiles, group_out=g.group_out,
-            mode=mode, direct=int(self._direct(g, dst, mode, epi)), **{"out_step": 1, **epi},
-        )
+    def gemm(self, label, g: cpu.PackedGemm, src: _Buf, dst: _Buf, koff: np.ndarray, relu: bool,
+             mode: int = cpu.EPI_STORE, aux: _Buf | None = None, out_first: int = 0, pass_from: int = 0,
+             pass_step: int = 1) -> None:
+        direct = self._direct(g, dst, mode, aux, out_first, pass_step)
+        self.step(label, cpu.Gemm(g, src.nhwc, dst.nhwc, self.itab.add(koff), relu, mode, out_first=out_first,
+                                  aux=None if aux is None else aux.nhwc, pass_from=pass_from, pass_step=pass_step,
+                                  direct=direct))
 
     @staticmethod
-    def _direct(g: _Gemm, dst: _Buf, mode: int, epi: dict) -> bool:
+    def _direct(g: cpu.PackedGemm, dst: _Buf, mode: int, aux: _Buf | None, out_first: int, pass_step: int) -> bool:
         """May the micro-kernel store whole tiles straight into ``dst`` (and read whole tiles of the
         residual / passthrough)? Only if every channel a tile touches lies inside the pixel's
         channel stride, for the output and for the auxiliary input. (A grouped layer's tile may
         spill into the next group's channels: the next group, computed after it by the same
         thread, overwrites them.)"""
-        if epi.get("out_step", 1) != 1:
-            return False
         if mode == cpu.EPI_STORE or mode == cpu.EPI_RESIDUAL:
-            reach = _reach(g, epi.get("out_ch", 0))
-            return reach <= dst.c and (mode == cpu.EPI_STORE or reach <= epi["aux_c"])
+            reach = _reach(g, out_first)
+            return reach <= dst.c and (mode == cpu.EPI_STORE or reach <= aux.c)
         if mode == cpu.EPI_INTERLEAVE:
-            return g.groups == 1 and dst.c >= 2 * _reach(g, 0) and epi.get("pass_step") == 1
+            return g.groups == 1 and dst.c >= 2 * _reach(g, 0) and pass_step == 1
         return False
 
     def depthwise(self, layer: ConvLayer, src: _Buf, dst: _Buf) -> None:
-        self.step(
-            layer.name, kind=cpu.DEPTHWISE, src=src.offset, src_h=src.h, src_w=src.w, src_c=src.c,
-            dst=dst.offset, dst_h=dst.h, dst_w=dst.w, dst_c=dst.c, k=_pad16(layer.in_channels),
-            stride=layer.stride, relu=int(layer.relu), w=self.p.depthwise[layer.name],
-        )
+        self.step(layer.name, cpu.Depthwise(src.nhwc, dst.nhwc, channels=cpu.padded(layer.in_channels),
+                                            stride=layer.stride, relu=layer.relu,
+                                            weights_at=self.p.depthwise[layer.name]))
 
-    def pool(self, label: str, kind: int, src: _Buf, dst: _Buf, stride: int, out_ch: int = 0) -> None:
-        self.step(
-            label, kind=kind, src=src.offset, src_h=src.h, src_w=src.w, src_c=src.c, k=_pad16(src.channels),
-            dst=dst.offset, dst_h=dst.h, dst_w=dst.w, dst_c=dst.c, stride=stride, out_ch=out_ch,
-        )
+    def avg_pool(self, label: str, src: _Buf, dst: _Buf, stride: int) -> None:
+        self.step(label, cpu.AvgPool(src.nhwc, dst.nhwc, channels=cpu.padded(src.channels), stride=stride))
 
     # -- the network -----------------------------------------------------------------------------
 
@@ -260,29 +246,27 @@ class _Compiler:
         stem = plan.stem
         _, _, hp, wp, _, q = cpu.stem_geometry(height, width)
         image = self.ws.raw(stem.in_channels * (height + 2) * 4 * q)
-        self.step("input", kind=cpu.PHASE_INPUT, dst=image, src_wp=q)
+        self.step("input", cpu.PhaseInput(rows_at=image, phase_row=q))
         x = self.ws.alloc(hp, wp, stem.out_channels)
-        self.step(
-            "stem+max_pool", kind=cpu.STEM_POOL, src=image, src_h=height, src_w=width, src_wp=q, k=stem.in_channels,
-            dst=x.offset, dst_h=hp, dst_w=wp, dst_c=x.c, w=self.p.stem, group_out=stem.out_channels,
-        )
+        self.step("stem+max_pool", cpu.StemPool(
+            rows_at=image, phase_row=q, image_height=height, image_width=width, image_channels=stem.in_channels,
+            dst=x.nhwc, weights_at=self.p.stem, out_channels=stem.out_channels))
         for unit in plan.units:
             out = self.v1_unit(unit, x) if isinstance(unit, V1Unit) else self.v2_unit(unit, x)
             self.ws.release(x)
             x = out
         if plan.head is not None:
             g = self.p.gemms[plan.head.name]
-            self.gemm(plan.head.name + "+pool", g, x, x, np.arange(g.k), plan.head.relu, mode=cpu.EPI_POOL)
+            self.gemm(plan.head.name + "+pool", g, x, x, np.arange(g.group_in), plan.head.relu, mode=cpu.EPI_POOL)
         else:
-            self.step("global_pool", kind=cpu.GLOBAL_POOL, src=x.offset, src_h=x.h, src_w=x.w, src_c=x.c,
-                      k=_pad16(x.channels))
-        self.features = _pad16(plan.classifier.in_features)
+            self.step("global_pool", cpu.GlobalPool(x.nhwc, channels=cpu.padded(x.channels)))
+        self.features = cpu.padded(plan.classifier.in_features)
 
     def v2_unit(self, u: V2Unit, x: _Buf) -> _Buf:
         p, ws = self.p, self.ws
         ho, wo = _conv_out(x.h, u.dw), _conv_out(x.w, u.dw)
         # a shuffled output gets room for pw2's whole tiles, interleaved (see _direct)
-        out = ws.alloc(ho, wo, u.out_channels, 2 * _pad16(u.out_channels // 2) if u.shuffle_after else 0)
+        out = ws.alloc(ho, wo, u.out_channels, 2 * cpu.padded(u.out_channels // 2) if u.shuffle_after else 0)
         mid = u.pw1.out_channels
         if u.stride == 1:
             half = x.channels // 2
@@ -294,13 +278,13 @@ class _Compiler:
             self.gemm(u.pw1.name, p.gemms[u.pw1.name], x, m1, main, u.pw1.relu)
             m2 = ws.alloc(ho, wo, mid)
             self.depthwise(u.dw, m1, m2)
-            epi = dict(aux=x.offset, aux_c=x.c, pass_from=pass_from, pass_step=pass_step)
+            epi = dict(aux=x, pass_from=pass_from, pass_step=pass_step)
             if u.shuffle_after:  # shuffle(concat(pass, main), 2): pass j -> 2j, main j -> 2j + 1
                 self.gemm(u.pw2.name, p.gemms[u.pw2.name], m2, out, np.arange(mid), u.pw2.relu,
                           mode=cpu.EPI_INTERLEAVE, **epi)
             else:  # concat(pass, main)
                 self.gemm(u.pw2.name, p.gemms[u.pw2.name], m2, out, np.arange(mid), u.pw2.relu,
-                          mode=cpu.EPI_PASSTHROUGH, out_ch=half, **epi)
+                          mode=cpu.EPI_PASSTHROUGH, out_first=half, **epi)
             ws.release(m1, m2)
             return out
         # stride 2: concat(proj(x), main(x)), then maybe shuffle(2)
@@ -321,11 +305,11 @@ class _Compiler:
             t2 = ws.alloc(ho, wo, n_proj)
             self.gemm(u.proj_pw.name, p.gemms[u.proj_pw.name], t1, t2, np.arange(x.channels), u.proj_pw.relu)
             self.gemm(u.pw2.name, p.gemms[u.pw2.name], m2, out, np.arange(mid), u.pw2.relu, mode=cpu.EPI_INTERLEAVE,
-                      aux=t2.offset, aux_c=t2.c, pass_from=0, pass_step=1)
+                      aux=t2, pass_from=0, pass_step=1)
             ws.release(t2)
         else:  # concat(proj, main)
             self.gemm(u.proj_pw.name, p.gemms[u.proj_pw.name], t1, out, np.arange(x.channels), u.proj_pw.relu)
-            self.gemm(u.pw2.name, p.gemms[u.pw2.name], m2, out, np.arange(mid), u.pw2.relu, out_ch=n_proj)
+            self.gemm(u.pw2.name, p.gemms[u.pw2.name], m2, out, np.arange(mid), u.pw2.relu, out_first=n_proj)
         ws.release(t1, m1, m2)
         return out
 
@@ -339,26 +323,23 @@ class _Compiler:
         out = ws.alloc(ho, wo, u.out_channels, _reach(g2, first))
         mid = u.pw1.out_channels
         m1 = ws.alloc(x.h, x.w, mid, _reach(g1, 0))
-        self.gemm(u.pw1.name, g1, x, m1, np.arange(g1.groups * g1.k), u.pw1.relu)  # group g: channels g*k ..
+        self.gemm(u.pw1.name, g1, x, m1, np.arange(g1.groups * g1.group_in), u.pw1.relu)  # group g: channels g*k ..
         m2 = ws.alloc(ho, wo, mid)
         self.depthwise(u.dw, m1, m2)  # filters stored permuted: m2 holds the *unshuffled* channels
         read = p.shuffles.get(u.name, np.arange(mid))  # pw2's input channel c' is m2's channel read[c']
         if u.stride == 1:
-            self.gemm(u.pw2.name + "+add", g2, m2, out, read, True, mode=cpu.EPI_RESIDUAL, aux=x.offset, aux_c=x.c)
+            self.gemm(u.pw2.name + "+add", g2, m2, out, read, True, mode=cpu.EPI_RESIDUAL, aux=x)
         else:
             # the pool writes channels [0, cin) (and may spill past cin: so it goes first)
-            self.pool(u.name + ".avg_pool", cpu.AVG_POOL, x, out, u.stride)
-            self.gemm(u.pw2.name, g2, m2, out, read, True, out_ch=first)
+            self.avg_pool(u.name + ".avg_pool", x, out, u.stride)
+            self.gemm(u.pw2.name, g2, m2, out, read, True, out_first=first)
         ws.release(m1, m2)
         return out
 
     def arrays(self):
-        steps = cpu.new_steps(len(self.rows))
-        for i, row in enumerate(self.rows):
-            for key, value in row.items():
-                steps[i][key] = value
-            steps[i]["split"] = _split_policy(steps[i])
-        return steps, _rounds(steps), self.itab.array(), self.ws.size
+        """(step table, split of each step, rounds of a batch-1 pass, int table, workspace floats)."""
+        splits = [_split_policy(step) for step in self.records]
+        return cpu.pack_steps(self.records, splits), splits, _rounds(splits), self.itab.array(), self.ws.size
 
 
 class _PackedPlan:
@@ -369,7 +350,7 @@ class _PackedPlan:
 
         self.plan = plan
         wts, itab = _Packer(np.float32), _Packer(np.int64)
-        self.gemms: dict[str, _Gemm] = {}
+        self.gemms: dict[str, cpu.PackedGemm] = {}
         self.depthwise: dict[str, int] = {}
         self.shuffles: dict[str, np.ndarray] = {}
 
@@ -379,7 +360,7 @@ class _PackedPlan:
 
         def pointwise(layer):  # a 1x1 conv, grouped or not, as a GEMM per group
             g = layer.groups
-            self.gemms[layer.name] = _Gemm.add(wts, itab, cpu.pack_pointwise(*w(layer), g), g,
+            self.gemms[layer.name] = _add_gemm(wts, itab, cpu.pack_pointwise(*w(layer), g), g,
                                                layer.in_channels // g, layer.out_channels // g)
 
         stem = plan.stem
@@ -411,13 +392,11 @@ class _PackedPlan:
         c = plan.classifier
         weight = np.asarray(weights[f"{c.name}.weight"], np.float32)
         bias = np.asarray(weights[f"{c.name}.bias"], np.float32)
-        self.fc = _Gemm.add(wts, itab, cpu.pack_gemm(weight.T[None], bias), 1, c.in_features, c.num_classes)
-        self.fc_koff = itab.add(np.arange(c.in_features))
+        fc = _add_gemm(wts, itab, cpu.pack_gemm(weight.T[None], bias), 1, c.in_features, c.num_classes)
+        self.fc = cpu.Classifier(fc, channel_offsets_at=itab.add(np.arange(c.in_features)))
+        self.fc_step = cpu.pack_steps([self.fc])
         self.wts = wts.array()
         self.itab_blocks, self.itab_size = list(itab.blocks), itab.size
-        fc = self.fc_step = cpu.new_steps(1)
-        fc["kind"], fc["k"], fc["w"], fc["koff"] = cpu.GEMM, self.fc.k, self.fc.w, self.fc_koff
-        fc["tiles"], fc["ntiles"], fc["groups"], fc["group_out"] = self.fc.tiles, self.fc.ntiles, 1, self.fc.group_out
 
 
 class _Compiled:
@@ -425,8 +404,8 @@ class _Compiled:
 
     def __init__(self, packed: _PackedPlan, height: int, width: int):
         compiler = _Compiler(packed, height, width)
-        self.steps, self.rounds, self.itab, self.ws_size = compiler.arrays()
-        self.labels = compiler.labels
+        self.steps, self.splits, self.rounds, self.itab, self.ws_size = compiler.arrays()
+        self.records, self.labels = compiler.records, compiler.labels
         self.features = compiler.features
         self.workspaces: np.ndarray | None = None
         self.outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}

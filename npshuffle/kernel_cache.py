@@ -1,6 +1,6 @@
 """Where the compiled Numba kernels live, and whether they are there, without importing numba.
 
-The Numba backend compiles ``kernels/`` once per machine and keeps the machine code in a cache
+The Numba backend compiles ``kernels/cpu/`` once per machine and keeps the machine code in a cache
 directory (Numba's ``cache=True``). Importing numba alone costs ~0.5 s, so the question "are the
 kernels compiled for this machine?" must be answerable without it: that is what the *stamp* is,
 a small JSON file written beside the cache by the process that compiled (or loaded) the kernels:
@@ -21,12 +21,16 @@ Where the cache is, first that works:
    read-only install (system-wide, or a container running as another user).
 
 When none is writable the kernels still run, compiled anew in every process.
-:func:`install_locator` makes Numba use the chosen directory for the files of ``kernels/`` only
-(other Numba users in the process keep their own settings).
+:func:`install_locator` makes Numba use the chosen directory for the files of ``kernels/cpu/``
+only (other Numba users in the process keep their own settings), and makes it treat those files
+as one source: Numba checks a cached function against its own file only, but a kernel compiles in
+constants and inlined helpers from the package's other files, so an edit to any of them must
+recompile them all.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -40,8 +44,11 @@ from .atomic import write_atomically
 STAMP_NAME = "npshuffle-kernels.json"
 STAMP_MAX_BYTES = 64 * 1024
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
-# the kernel sources whose machine code is cached (reference.py is plain NumPy, cuda.py is numba.cuda)
-NOT_CPU_KERNELS = ("reference.py", "cuda.py")
+# the kernel sources whose machine code is cached: the package kernels.cpu (kernels/reference.py is
+# plain NumPy, kernels/cuda.py is numba.cuda)
+CPU_KERNELS_DIR = KERNELS_DIR / "cpu"
+# cache files of the kernels from before they were a package (one module, kernels/cpu.py): clear() removes them
+OLD_PREFIXES = ("cpu.",)
 
 
 def user_cache_root() -> Path:
@@ -102,16 +109,36 @@ def _machine() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _cpu_kernel_files() -> list[Path]:
+    return sorted(CPU_KERNELS_DIR.glob("*.py"))
+
+
 def _kernel_sources() -> str:
     """A hash of the kernel sources Numba compiles: their contents, and their modification times
     and sizes, which is what older Numba versions check (a reinstall of the same code makes their
     cache stale, so it must make the stamp stale too)."""
     digest = hashlib.sha256()
-    for path in sorted(KERNELS_DIR.glob("*.py")):
-        if path.name not in NOT_CPU_KERNELS:
-            stat = path.stat()
-            digest.update(f"{path.name}\0{stat.st_mtime_ns}\0{stat.st_size}\0".encode() + path.read_bytes())
+    for path in _cpu_kernel_files():
+        stat = path.stat()
+        digest.update(f"{path.name}\0{stat.st_mtime_ns}\0{stat.st_size}\0".encode() + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
+def _package_hash(files: tuple[tuple[str, int, int], ...]) -> str:
+    """The contents of the kernel package's files, hashed as one (``files``: name, mtime, size of
+    each, so that an edit while the process runs is hashed anew)."""
+    digest = hashlib.sha256()
+    for name, _, _ in files:
+        digest.update(name.encode() + b"\0" + (CPU_KERNELS_DIR / name).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def package_stamp() -> str:
+    """What Numba's cache index records as the "source stamp" of every kernel: one hash of all the
+    files of ``kernels/cpu/`` (see :func:`install_locator`)."""
+    stats = [(path.name, path.stat()) for path in _cpu_kernel_files()]
+    return _package_hash(tuple((name, st.st_mtime_ns, st.st_size) for name, st in stats))
 
 
 def _version(package: str) -> str:
@@ -190,7 +217,7 @@ def clear(directory: Path | None = None) -> None:
     directory = directory or cache_dir()[0]
     if directory is None:
         return
-    prefixes = tuple(p.stem + "." for p in KERNELS_DIR.glob("*.py") if p.name not in NOT_CPU_KERNELS)
+    prefixes = tuple(p.stem + "." for p in _cpu_kernel_files()) + OLD_PREFIXES
     for path in directory.iterdir() if directory.is_dir() else ():
         if path.name == STAMP_NAME or (path.name.startswith(prefixes) and path.suffix in (".nbi", ".nbc")):
             try:
@@ -200,12 +227,16 @@ def clear(directory: Path | None = None) -> None:
 
 
 def install_locator() -> Path | None:
-    """Make Numba cache the functions of ``kernels/`` in :func:`cache_dir` (call before importing
+    """Make Numba cache the functions of ``kernels/cpu/`` in :func:`cache_dir` (call before importing
     ``kernels.cpu``: Numba picks a function's cache location when it is decorated). Returns the
     directory, or None when nothing is writable (then Numba compiles without caching).
 
     This adds a locator class at the front of Numba's list that only answers for files inside
-    ``kernels/``; every other function keeps Numba's own rules. It uses Numba's (private but
+    ``kernels/cpu/``; every other function keeps Numba's own rules. Its source stamp, which Numba
+    stores in a function's cache index and compares before loading, is :func:`package_stamp`, one
+    hash of the whole package: Numba's own (the function's file alone) would keep running a
+    kernel compiled with the old value of a constant, or the old code of an inlined helper, that
+    another file of the package changed. It uses Numba's (private but
     long-stable) ``_CacheLocator`` interface; if that ever moves, it returns None and Numba's
     defaults apply (they also honour NUMBA_CACHE_DIR and fall back to a per-user directory), and no
     stamp is written, so ``--device auto`` treats the kernels as not compiled.
@@ -235,9 +266,12 @@ def install_locator() -> Path | None:
         def get_cache_path(self):
             return self._cache_path
 
+        def get_source_stamp(self):
+            return package_stamp()
+
         @classmethod
         def from_function(cls, py_func, py_file):
-            if Path(py_file).resolve().parent != KERNELS_DIR:
+            if Path(py_file).resolve().parent != CPU_KERNELS_DIR:
                 return None
             return super().from_function(py_func, py_file)
 
