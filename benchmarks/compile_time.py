@@ -5,8 +5,8 @@
 Each run starts a fresh Python process with an empty temporary Numba cache (``NUMBA_CACHE_DIR``)
 that does a *full* warm-up, everything a user can hit: load each model with
 ``npshuffle.load_model(name, backend="numba")`` (a V1 and a V2 by default), run it at batch 1 with
-the steps split across the threads and on one thread (both schedules of
-``backend_numba._Schedule``), and at batch 2. A second fresh process then does the same with the
+the steps split across the threads and on one thread (``runner.schedule`` "split" and "single", see
+``backend_numba.NumbaRunner``), and at batch 2. A second fresh process then does the same with the
 cache just filled: that one only loads. Printed: the wall time of each process, from before
 ``import npshuffle`` to the last logits (Python's own start-up, ~0.05 s, not included).
 ``--helper off`` compiles everything in the one process, ``on`` has a helper process compile part
@@ -39,9 +39,8 @@ for name in sys.argv[1:]:
     x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
     model.forward(x[:1])  # batch 1, the schedule the machine's load picks
     runner = model._run
-    schedule = runner._schedules[(size, size)]
-    for single in (False, True):  # batch 1 split across the threads, then on one thread
-        schedule.single_thread = lambda single=single: single
+    for schedule in ("split", "single"):  # batch 1 split across the threads, then on one thread
+        runner.schedule = schedule
         model.forward(x[:1])
     model.forward(x)  # batch 2: each thread takes whole images
 print(f"{time.perf_counter() - start:.3f}")

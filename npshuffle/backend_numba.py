@@ -37,7 +37,8 @@
 
 A call is then one compiled call from Python (``kernels.cpu.forward``): a batch runs image by
 image on each thread; a single image has each step with enough work split across the threads
-(see ``_split_policy``), or runs on one thread when the machine is busy (see :class:`_Schedule`).
+(see ``_split_policy``), or runs on one thread, as the runner's ``schedule`` says (see
+:class:`NumbaRunner`; by default it times both and uses the faster, :class:`_AdaptiveSchedule`).
 Nothing large is allocated per call.
 """
 
@@ -421,9 +422,6 @@ class _Compiled:
         return self.outputs[n]
 
 
-_compiled_once: set[str] = set()
-_compile_lock = threading.Lock()
-
 # On a cold cache the kernels take ~20 s of compiling on one core (kernels.cpu compiles each on its
 # own). With two cores, a helper process compiles the five GEMM micro-kernels, the classifier and
 # the average pool at the same time (about half the work, counting the helper's ~0.6 s start);
@@ -434,7 +432,9 @@ _compile_lock = threading.Lock()
 HELPER_ENV = "NPSHUFFLE_COMPILE_HELPER"
 HELPER_SLOTS = cpu.MICRO_KERNELS + (cpu.FN_CLASSIFIER, cpu.AVG_POOL)
 HELPER_TIMEOUT_S = 600.0
-_kernels_ready = False
+
+_kernels_ready = False  # compiled, or loaded from the cache, in this process (ensure_kernels)
+_compile_lock = threading.Lock()
 
 
 def _cores() -> int:
@@ -444,17 +444,21 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _busy() -> bool:
+    """Is the machine busy: a load average over the last minute within half a process of its
+    cores? (Unknown, as on Windows: no.)"""
+    try:
+        return os.getloadavg()[0] >= _cores() - 0.5
+    except (AttributeError, OSError):
+        return False
+
+
 def _spare_core() -> bool:
-    """Is a second core free for a helper? (The load average over the last minute, as _Schedule
-    judges a busy machine; unknown on Windows: assume yes.)"""
+    """Is a second core free for a helper?"""
     setting = os.environ.get(HELPER_ENV)
     if setting in ("0", "1"):
         return setting == "1"
-    try:
-        busy = os.getloadavg()[0] >= _cores() - 0.5
-    except (AttributeError, OSError):
-        busy = False
-    return _cores() >= 2 and not busy
+    return _cores() >= 2 and not _busy()
 
 
 def _start_helper(slots) -> subprocess.Popen | None:
@@ -475,7 +479,6 @@ def _compile_kernels() -> None:
     Numba unpickles its cache files without checking them, so a damaged file (a full disk, a copy
     cut short) raises from deep inside it: then the cache is emptied and everything compiled anew.
     """
-    global _kernels_ready
     try:
         _compile_or_load()
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes Numba raise
@@ -485,7 +488,6 @@ def _compile_kernels() -> None:
               file=sys.stderr, flush=True)
         kernel_cache.clear()
         _compile_or_load()
-    _kernels_ready = True
     if not kernel_cache.is_warm():
         kernel_cache.write_stamp()  # later processes know, without importing numba, that they are cached
 
@@ -505,20 +507,16 @@ def _compile_or_load() -> None:
     cpu.kernel_table()  # (compiles whatever the helper did not leave in the cache)
 
 
-def _forward(*args) -> None:
-    """``kernels.cpu.forward(*args)``, its kernels compiled or loaded first (:func:`_compile_kernels`)."""
-    if not _kernels_ready:
-        _compile_kernels()
-    cpu.forward(*args)
-
-
-def _first_call(fn, *args):
-    """Call ``fn``; the first call per process may compile (or load from cache). If that takes more
-    than a second, say so on stderr while it happens and report the time when done."""
-    name = fn.__name__
-    if name in _compiled_once:
-        return fn(*args)
+def ensure_kernels() -> bool:
+    """Compile the kernels, or load them from the cache, once per process (:func:`_compile_kernels`).
+    If that takes more than a second, say so on stderr while it happens and report the time when
+    done. Returns whether they were ready before this call."""
+    global _kernels_ready
+    if _kernels_ready:
+        return True
     with _compile_lock:
+        if _kernels_ready:
+            return True
         start = time.perf_counter()
         announced = threading.Event()
 
@@ -531,17 +529,37 @@ def _first_call(fn, *args):
         timer.daemon = True
         timer.start()
         try:
-            result = fn(*args)
+            _compile_kernels()
         finally:
             timer.cancel()
         if announced.is_set():
             print(f"npshuffle: compiled in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-        _compiled_once.add(name)
-        return result
+        _kernels_ready = True
+        return False
 
 
-class _Schedule:
-    """How a batch of one runs: its steps split across all threads, or the whole pass on one.
+SCHEDULES = ("adaptive", "split", "single")  # see NumbaRunner
+
+
+def _checked_threads(threads: int | None) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be None (all of Numba's) or a positive int, not {threads!r}")
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"threads={threads}: Numba has {numba.config.NUMBA_NUM_THREADS} threads in this process "
+                         "(set NUMBA_NUM_THREADS before starting it for more)")
+    return int(threads)
+
+
+def _checked_schedule(schedule: str) -> str:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+    return schedule
+
+
+class _AdaptiveSchedule:
+    """``schedule="adaptive"``: whether the next batch-1 call runs split across the threads or on one.
 
     Split, a pass is ~50 fork-joins. That is fastest on an idle machine, but when other processes
     keep the cores busy each fork-join can wait milliseconds for a preempted thread, and one
@@ -550,7 +568,8 @@ class _Schedule:
     (the best, not the median: a burst of interference, say another runtime's threads still
     spinning for 50 ms, only makes some calls slower, while lasting contention slows them all);
     the other one is timed again once the time spent since its last timing reaches 20x its cost
-    (so probing costs at most ~5 %). Until both are timed, the load average picks the first.
+    (so probing costs at most ~5 %). Until both are timed, the first guess is the load average's:
+    one thread when it says the machine is busy (:func:`_busy`), split otherwise.
     """
 
     WINDOW_S, PROBE_EVERY = 1.0, 20.0
@@ -558,10 +577,7 @@ class _Schedule:
     def __init__(self):
         self.recent: dict[bool, list[tuple[float, float]]] = {False: [], True: []}  # single? -> (when, seconds)
         self.since_probe = 0.0
-        try:
-            self.busy = os.getloadavg()[0] >= (os.cpu_count() or 1) - 0.5
-        except (AttributeError, OSError):  # no load average on this OS
-            self.busy = False
+        self.busy = _busy()
 
     def single_thread(self) -> bool:
         if not self.recent[self.busy]:
@@ -585,24 +601,62 @@ class _Schedule:
 class NumbaRunner:
     """The runner ``NumbaBackend.prepare`` returns: ``runner(x)`` maps (N, 3, H, W) float32 to logits.
 
+    Two settings, attributes that may also be changed between calls:
+
+    ``threads``
+        how many threads a call uses. None (the default): Numba's thread count at the time of the
+        call, ``numba.get_num_threads()`` (NUMBA_NUM_THREADS, all cores unless set, or what
+        ``numba.set_num_threads`` last set in the calling thread). An int: that many, at most
+        NUMBA_NUM_THREADS (the size of Numba's thread pool, fixed when the process starts).
+    ``schedule``
+        how a batch of *one* image uses them (a batch of several always gives each thread whole
+        images, each in a workspace of its own, and one thread runs everything on one):
+
+        * ``"split"``: every step with enough work is split across the threads (~50 fork-joins
+          per image): the fastest on an idle machine;
+        * ``"single"``: the whole pass on one thread (no fork-join waiting for a thread that
+          another process preempted): faster when other work keeps the cores busy;
+        * ``"adaptive"`` (the default): times both and uses the faster, probing the other now and
+          then (:class:`_AdaptiveSchedule`); its first guess is ``"single"`` when the load
+          average says the machine is busy, ``"split"`` otherwise.
+
     Everything that depends on the input size (steps, workspaces) is built on the first call with
     that size and kept, so later calls allocate nothing but the returned logits. Calls from several
     Python threads are serialised (they share the workspaces).
     """
 
-    def __init__(self, plan: Plan, weights: dict[str, np.ndarray]):
+    def __init__(self, plan: Plan, weights: dict[str, np.ndarray], threads: int | None = None,
+                 schedule: str = "adaptive"):
         self.plan = plan
+        self.threads = threads
+        self.schedule = schedule
         self.packed = _PackedPlan(plan, weights)
         self._programs: dict[tuple[int, int], _Compiled] = {}
-        self._schedules: dict[tuple[int, int], _Schedule] = {}
+        self._adaptive: dict[tuple[int, int], _AdaptiveSchedule] = {}  # (schedule="adaptive") per input size
         self._lock = threading.Lock()
+
+    @property
+    def threads(self) -> int | None:
+        return self._threads
+
+    @threads.setter
+    def threads(self, value: int | None) -> None:
+        self._threads = _checked_threads(value)
+
+    @property
+    def schedule(self) -> str:
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, value: str) -> None:
+        self._schedule = _checked_schedule(value)
 
     def program(self, height: int, width: int) -> _Compiled:
         """The compiled steps for one input size (built on first use)."""
         prog = self._programs.get((height, width))
         if prog is None:
             prog = self._programs[(height, width)] = _Compiled(self.packed, height, width)
-            self._schedules[(height, width)] = _Schedule()
+            self._adaptive[(height, width)] = _AdaptiveSchedule()
         return prog
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -611,35 +665,49 @@ class NumbaRunner:
             raise ValueError(f"expected a batch of shape (N, {self.plan.stem.in_channels}, H, W), got {x.shape}")
         n, _, h, w = x.shape
         with self._lock:
+            ready = ensure_kernels()
             prog = self.program(h, w)
-            nthreads = numba.get_num_threads()
-            schedule = self._schedules[(h, w)]
-            choose = n == 1 and nthreads > 1
-            timed = choose and _forward.__name__ in _compiled_once  # (not a call that compiles)
-            single = choose and schedule.single_thread()
+            team = numba.get_num_threads()
+            nthreads = self.threads or team
+            adaptive = None
+            single = False  # (a batch of one on one thread: the whole pass in one fork-join)
+            if n == 1 and nthreads > 1:
+                if self.schedule == "adaptive":
+                    adaptive = self._adaptive[(h, w)]
+                    single = adaptive.single_thread()
+                else:
+                    single = self.schedule == "single"
             threads = 1 if single else nthreads
             # a batch: each thread takes whole images; one thread: the whole pass in one fork-join
-            by_image = n > 1 or single or threads == 1
+            by_image = n > 1 or threads == 1
             features, logits = prog.output(n, self.plan.classifier.num_classes)
             ws = prog.workspace(threads if by_image else 1)
             start = time.perf_counter()
-            if single:
-                numba.set_num_threads(1)  # a team of one thread: no fork-join waits on anybody
+            if threads != team:
+                numba.set_num_threads(threads)  # (one thread: a team of one, no fork-join waits on anybody)
             try:
-                _first_call(_forward, ws, self.packed.wts, prog.itab, prog.steps, prog.rounds, x, features,
+                cpu.forward(ws, self.packed.wts, prog.itab, prog.steps, prog.rounds, x, features,
                             self.packed.fc_step, logits, threads, by_image)
             finally:
-                if single:
-                    numba.set_num_threads(nthreads)
-            if timed:
-                schedule.record(single, time.perf_counter() - start)
+                if threads != team:
+                    numba.set_num_threads(team)
+            if adaptive is not None and ready:  # (not the call that compiled)
+                adaptive.record(single, time.perf_counter() - start)
             return logits.copy()
 
 
 class NumbaBackend:
-    """Numba kernels (``kernels.cpu``) over a packed, compiled plan; see the module docstring."""
+    """Numba kernels (``kernels.cpu``) over a packed, compiled plan; see the module docstring.
+
+    ``threads`` and ``schedule``: how the runners it prepares use the CPU's threads (see
+    :class:`NumbaRunner`; each runner keeps them as attributes of its own).
+    """
 
     name = "numba"
 
+    def __init__(self, threads: int | None = None, schedule: str = "adaptive"):
+        self.threads = _checked_threads(threads)
+        self.schedule = _checked_schedule(schedule)
+
     def prepare(self, plan: Plan, weights: dict[str, np.ndarray]) -> NumbaRunner:
-        return NumbaRunner(plan, weights)
+        return NumbaRunner(plan, weights, threads=self.threads, schedule=self.schedule)

@@ -3,7 +3,7 @@
 Random small V1 / V2 specs in both dialects (every wiring a plan can have: V1 groups 1-8 with
 either shuffle convention, the first unit's ungrouped pw1, stride-2 concat and stride-1 residual;
 V2 halves / interleaved splits, with and without the final shuffle, stride-2 projections), random
-weights, random batch and input sizes; both threading schedules; the real Megvii checkpoints.
+weights, random batch and input sizes; every threading schedule; the real Megvii checkpoints.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import time
 
 import numba
 import numpy as np
@@ -114,20 +115,59 @@ def test_missing_numba_is_a_backend_error():
     assert "BackendError:" in out.stdout and "numba" in out.stdout
 
 
-def test_slow_first_call_is_announced_once(monkeypatch, capsys):
+def test_a_slow_first_compile_is_announced_once(monkeypatch, capsys):
     monkeypatch.setattr(backend_numba, "COMPILE_NOTICE_AFTER_S", 0.01)
-    monkeypatch.setattr(backend_numba, "_compiled_once", set())
+    monkeypatch.setattr(backend_numba, "_kernels_ready", False)
+    compiles = []
 
-    def slow(value):
-        import time
-
+    def slow():
         time.sleep(0.1)
-        return value
+        compiles.append(1)
 
-    assert backend_numba._first_call(slow, 5) == 5
-    assert backend_numba._first_call(slow, 6) == 6
+    monkeypatch.setattr(backend_numba, "_compile_kernels", slow)
+    assert backend_numba.ensure_kernels() is False  # (they were not ready: this call compiled them)
+    assert backend_numba.ensure_kernels() is True
+    assert compiles == [1]
     err = capsys.readouterr().err
     assert err.count("compiling") == 1 and err.count("compiled in") == 1
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+def test_threads_and_schedule_are_explicit_settings(monkeypatch):
+    """``NumbaBackend(threads=, schedule=)``: kept on the runner; "split" splits a batch of one
+    across the threads, "single" runs it on one thread, a batch always goes image by image."""
+    plan = build_plan(V2Spec(12, (24, 48), 64, (2, 2), 10), "torchvision")
+    weights = random_weights(plan, 5)
+    x = np.random.default_rng(6).standard_normal((3, 3, 40, 40)).astype(np.float32)
+    expected = NumpyBackend().prepare(plan, weights)(x)
+    for threads in (None, 1, 2):
+        for schedule in backend_numba.SCHEDULES:
+            runner = NumbaBackend(threads=threads, schedule=schedule).prepare(plan, weights)
+            assert (runner.threads, runner.schedule) == (threads, schedule)
+            assert_matches(np.concatenate([runner(x[:1]), runner(x[1:])]), expected)
+    calls = []
+    forward = backend_numba.cpu.forward
+
+    def spy(*args):
+        calls.append((args[-2], args[-1], numba.get_num_threads()))  # (threads, by_image, Numba's team)
+        forward(*args)
+
+    monkeypatch.setattr(backend_numba.cpu, "forward", spy)
+    runner = NumbaBackend(threads=2, schedule="split").prepare(plan, weights)
+    runner(x[:1])
+    runner(x)
+    runner.schedule = "single"
+    runner(x[:1])
+    runner.threads = 1
+    runner.schedule = "split"
+    runner(x[:1])
+    assert calls == [(2, False, 2), (2, True, 2), (1, True, 1), (1, True, 1)]
+    for bad in (dict(threads=0), dict(threads=numba.config.NUMBA_NUM_THREADS + 1), dict(threads=1.5),
+                dict(schedule="fast")):
+        with pytest.raises(ValueError):
+            NumbaBackend(**bad)
+    with pytest.raises(ValueError, match="schedule"):
+        runner.schedule = "both"
 
 
 @pytest.mark.parametrize("groups", [3, 8])
@@ -151,7 +191,7 @@ def test_megvii_checkpoints(tmp_path, groups):
 def test_batch1_schedule_settles_on_the_faster_and_keeps_probing(split_ms, single_ms):
     """The runner times batch-1 calls split across threads and on one thread, uses the faster,
     and re-times the other now and then (about 5 % of the time spent)."""
-    schedule = backend_numba._Schedule()
+    schedule = backend_numba._AdaptiveSchedule()
     choices = []
     for _ in range(4000):  # (the busy case re-times the 400 ms schedule after 20 x 400 ms)
         single = schedule.single_thread()
