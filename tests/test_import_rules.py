@@ -13,7 +13,8 @@ import cycle somewhere else:
     file, which uses npshuffle.model_file too;
 (d) the module-level imports of the three packages have no cycle;
 (e) the runtime uses none of kernels.reference's test-only definitions (softmax, the unfolded
-    batch_norm), and npshuffle.predict imports no kernels at all.
+    batch_norm), and npshuffle.predict imports no kernels at all;
+and ``npshuffle eval``'s module (and the data sets') imports no torch.
 
 And, run for real: ``npshuffle.predict`` on the numpy backend loads neither torch nor the training
 tools nor the converter.
@@ -250,6 +251,19 @@ def test_no_import_cycle_at_module_level():
 def test_find_cycle_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_eval_and_the_data_sets_need_no_torch():
+    """``npshuffle eval`` runs on the engine: what importing its module runs imports no torch."""
+    graph, seen, todo = module_level_graph(), set(), ["npshuffle.training.evaluate", "npshuffle.training.datasets"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += graph[module]
+    bad = [i for m in sorted(seen) for i in IMPORTS[m] if i.function is None and within(i.target, "torch")]
+    assert not bad, broken("importing npshuffle.training.evaluate imports torch", bad)
+    assert "npshuffle.predict" in seen and "npshuffle.training.loop" not in seen
 
 
 def test_the_runtime_uses_no_test_only_reference_code():
