@@ -14,7 +14,7 @@ Two *dialects* of the same networks (how published checkpoints wire them):
 * ``"torchvision"``: torchvision's ``shufflenet_v2_*`` (split in halves, concat, shuffle(2) at the
   end of every unit; fc with bias; RGB input normalised by the ImageNet mean/std). For V1, which
   torchvision lacks, this dialect is the paper's wiring with torchvision-style names (see
-  ``npshuffle.torch_ref``).
+  ``npshuffle.training.torch_ref``).
 * ``"megvii"``: the authors' ShuffleNet-Series code (BGR 0..255 input; V1 shuffles as
   ``reshape(n, c/g, g, h, w)``; V2 splits even/odd channels instead of shuffling at the end and its
   stride-2 units give the shortcut branch ``in`` channels and the main branch ``out - in``;
