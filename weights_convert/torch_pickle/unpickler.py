@@ -317,7 +317,6 @@ class _SafeUnpickler:
         self.stack.append(_persistent_load(self._pop(), self.storage_format, self.roots, self.path))
 
 
-
 def _unpickle(
     stream: IO[bytes], path: str, what: str, storage_format: str | None = None
 ) -> tuple[Any, dict[str, _RootStorage]]:
