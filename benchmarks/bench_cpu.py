@@ -41,73 +41,48 @@ SIGCONT when done.
 from __future__ import annotations
 
 import argparse
-import glob
 import io
-import json
 import os
-import platform
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 try:
+    from bench_common import (
+        MODELS,
+        exportable,
+        fmt_ms,
+        interleaved,
+        paused_processes,
+        peak_memory,
+        predict_timings,
+        spec_for,
+        versions,
+    )
     from sgemm_ceiling import ceiling as sgemm_ceiling
 except ImportError:  # imported from elsewhere than benchmarks/
+    from benchmarks.bench_common import (
+        MODELS,
+        exportable,
+        fmt_ms,
+        interleaved,
+        paused_processes,
+        peak_memory,
+        predict_timings,
+        spec_for,
+        versions,
+    )
     from benchmarks.sgemm_ceiling import ceiling as sgemm_ceiling
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-MODELS = {  # name -> (version, width, groups)
-    "V2 x0.5": (2, "0.5x", None),
-    "V2 x1.0": (2, "1.0x", None),
-    "V2 x2.0": (2, "2.0x", None),
-    "V1 g3 0.5x": (1, "0.5x", 3),
-}
 RUNTIMES = ("numba", "numpy", "torch", "onnxruntime")
 LABELS = {"numba": "npshuffle-numba", "numpy": "npshuffle-numpy", "torch": "torch eager", "onnxruntime": "ONNX Runtime"}
 
 
-def spec_for(name: str, classes: int = 1000):
-    from npshuffle.archs import v1_spec, v2_spec
-
-    version, width, groups = MODELS[name]
-    return v2_spec(width, classes) if version == 2 else v1_spec(groups, width, classes)
-
-
 # --------------------------------------------------------------------------------------------------
-# building the four runtimes for one model
-
-
-def exportable(net):
-    """A copy of ``net`` that ONNX can export: ``nn.ChannelShuffle`` (V1) has no ONNX symbol, so
-    it becomes the same reshape-transpose-reshape written out."""
-    import copy
-
-    from torch import nn
-
-    from npshuffle.training.torch_ref import shuffle_torchvision
-
-    class Shuffle(nn.Module):
-        def __init__(self, groups: int):
-            super().__init__()
-            self.groups = groups
-
-        def forward(self, x):
-            return shuffle_torchvision(x, self.groups)
-
-    net = copy.deepcopy(net)
-    for module in list(net.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.ChannelShuffle):
-                setattr(module, name, Shuffle(child.groups))
-    return net
+# the four runtimes for one model
 
 
 class Contestants:
@@ -168,40 +143,6 @@ class Contestants:
         return self.session.run(None, {"input": x})[0]
 
 
-# --------------------------------------------------------------------------------------------------
-# timing
-
-
-def interleaved(runs: dict, x: np.ndarray, calls: int, per_block: int, lead_s: float = 0.1,
-                settle_s: float = 0.2) -> dict[str, float]:
-    """Median seconds per call of each runtime (see :func:`interleaved_samples`)."""
-    samples = interleaved_samples(runs, x, calls, per_block, lead_s, settle_s)
-    return {name: statistics.median(t) for name, t in samples.items()}
-
-
-def interleaved_samples(runs: dict, x: np.ndarray, calls: int, per_block: int, lead_s: float = 0.1,
-                        settle_s: float = 0.2) -> dict[str, list[float]]:
-    """Every call's seconds, per runtime, timed in interleaved blocks of ``per_block`` calls, each
-    block preceded by ``settle_s`` seconds of sleep and ``lead_s`` seconds (at least one call) of
-    untimed calls."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    order = list(runs)
-    rounds = -(-calls // per_block)
-    for r in range(rounds):
-        for name in order[r % len(order):] + order[: r % len(order)]:  # rotate who goes first
-            run = runs[name]
-            time.sleep(settle_s)  # the previous runtime's spinning threads go to sleep
-            start = time.perf_counter()
-            run(x)
-            while time.perf_counter() - start < lead_s:
-                run(x)
-            for _ in range(per_block):
-                start = time.perf_counter()
-                run(x)
-                times[name].append(time.perf_counter() - start)
-    return times
-
-
 def agreement(c: Contestants, x: np.ndarray) -> dict[str, float]:
     """max |logits - torch's| / max |torch's logits|, per runtime."""
     expected = c.run["torch"](x)
@@ -209,120 +150,8 @@ def agreement(c: Contestants, x: np.ndarray) -> dict[str, float]:
     return {name: float(np.abs(run(x) - expected).max()) / scale for name, run in c.run.items() if name != "torch"}
 
 
-MEMORY_PROBE = r"""
-import json, resource, sys, time
-import numpy as np
-runtime, path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-x32 = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
-if runtime in ("numba", "numpy"):
-    from npshuffle.model import Model
-    run = Model.load(path, backend=runtime).forward
-elif runtime == "onnxruntime":
-    import onnxruntime as ort
-    o = ort.SessionOptions(); o.intra_op_num_threads = threads
-    s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
-    run = lambda x: s.run(None, {"input": x})[0]
-else:
-    import torch
-    from npshuffle.archs import spec_from_dict
-    from npshuffle.training.torch_ref import build_torch_model
-    torch.set_num_threads(threads)
-    spec = spec_from_dict(json.loads(sys.argv[4]))
-    net = build_torch_model(spec, "torchvision"); net.load_state_dict(torch.load(path)); net.eval()
-    def run(x):
-        with torch.inference_mode():
-            return net(torch.from_numpy(x)).numpy()
-def peak_kib():  # VmHWM: this process's peak RSS (ru_maxrss would include the parent's, kept across exec)
-    try:
-        with open("/proc/self/status") as f:
-            return int(next(line.split()[1] for line in f if line.startswith("VmHWM")))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-base = peak_kib()
-run(x32[:1]); run(x32)
-print(json.dumps({"base_kib": base, "peak_kib": peak_kib()}))
-"""
-
-
-def peak_memory(c: Contestants, runtime: str, threads: int) -> dict | None:
-    from npshuffle.archs import spec_to_dict
-
-    path = {"numba": "npz", "numpy": "npz", "onnxruntime": "onnx", "torch": "pt"}[runtime]
-    args = [sys.executable, "-c", MEMORY_PROBE, runtime, str(c.files[path]), str(threads),
-            json.dumps(spec_to_dict(spec_for(c.name)))]
-    out = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=child_env())
-    if out.returncode != 0:
-        print(f"  memory probe {runtime} failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def child_env(**extra) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
-def predict_timings(photo: str) -> dict:
-    """Wall time of fresh ``npshuffle predict`` processes: empty Numba cache, then warm."""
-    command = [sys.executable, "-m", "npshuffle", "predict", photo, "--device", "numba"]
-    result = {"command": " ".join(["python", *command[1:]])}
-    with tempfile.TemporaryDirectory() as cache:
-        for label in ("cold", "warm", "warm again"):
-            start = time.perf_counter()
-            env = child_env(NUMBA_CACHE_DIR=cache)
-            out = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
-            wall = time.perf_counter() - start
-            if out.returncode != 0:
-                result["error"] = (out.stderr.strip().splitlines() or ["?"])[-1]
-                return result
-            result[label] = wall
-            result[label + " stderr"] = out.stderr.strip()
-    return result
-
-
 # --------------------------------------------------------------------------------------------------
-# the report
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc; e.g. a training run's data-loader workers)."""
-    found = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(Path(stat).parent.name))
-    return found
-
-
-def versions() -> str:
-    import numba
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = "AVX-512" if "avx512f" in f.read() else ""
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores {flags}; Python {platform.python_version()}, NumPy {np.__version__}, "
-            f"Numba {numba.__version__} (threading layer {numba.threading_layer()}), torch {torch.__version__}, "
-            f"ONNX Runtime {onnxruntime.__version__}")
-
-
-def fmt_ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.2f} ms"
+# the run
 
 
 def main() -> int:
@@ -341,33 +170,36 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    paused = []
-    if args.pause:
-        for pid_file in glob.glob(args.pause):
-            try:
-                pid = int(Path(pid_file).read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
-            for p in [pid, *children(pid)]:
-                try:
-                    os.kill(p, signal.SIGSTOP)
-                    paused.append(p)
-                except OSError:
-                    pass
-    try:
+    with paused_processes(args.pause) as paused:
         report = run_benchmark(args, paused)
-    finally:
-        for pid in paused:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except OSError:
-                pass
     Path(args.out).write_text(report)
     print(f"\nwritten to {args.out}")
     return 0
 
 
 def run_benchmark(args, paused: list[int]) -> str:
+    report = "\n".join(report_lines(args, paused, measure(args)))
+    print(report)
+    return report
+
+
+@dataclass
+class Measurements:
+    """What one run measured."""
+
+    results: dict  # (model, batch) -> {runtime: median seconds per call}
+    agree: dict  # model -> {runtime: max |logit difference| / max |logit| against torch eager}
+    memory: dict  # model -> {runtime: peak_memory(...)}; empty with --no-memory
+    macs: dict  # model -> multiply-adds per image
+    predict: dict  # predict_timings(...)
+    ceiling: float  # the SGEMM ceiling, GFLOP/s
+
+    def gflops(self, key, runtime):
+        """Useful GFLOP/s of ``runtime`` on row ``key`` (model, batch): 2 x multiply-adds x images/s."""
+        return 2 * self.macs[key[0]] * key[1] / self.results[key][runtime] / 1e9
+
+
+def measure(args) -> Measurements:
     import numba
     import torch
 
@@ -377,7 +209,6 @@ def run_benchmark(args, paused: list[int]) -> str:
     x1 = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
     x32 = rng.standard_normal((32, 3, 224, 224)).astype(np.float32)
     results, agree, memory, macs = {}, {}, {}, {}
-    command = "python benchmarks/bench_cpu.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
             print(f"{name}: building, exporting, checking...", file=sys.stderr, flush=True)
@@ -400,7 +231,17 @@ def run_benchmark(args, paused: list[int]) -> str:
     predict = predict_timings(args.photo)
     print("SGEMM ceiling...", file=sys.stderr, flush=True)
     ceiling = sgemm_ceiling(args.threads)
+    return Measurements(results, agree, memory, macs, predict, ceiling)
 
+
+# --------------------------------------------------------------------------------------------------
+# the report
+
+
+def report_lines(args, paused: list[int], measured: Measurements) -> list[str]:
+    results, agree, memory, predict = measured.results, measured.agree, measured.memory, measured.predict
+    ceiling, gflops = measured.ceiling, measured.gflops
+    command = "python benchmarks/bench_cpu.py " + " ".join(sys.argv[1:])
     lines = [
         "# npshuffle CPU benchmark",
         "",
@@ -436,9 +277,6 @@ def run_benchmark(args, paused: list[int]) -> str:
               "ceiling, and a whole network (depthwise convs, stem, pools, per-layer overheads) stays below it.",
               "", "| model | batch | npshuffle-numba / torch eager | npshuffle-numba GFLOP/s | 4x torch eager needs | "
               "share of the ceiling |", "|---|---:|---:|---:|---:|---:|"]
-    def gflops(key, runtime):  # useful GFLOP/s of one runtime on one row
-        return 2 * macs[key[0]] * key[1] / results[key][runtime] / 1e9
-
     for name in args.models:
         for batch in (1, 32):
             key, row = (name, batch), results[(name, batch)]
@@ -466,7 +304,12 @@ def run_benchmark(args, paused: list[int]) -> str:
         notice = predict["cold stderr"].replace("\n", " / ") or "(nothing)"
         lines += [f"- empty Numba cache (compiles): {predict['cold']:.2f} s wall; stderr: {notice}",
                   f"- warm cache: {predict['warm']:.2f} s, again {predict['warm again']:.2f} s"]
+    return lines + ["", "Bars (issue 4):", "", *bar_lines(measured), ""]
 
+
+def bar_lines(measured: Measurements) -> list[str]:
+    """The issue's bars, each checked ([x]) or not, with the number behind it."""
+    results, predict, ceiling, gflops = measured.results, measured.predict, measured.ceiling, measured.gflops
     bars = []
 
     def bar(text: str, ok: bool, detail: str) -> None:
@@ -490,10 +333,7 @@ def run_benchmark(args, paused: list[int]) -> str:
                   f"{4 * gflops(key, 'torch') / ceiling:.0%} of the SGEMM ceiling)" for key in short))
     if "warm" in predict:
         bar("second `npshuffle predict` process <= 1.5 s wall", predict["warm"] <= 1.5, f"{predict['warm']:.2f} s")
-    lines += ["", "Bars (issue 4):", "", *bars, ""]
-    report = "\n".join(lines)
-    print(report)
-    return report
+    return bars
 
 
 if __name__ == "__main__":

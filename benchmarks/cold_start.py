@@ -101,7 +101,7 @@ def onnx_reference(root: Path) -> Path | None:
     from npshuffle.training.torch_ref import build_torch_model, randomize_
 
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_cpu import exportable
+    from bench_common import exportable
 
     net = randomize_(build_torch_model(v1_spec(3, "0.5x", 5), "megvii"), torch.Generator().manual_seed(0)).eval()
     path = root / "v1_g3_x0_5.onnx"

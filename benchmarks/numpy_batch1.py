@@ -8,7 +8,7 @@ backend="numpy")``, real weights) on a random ``(1, 3, crop, crop)`` input, crop
 recipe crop. torch eager and ONNX Runtime run the same architecture and wiring (the file's spec and
 dialect, built by the torch oracle ``npshuffle.training.torch_ref`` with random weights and BN statistics:
 a forward pass costs the same whatever the values; V1's channel shuffle made exportable by
-``bench_cpu.exportable``). The three are timed interleaved, as ``bench_cpu.py`` does: rounds of a
+``bench_common.exportable``). The three are timed interleaved, as ``bench_cpu.py`` does: rounds of a
 block of ``--per-block`` calls of each runtime in turn (rotating who goes first), each block after
 0.2 s of sleep and 0.1 s of untimed calls, so that one runtime's spinning worker threads never
 count against the next and every runtime sees the same drift of a shared machine.
@@ -34,9 +34,9 @@ import sys
 import numpy as np
 
 try:
-    from bench_cpu import exportable, fmt_ms, interleaved_samples
+    from bench_common import exportable, fmt_ms, interleaved_samples
 except ImportError:  # imported from elsewhere than benchmarks/
-    from benchmarks.bench_cpu import exportable, fmt_ms, interleaved_samples
+    from benchmarks.bench_common import exportable, fmt_ms, interleaved_samples
 
 
 
