@@ -8,7 +8,7 @@ tensors (30 channels of 28x28 is typical) the batched forms spend their time in 
 loop overhead, in im2col copies and in temporaries, not in arithmetic; these keep every pass over
 the data on long contiguous rows: a 1x1 conv is one matrix product, and every KxK window op works
 on the image's ``window_columns``: K*K shifted copies of it, each a plain (C, Ho*Wo) matrix. Each
-is tested against its batched definition in tests/test_reference_kernels.py.
+is tested against its batched definition in tests/test_reference_images.py.
 """
 
 from __future__ import annotations
