@@ -103,6 +103,7 @@ _KERNELS = {
 KERNEL_SLOTS = tuple(_KERNELS)
 MICRO_KERNELS = tuple(FN_TILE + nr // 8 for nr in TILE_WIDTHS)  # the GEMM micro-kernels' slots
 _table: list[np.ndarray] = []  # kernel_table()'s result, once built
+_driver_compiled = False  # _forward compiled (or loaded) for FORWARD_ARGS by compile_kernels
 
 
 @njit(parallel=True, cache=True)
@@ -152,6 +153,7 @@ def compile_kernels(slots=None, driver: bool = True) -> bool:
 
     Each kernel compiles on its own, so two processes may compile different ones at the same time,
     each filling the cache, and either then loads the other's (see ``npshuffle.backend_numba``)."""
+    global _driver_compiled
     compiled = False
     todo = [_KERNELS[slot] for slot in (_KERNELS if slots is None else slots)]
     if driver:
@@ -160,6 +162,7 @@ def compile_kernels(slots=None, driver: bool = True) -> bool:
         for kernel, argtypes in todo:
             kernel.compile(argtypes)
             compiled |= kernel.stats.cache_misses[argtypes] > 0
+    _driver_compiled |= driver
     return compiled
 
 
@@ -196,7 +199,7 @@ def forward(workspaces, wts, itab, steps, rounds, images, features, fc_step, log
 
     The first call in a process compiles the kernels (or loads them from Numba's cache).
     """
-    if FORWARD_ARGS not in _forward.overloads:  # (compiled in compile_settings, not on the call)
+    if not _driver_compiled:  # (compiled in compile_settings, not by Numba on the call)
         compile_kernels((), driver=True)
     _forward(kernel_table(), workspaces, wts, itab, steps, rounds, images, features, fc_step, logits, nthreads,
              by_image)
