@@ -49,12 +49,12 @@ _call_tile = _caller(TILE_ARGS)  # _call_tile(fns[FN_TILE + NR // 8], *arguments
 
 def _tile_kernel(NR: int):
     """The micro-kernel for tiles of width ``NR``, compiled on its own (one per width of
-    :data:`TILE_WIDTHS`, see :func:`kernel_table`) and called by address (:data:`TILE_ARGS`)."""
+    ``layout.TILE_WIDTHS``, see ``driver.kernel_table``) and called by address (:data:`TILE_ARGS`)."""
 
     @njit(fastmath=FASTMATH, cache=True)
     def _tile(a0, a1, a2, a3, koff, K, panel, d0, d1, d2, d3, relu, epilogue, s0, s1, s2, s3):
         """A 4 x NR tile of a GEMM. Every argument but K, relu and epilogue is a raw pointer
-        (:func:`_at`): a0 .. a3 to the first input of the tile's 4 pixels, koff to the offset table,
+        (``tricks._at``): a0 .. a3 to the first input of the tile's 4 pixels, koff to the offset table,
         panel to the tile's packed weights ((1 + K) x NR, row 0 the bias), d0 .. d3 to the outputs
         and s0 .. s3 to the residual / passthrough inputs of the 4 pixels.
 
@@ -65,7 +65,7 @@ def _tile_kernel(NR: int):
         and the passthrough channel s_i[j] at d_i[2j]: a V2 unit's concat + shuffle(2). The d_i
         point either into the workspace (a "direct" store of whole tiles: the columns past the
         layer's width hold zero weights and store zeros, or values a later tile overwrites), or
-        into a scratch tile that :func:`_finish_tile` then distributes.
+        into a scratch tile that ``gemm._finish_tile`` then distributes.
 
         NR is a constant of the enclosing :func:`_tile_kernel` call, so the j loops have a
         constant trip count: they unroll, and acc0..acc3 (4 x NR floats) live in registers.

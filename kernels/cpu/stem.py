@@ -67,7 +67,7 @@ def _stem_tile(inp, a, toff, K, wp, out, o0, o_stride):
 
         acc_co[i] = wp[0, co] + sum_t inp[a + toff[t] + i] * wp[1 + t, co]     (co < 8, i < 32)
 
-    stored (no ReLU) at out[o0 + co * o_stride + i]. As in :func:`_tile`, the accumulator rows are
+    stored (no ReLU) at out[o0 + co * o_stride + i]. As in ``micro_kernel._tile``, the accumulator rows are
     written out by hand so that LLVM keeps them in 16 registers."""
     acc0 = numba.carray(_stack_floats(32), 32)
     acc1 = numba.carray(_stack_floats(32), 32)

@@ -3,17 +3,17 @@
 The backend (``npshuffle.backend_numba``) turns a plan into a list of *step records*, one frozen
 dataclass per kind of step, each holding only what that kind needs:
 
-=================  ===================================================  ==========================
-record             computes                                             kernel
-=================  ===================================================  ==========================
-:class:`PhaseInput`  the NCHW image -> rows split by column phase       ``stem.phase_input``
-:class:`StemPool`    stem conv 3x3 / 2 + ReLU + max-pool 3x3 / 2, fused  ``stem.stem_pool``
-:class:`Gemm`        a 1x1 conv (grouped or not), fused epilogue         ``gemm.gemm``
-:class:`Depthwise`   3x3 depthwise conv, padding 1, any stride           ``per_channel.depthwise3x3``
-:class:`AvgPool`     3x3 average pool, padding 1 (zeros counted)         ``per_channel.avg_pool3x3``
-:class:`GlobalPool`  mean over all pixels -> the pooled feature row      ``per_channel.global_pool``
-:class:`Classifier`  features @ W + b, the images as the GEMM's rows     ``gemm.classifier_part``
-=================  ===================================================  ==========================
+=======================  ==================================================  ===========================
+record                   computes                                            kernel
+=======================  ==================================================  ===========================
+:class:`PhaseInput`      the NCHW image -> rows split by column phase        ``stem.phase_input``
+:class:`StemPool`        stem conv 3x3 / 2 + ReLU + max-pool 3x3 / 2, fused  ``stem.stem_pool``
+:class:`Gemm`            a 1x1 conv (grouped or not), fused epilogue         ``gemm.gemm``
+:class:`Depthwise`       3x3 depthwise conv, padding 1, any stride           ``per_channel.depthwise3x3``
+:class:`AvgPool`         3x3 average pool, padding 1 (zeros counted)         ``per_channel.avg_pool3x3``
+:class:`GlobalPool`      mean over all pixels -> the pooled feature row      ``per_channel.global_pool``
+:class:`Classifier`      features @ W + b, the images as the GEMM's rows     ``gemm.classifier_part``
+=======================  ==================================================  ===========================
 
 Every number in a record is an integer: an offset into one of the three flat arrays a kernel
 gets (``ws``, the float32 workspace holding every activation; ``wts``, the packed weights;

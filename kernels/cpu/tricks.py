@@ -110,10 +110,9 @@ def _at(typingctx, array, index):
     return types.CPointer(array.dtype)(array, index), codegen
 
 
-
 def _caller(argtypes: tuple):
     """An intrinsic ``call(address, *args)``: call the kernel at ``address`` (an int64 from
-    :func:`kernel_table`), which Numba compiled for the argument types ``argtypes``.
+    ``driver.kernel_table``), which Numba compiled for the argument types ``argtypes`` (trick 6).
 
     Arguments that do not convert to exactly those types are a typing error at compile time (a
     call with any other layout would read garbage). The call uses Numba's own calling convention,
