@@ -23,7 +23,7 @@ import time
 import numba
 import numpy as np
 
-from kernels import cpu
+from npshuffle.backend_numba import cpu  # (kernels.cpu, with npshuffle's kernel cache)
 
 try:
     from profile_layers import random_model, times

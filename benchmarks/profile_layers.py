@@ -17,9 +17,8 @@ from collections import defaultdict
 import numba
 import numpy as np
 
-from kernels import cpu
 from npshuffle.archs import build_plan, v1_spec, v2_spec
-from npshuffle.backend_numba import NumbaBackend
+from npshuffle.backend_numba import NumbaBackend, cpu  # (kernels.cpu, with npshuffle's kernel cache)
 
 KIND_NAMES = {cpu.PhaseInput: "input", cpu.StemPool: "stem+max_pool", cpu.Gemm: "gemm", cpu.Depthwise: "depthwise",
               cpu.AvgPool: "avg_pool", cpu.GlobalPool: "global_pool"}

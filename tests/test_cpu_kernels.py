@@ -19,9 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import cpu
-from kernels import reference as ref
-from tests.conftest import REPO
+from npshuffle import kernel_cache
+
+kernel_cache.install_locator()  # (before kernels.cpu is imported, as the backend does: see kernels/cpu/__init__.py)
+
+from kernels import cpu  # noqa: E402
+from kernels import reference as ref  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
 
 SETTINGS = settings(max_examples=25, deadline=None)
 TOL = 1e-5

@@ -21,18 +21,13 @@ Where to read what, in order:
 ``driver.py``          the kernels' address table, compiling them, the forward pass
 =====================  ==========================================================================
 
-Everything is compiled by Numba with ``cache=True`` (``npshuffle.kernel_cache`` chooses the
-folder and treats the package's files as one source: an edit to any of them recompiles all).
-Importing the package compiles nothing and changes no Numba setting (but for telling Numba where
-to cache these files, ``kernel_cache.install_locator``, which concerns them alone).
+Everything is compiled by Numba with ``cache=True``. Importing the package compiles nothing and
+changes no Numba setting. Where the cache goes is ``npshuffle.kernel_cache``'s to say: its
+``install_locator()``, called before this package is imported (``npshuffle.backend_numba`` does),
+chooses the folder and makes Numba treat the package's files as one source, so that an edit to
+any of them recompiles every kernel. (Imported without it, Numba's own rules apply: a cache
+beside each file, checked against that file alone.)
 """
-
-try:  # before the kernels are defined: Numba picks each one's cache folder and source stamp then
-    from npshuffle.kernel_cache import install_locator
-except ImportError:  # pragma: no cover - the kernels without npshuffle: Numba's own cache rules
-    pass
-else:
-    install_locator()
 
 from .driver import (
                      FORWARD_ARGS,
