@@ -45,6 +45,7 @@ import numpy as np
 
 from . import children, kernel_cache
 from .backends import BackendError, NumpyBackend
+from .cpu_settings import check_schedule, check_threads
 from .plan import Plan
 
 # Defaults until `npshuffle warmup` has measured this machine: the project's 2-core machine,
@@ -163,8 +164,10 @@ class AutoRunner:
     """
 
     def __init__(self, plan: Plan, weights: dict[str, np.ndarray], *, crossover: Crossover | None = None,
-                 is_warm: Callable[[], bool] = kernel_cache.is_warm, log: Callable[[str], None] = _say):
+                 is_warm: Callable[[], bool] = kernel_cache.is_warm, log: Callable[[str], None] = _say,
+                 numba_settings: dict | None = None):
         self.plan, self.weights = plan, weights
+        self.numba_settings = numba_settings or {}  # threads / schedule for the Numba runner, when it comes
         self.numpy_runner = NumpyBackend().prepare(plan, weights)
         self.numba_runner = None
         self.crossover = crossover  # (None: read when first needed; a one-photo job never looks)
@@ -254,7 +257,7 @@ class AutoRunner:
         from .backends import get_backend
 
         try:
-            self.numba_runner = get_backend("numba").prepare(self.plan, self.weights)
+            self.numba_runner = get_backend("numba", **self.numba_settings).prepare(self.plan, self.weights)
         except (BackendError, ImportError) as exc:
             self.stay_on_numpy = True
             self.log(f"staying on NumPy: {exc}")
@@ -264,9 +267,16 @@ class AutoRunner:
 
 
 class AutoBackend:
-    """``backend="auto"``: see :class:`AutoRunner`."""
+    """``backend="auto"``: see :class:`AutoRunner`. ``threads`` and ``schedule``: the Numba
+    runner's, once the job moves to Numba (see ``backend_numba.NumbaRunner``)."""
 
     name = "auto"
 
+    def __init__(self, threads: int | None = None, schedule: str | None = None):
+        self.threads = check_threads(threads)
+        self.schedule = None if schedule is None else check_schedule(schedule)
+
     def prepare(self, plan: Plan, weights: dict[str, np.ndarray]) -> AutoRunner:
-        return AutoRunner(plan, weights)
+        settings = {key: value for key, value in (("threads", self.threads), ("schedule", self.schedule))
+                    if value is not None}
+        return AutoRunner(plan, weights, numba_settings=settings)

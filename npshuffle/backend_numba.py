@@ -25,6 +25,7 @@ import numpy as np
 
 from . import children, kernel_cache
 from .backends import BackendError
+from .cpu_settings import check_schedule, check_threads
 from .lowering import lower
 from .plan import Plan
 
@@ -157,26 +158,6 @@ def ensure_kernels() -> bool:
         return False
 
 
-SCHEDULES = ("adaptive", "split", "single")  # see NumbaRunner
-
-
-def _checked_threads(threads: int | None) -> int | None:
-    if threads is None:
-        return None
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be None (all of Numba's) or a positive int, not {threads!r}")
-    if threads > numba.config.NUMBA_NUM_THREADS:
-        raise ValueError(f"threads={threads}: Numba has {numba.config.NUMBA_NUM_THREADS} threads in this process "
-                         "(set NUMBA_NUM_THREADS before starting it for more)")
-    return int(threads)
-
-
-def _checked_schedule(schedule: str) -> str:
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
-    return schedule
-
-
 class _AdaptiveSchedule:
     """``schedule="adaptive"``: whether the next batch-1 call runs split across the threads or on one.
 
@@ -260,7 +241,7 @@ class NumbaRunner:
 
     @threads.setter
     def threads(self, value: int | None) -> None:
-        self._threads = _checked_threads(value)
+        self._threads = check_threads(value)
 
     @property
     def schedule(self) -> str:
@@ -268,7 +249,7 @@ class NumbaRunner:
 
     @schedule.setter
     def schedule(self, value: str) -> None:
-        self._schedule = _checked_schedule(value)
+        self._schedule = check_schedule(value)
 
     def program(self, height: int, width: int) -> StepTable:
         """The step table for one input size (built on first use)."""
@@ -325,8 +306,8 @@ class NumbaBackend:
     name = "numba"
 
     def __init__(self, threads: int | None = None, schedule: str = "adaptive"):
-        self.threads = _checked_threads(threads)
-        self.schedule = _checked_schedule(schedule)
+        self.threads = check_threads(threads)
+        self.schedule = check_schedule(schedule)
 
     def prepare(self, plan: Plan, weights: dict[str, np.ndarray]) -> NumbaRunner:
         return NumbaRunner(plan, weights, threads=self.threads, schedule=self.schedule)

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from .backends import BackendError
+from .backends import NUMBA_CPU_BACKENDS, BackendError
 from .images import IMAGE_EXTENSIONS, ImageError
 from .model_file import ModelFileError
 from .progress import Progress
@@ -163,7 +163,16 @@ def cmd_predict(args) -> int:
         return fail("--top-k must be at least 1")
     if args.batch_size < 1:
         return fail("--batch-size must be at least 1")
-    model = load_model(args.model, backend=backend_for(args.device))
+    if args.threads is not None and args.threads < 1:
+        return fail("--threads must be at least 1")
+    device = backend_for(args.device)
+    if args.threads is not None and device not in NUMBA_CPU_BACKENDS:
+        return fail(f"--threads sets the Numba CPU kernels' threads; --device {args.device} does not run them "
+                    "(NumPy's BLAS takes OPENBLAS_NUM_THREADS / OMP_NUM_THREADS from the environment)")
+    try:
+        model = load_model(args.model, backend=device, threads=args.threads)
+    except ValueError as exc:  # a --threads the machine cannot give
+        return fail(str(exc))
     paths, skipped = expand_inputs(args.paths)
     if not paths:
         return fail("no images found in " + ", ".join(args.paths))
@@ -323,6 +332,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto (default: NumPy for a few images, Numba for many, compiling it in the background "
                         "the first time), numpy, numba, cuda (cpu: same as auto)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="threads for the Numba kernels (--device auto or numba; default: all cores)")
     p.set_defaults(run=cmd_predict)
 
     p = sub.add_parser("list", help="list the bundled models")

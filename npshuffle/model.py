@@ -16,18 +16,33 @@ MIN_INPUT_SIZE = 32
 
 class Model:
     """A loaded model. ``forward`` maps an NCHW float32 batch ``(N, 3, H, W)``, already
-    preprocessed with :attr:`recipe`, to logits ``(N, num_classes)``."""
+    preprocessed with :attr:`recipe`, to logits ``(N, num_classes)``.
 
-    def __init__(self, model_file: ModelFile, backend: str | None = None, name: str | None = None):
+    ``backend``: its name (``"auto"``, ``"numpy"``, ``"numba"``, ``"cuda"``; see
+    ``npshuffle.backends``); ``threads`` and ``schedule``: how the Numba CPU kernels use the cores
+    (``npshuffle.cpu_settings``; None: all of Numba's threads, the adaptive schedule). All three
+    stay visible on the model as :attr:`settings`.
+    """
+
+    def __init__(self, model_file: ModelFile, backend: str | None = None, name: str | None = None, *,
+                 threads: int | None = None, schedule: str | None = None):
         self.file = model_file
         self.name = name or model_file.metadata.get("variant", "model")
-        self.backend = get_backend(backend)
+        self.backend = get_backend(backend, threads=threads, schedule=schedule)
+        self.threads, self.schedule = threads, schedule
         self._run = self.backend.prepare(model_file.plan, model_file.weights)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backend: str | None = None) -> Model:
+    def load(cls, path: str | os.PathLike, backend: str | None = None, *, threads: int | None = None,
+             schedule: str | None = None) -> Model:
         """Load and validate a model file (raises ModelFileError with a clear message)."""
-        return cls(load_model_file(path), backend=backend, name=os.path.basename(str(path)))
+        return cls(load_model_file(path), backend=backend, name=os.path.basename(str(path)), threads=threads,
+                   schedule=schedule)
+
+    @property
+    def settings(self) -> dict:
+        """What this model runs on and how: ``{"backend": ..., "threads": ..., "schedule": ...}``."""
+        return {"backend": self.backend.name, "threads": self.threads, "schedule": self.schedule}
 
     @property
     def class_names(self) -> list[str]:

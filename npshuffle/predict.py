@@ -69,19 +69,23 @@ class Prediction:
         return out
 
 
-_LOADED: dict[tuple[str, str], Model] = {}
+_LOADED: dict[tuple, Model] = {}  # (real path, backend, threads, schedule) -> Model
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, backend: str | None = None) -> Model:
+def load_model(name_or_path: str | os.PathLike | None = None, backend: str | None = None, *,
+               threads: int | None = None, schedule: str | None = None) -> Model:
     """A ready model: a bundled name (see ``npshuffle list``) or a ``.npz`` path; None = the default.
 
-    Loaded models are cached per (file, backend), so repeated calls neither reload nor recompile.
-    Raises ``ModelFileError`` (bad name, missing or malformed file) or ``BackendError``.
+    ``backend``: ``"auto"`` (default), ``"numpy"``, ``"numba"`` or ``"cuda"``. ``threads`` /
+    ``schedule``: how the Numba CPU kernels (``numba``, and ``auto`` once a job moves to Numba)
+    use the cores; see :class:`Model`. Loaded models are cached per (file, backend, settings), so
+    repeated calls neither reload nor recompile. Raises ``ModelFileError`` (bad name, missing or
+    malformed file), ``BackendError``, or ``ValueError`` for a bad setting.
     """
     name, path = resolve(name_or_path)
-    key = (os.path.realpath(path), backend or DEFAULT_BACKEND)
+    key = (os.path.realpath(path), backend or DEFAULT_BACKEND, threads, schedule)
     if key not in _LOADED:
-        model = Model.load(path, backend=backend)
+        model = Model.load(path, backend=backend, threads=threads, schedule=schedule)
         model.name = name
         _LOADED[key] = model
     return _LOADED[key]

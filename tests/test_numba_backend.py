@@ -23,6 +23,7 @@ from npshuffle import backend_numba
 from npshuffle.archs import V2Spec, build_plan, v1_spec, v2_spec
 from npshuffle.backend_numba import NumbaBackend
 from npshuffle.backends import BackendError, NumpyBackend, get_backend
+from npshuffle.cpu_settings import SCHEDULES
 from npshuffle.model import Model
 from tests.conftest import REPO, WEIGHTS, require
 from tests.strategies import v1_specs, v2_specs
@@ -141,7 +142,7 @@ def test_threads_and_schedule_are_explicit_settings(monkeypatch):
     x = np.random.default_rng(6).standard_normal((3, 3, 40, 40)).astype(np.float32)
     expected = NumpyBackend().prepare(plan, weights)(x)
     for threads in (None, 1, 2):
-        for schedule in backend_numba.SCHEDULES:
+        for schedule in SCHEDULES:
             runner = NumbaBackend(threads=threads, schedule=schedule).prepare(plan, weights)
             assert (runner.threads, runner.schedule) == (threads, schedule)
             assert_matches(np.concatenate([runner(x[:1]), runner(x[1:])]), expected)
