@@ -60,6 +60,27 @@ class LoweringError(ValueError):
     """A plan that cannot be lowered (inconsistent channel counts between a unit's branches)."""
 
 
+class _ReadsSrc:
+    """An op whose only input is ``src``."""
+
+    def inputs(self) -> tuple[Value, ...]:
+        return (self.src,)
+
+
+class _Window(_ReadsSrc):
+    """A KxK window op (conv or pool): its output size follows ``kernel``, ``stride``, ``padding``."""
+
+    def output_size(self, size: int) -> int:
+        return output_size(size, self.kernel, self.stride, self.padding)
+
+
+class _Reduction(_ReadsSrc):
+    """An op whose output is one pixel (the global pool, the classifier)."""
+
+    def output_size(self, size: int) -> int:
+        return 1
+
+
 @dataclass(frozen=True)
 class Value:
     """A tensor of one image, ``(channels, height, width)`` float32; its height and width depend
@@ -70,7 +91,7 @@ class Value:
 
 
 @dataclass(frozen=True)
-class Conv:
+class Conv(_Window):
     """Dense KxK conv of ``src`` into ``dst`` (the stem). weight ``(O, C/groups, K, K)``, bias ``(O,)``."""
 
     name: str
@@ -84,15 +105,9 @@ class Conv:
     groups: int
     relu: bool
 
-    def output_size(self, size: int) -> int:
-        return output_size(size, self.kernel, self.stride, self.padding)
-
-    def inputs(self) -> tuple[Value, ...]:
-        return (self.src,)
-
 
 @dataclass(frozen=True)
-class MaxPool:
+class MaxPool(_Window):
     """3x3, stride 2, padding 1 max-pool of ``src`` into ``dst`` (padding never wins)."""
 
     name: str
@@ -101,12 +116,6 @@ class MaxPool:
     kernel: int = POOL_KERNEL
     stride: int = POOL_STRIDE
     padding: int = POOL_PADDING
-
-    def output_size(self, size: int) -> int:
-        return output_size(size, self.kernel, self.stride, self.padding)
-
-    def inputs(self) -> tuple[Value, ...]:
-        return (self.src,)
 
 
 @dataclass(frozen=True)
@@ -166,7 +175,7 @@ class Pointwise:
 
 
 @dataclass(frozen=True)
-class Depthwise:
+class Depthwise(_Window):
     """KxK depthwise conv of ``src`` into ``dst``: weight ``(C, 1, K, K)``, bias ``(C,)``."""
 
     name: str
@@ -179,15 +188,9 @@ class Depthwise:
     padding: int
     relu: bool
 
-    def output_size(self, size: int) -> int:
-        return output_size(size, self.kernel, self.stride, self.padding)
-
-    def inputs(self) -> tuple[Value, ...]:
-        return (self.src,)
-
 
 @dataclass(frozen=True)
-class AvgPool:
+class AvgPool(_Window):
     """3x3 / 2 / 1 average pool (padding counted as zeros) of ``src``: channel c goes to ``dst``
     channel ``writes(c)`` (a V1 stride-2 unit's shortcut, the first channels of its concat)."""
 
@@ -199,30 +202,18 @@ class AvgPool:
     stride: int = POOL_STRIDE
     padding: int = POOL_PADDING
 
-    def output_size(self, size: int) -> int:
-        return output_size(size, self.kernel, self.stride, self.padding)
-
-    def inputs(self) -> tuple[Value, ...]:
-        return (self.src,)
-
 
 @dataclass(frozen=True)
-class GlobalPool:
+class GlobalPool(_Reduction):
     """Mean over the pixels of ``src`` into ``dst``, the ``(C, 1, 1)`` features."""
 
     name: str
     src: Value
     dst: Value
 
-    def output_size(self, size: int) -> int:
-        return 1
-
-    def inputs(self) -> tuple[Value, ...]:
-        return (self.src,)
-
 
 @dataclass(frozen=True)
-class Linear:
+class Linear(_Reduction):
     """The classifier: ``dst = weight @ src + bias``; weight ``(classes, features)``, bias ``(classes,)``;
     ``src`` and ``dst`` are ``(features, 1, 1)`` and ``(classes, 1, 1)``."""
 
@@ -231,12 +222,6 @@ class Linear:
     dst: Value
     weight: np.ndarray
     bias: np.ndarray
-
-    def output_size(self, size: int) -> int:
-        return 1
-
-    def inputs(self) -> tuple[Value, ...]:
-        return (self.src,)
 
 
 Op = Conv | MaxPool | Pointwise | Depthwise | AvgPool | GlobalPool | Linear
