@@ -124,3 +124,16 @@ def test_a_weight_of_the_wrong_shape_is_refused():
     weights[f"{name}.weight"] = weights[f"{name}.weight"][:-1]
     with pytest.raises(LoweringError, match=name):
         lower(plan, weights)
+
+
+@pytest.mark.parametrize("module", ["npshuffle/backend_numba.py", "npshuffle/numba_steps.py",
+                                    "npshuffle/backend_cuda.py"])
+def test_the_fast_backends_run_the_program_not_the_plan(module):
+    """Only the lowering turns units into data movement: the fast backends never see a unit type
+    (the NumPy backend's ``prepare_reference``, the plain walk of the plan, is the definition)."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).resolve().parent.parent / module).read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert not names & {"V1Unit", "V2Unit", "ConvLayer"}, f"{module} imports {names & {'V1Unit', 'V2Unit'}}"
