@@ -39,7 +39,7 @@ def time_arch(name: str, calls: int, size: int, rng: np.random.Generator) -> str
     start = time.perf_counter()
     runner(x)
     first = time.perf_counter() - start
-    prog = runner.program(size, size)
+    prog = runner.steps_for(size, size)
     ws = prog.workspace(nthreads)
     features, logits = prog.output(1, plan.classifier.num_classes)
     row = [f"{name}:"]

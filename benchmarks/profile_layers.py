@@ -80,7 +80,7 @@ def main() -> None:
     plan, runner = random_model(args.arch, rng, args.dialect)
     x = rng.standard_normal((1, 3, args.size, args.size)).astype(np.float32)
     runner(x)  # compile
-    prog = runner.program(args.size, args.size)
+    prog = runner.steps_for(args.size, args.size)
     ws = prog.workspace(1)
     features, logits = prog.output(1, plan.classifier.num_classes)
     wts, fc = runner.packed.wts, runner.packed.fc_step

@@ -69,6 +69,9 @@ class ChannelMap(NamedTuple):
 
 
 IDENTITY = ChannelMap()
+# The even and the odd channels: the two halves of a V2 "interleaved" split, and where the two
+# operands of a concat land after a shuffle(2) (the first's channel j at 2j, the second's at 2j + 1).
+EVEN_CHANNELS, ODD_CHANNELS = ChannelMap(step=2), ChannelMap(offset=1, step=2)
 
 
 def check_convention(convention: str, allowed: tuple[str, ...]) -> None:

@@ -5,7 +5,9 @@ the same way, width) for an input of height ``size`` is::
 
     (size + 2 * padding - kernel) // stride + 1
 
-The kernels, the plan (``npshuffle.plan``) and the lowering all call :func:`output_size`.
+The plan (``npshuffle.plan``), the lowering, the reference kernels, the CUDA launchers and the
+Numba stem's geometry (``kernels.cpu.layout.stem_geometry``) call :func:`output_size`; only the
+compiled stem kernel (``kernels/cpu/stem.py``) spells the 3/2/1 case out as ``(n - 1) // 2 + 1``.
 """
 
 from __future__ import annotations

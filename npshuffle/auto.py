@@ -45,7 +45,7 @@ import numpy as np
 
 from . import children, kernel_cache
 from .backends import BackendError, NumpyBackend
-from .cpu_settings import check_schedule, check_threads
+from .cpu_settings import check_schedule, check_threads, given
 from .plan import Plan
 
 # Defaults until `npshuffle warmup` has measured this machine: the project's 2-core machine,
@@ -277,6 +277,4 @@ class AutoBackend:
         self.schedule = None if schedule is None else check_schedule(schedule)
 
     def prepare(self, plan: Plan, weights: dict[str, np.ndarray]) -> AutoRunner:
-        settings = {key: value for key, value in (("threads", self.threads), ("schedule", self.schedule))
-                    if value is not None}
-        return AutoRunner(plan, weights, numba_settings=settings)
+        return AutoRunner(plan, weights, numba_settings=given(self.threads, self.schedule))

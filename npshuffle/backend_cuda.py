@@ -82,13 +82,13 @@ def _import_cuda():
 
 
 class CudaBackend:
-    """Runs a plan on the GPU; raises BackendError at construction when it cannot (no numba.cuda,
-    no GPU). Under ``NUMBA_ENABLE_CUDASIM=1`` it runs on numba's CUDA simulator (slowly)."""
+    """Runs the lowered plan on the GPU; raises BackendError at construction when it cannot (no
+    numba.cuda, no GPU). Under ``NUMBA_ENABLE_CUDASIM=1`` it runs on numba's CUDA simulator (slowly)."""
 
     name = "cuda"
 
     def __init__(self):
-        self.cuda = _import_cuda()
+        self.cuda = _import_cuda()  # numba.cuda (raises the BackendError that says why not)
 
     def prepare(self, plan: Plan, weights: dict[str, np.ndarray]) -> CudaRunner:
         return CudaRunner(plan, weights)
@@ -143,9 +143,8 @@ class CudaRunner:
 
         self.kc = kc
         self.cuda = kc.cuda
-        self.plan = plan
-        self.num_classes = plan.classifier.num_classes
         self.program = _without_pooled_epilogue(lower(plan, weights))
+        self.num_classes = self.program.logits.channels
         self.device_weights = {}  # op name -> (weight, bias) on the device, in the layout its kernel reads
         for op in self.program.ops:
             if hasattr(op, "weight"):
@@ -291,8 +290,6 @@ class CudaRunner:
             if op.residual is not None:
                 extra["residual"] = _flat(tensor(op.residual))
             if op.carry is not None:
-                if op.carry.count != op.out_channels:
-                    raise BackendError(f"{op.name}: the CUDA kernel carries one channel per output channel")
                 extra["carry"] = (_flat(tensor(op.carry.value)), op.carry.source, op.carry.destination)
             groups = f" g{op.groups}" if op.groups > 1 else ""
             label = f"pointwise {op.in_channels // op.groups}->{op.out_channels}{groups} @{h}x{w}"
@@ -344,19 +341,16 @@ def _assign_buffers(program: Program) -> dict[Value, str]:
     value takes a free buffer when an op first writes it (a new one if none is free), and frees it
     after the last op that reads it. (An op's output never shares a buffer with its inputs: those
     are freed only after the op.)"""
-    last_use = program.last_use()
     buffer_of = {program.image: "input", program.logits: "logits"}
     free: list[str] = []
     scratch = 0
-    for i, op in enumerate(program.ops):
+    for op, dead in zip(program.ops, program.dead_after(), strict=True):
         if op.dst not in buffer_of:
             if not free:
                 free.append(f"T{scratch}")
                 scratch += 1
             buffer_of[op.dst] = free.pop()
-        for value in dict.fromkeys(op.inputs()):  # (each input once, though an op may read one twice)
-            if last_use[value] == i and buffer_of[value] != "input":
-                free.append(buffer_of[value])
+        free += [buffer_of[value] for value in dead if buffer_of[value] != "input"]
     return buffer_of
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import children, kernel_cache
 from .backends import BackendError
-from .cpu_settings import check_schedule, check_threads
+from .cpu_settings import check_schedule, check_threads, usable_cores
 from .lowering import lower
 from .plan import Plan
 
@@ -57,18 +57,11 @@ _kernels_ready = False  # compiled, or loaded from the cache, in this process (e
 _compile_lock = threading.Lock()
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _busy() -> bool:
     """Is the machine busy: a load average over the last minute within half a process of its
     cores? (Unknown, as on Windows: no.)"""
     try:
-        return os.getloadavg()[0] >= _cores() - 0.5
+        return os.getloadavg()[0] >= usable_cores() - 0.5
     except (AttributeError, OSError):
         return False
 
@@ -78,7 +71,7 @@ def _spare_core() -> bool:
     setting = os.environ.get(HELPER_ENV)
     if setting in ("0", "1"):
         return setting == "1"
-    return _cores() >= 2 and not _busy()
+    return usable_cores() >= 2 and not _busy()
 
 
 def _start_helper(slots) -> subprocess.Popen | None:
@@ -180,14 +173,17 @@ class _AdaptiveSchedule:
         self.busy = _busy()
 
     def single_thread(self) -> bool:
+        """Run the next call on one thread (True) or split (False)?"""
         if not self.recent[self.busy]:
             return self.busy
-        best = {mode: min(t for _, t in times) if times else 0.0 for mode, times in self.recent.items()}
-        slower = best[True] >= best[False]  # (an untimed schedule counts as 0: it goes first)
-        if self.since_probe >= self.PROBE_EVERY * best[slower]:
+        # the best time of each schedule (keyed by single_thread: True / False); an untimed one
+        # counts as 0, so it is tried next
+        best = {single: min(t for _, t in times) if times else 0.0 for single, times in self.recent.items()}
+        faster = best[True] < best[False]
+        if self.since_probe >= self.PROBE_EVERY * best[not faster]:  # time to probe the slower one
             self.since_probe = 0.0
-            return slower
-        return not slower
+            return not faster
+        return faster
 
     def record(self, single: bool, seconds: float) -> None:
         now = time.perf_counter()
@@ -227,11 +223,10 @@ class NumbaRunner:
 
     def __init__(self, plan: Plan, weights: dict[str, np.ndarray], threads: int | None = None,
                  schedule: str = "adaptive"):
-        self.plan = plan
         self.threads = threads
         self.schedule = schedule
         self.packed = PackedWeights(lower(plan, weights))
-        self._programs: dict[tuple[int, int], StepTable] = {}
+        self._tables: dict[tuple[int, int], StepTable] = {}
         self._adaptive: dict[tuple[int, int], _AdaptiveSchedule] = {}  # (schedule="adaptive") per input size
         self._lock = threading.Lock()
 
@@ -251,22 +246,23 @@ class NumbaRunner:
     def schedule(self, value: str) -> None:
         self._schedule = check_schedule(value)
 
-    def program(self, height: int, width: int) -> StepTable:
+    def steps_for(self, height: int, width: int) -> StepTable:
         """The step table for one input size (built on first use)."""
-        prog = self._programs.get((height, width))
-        if prog is None:
-            prog = self._programs[(height, width)] = StepTable(self.packed, height, width)
+        table = self._tables.get((height, width))
+        if table is None:
+            table = self._tables[(height, width)] = StepTable(self.packed, height, width)
             self._adaptive[(height, width)] = _AdaptiveSchedule()
-        return prog
+        return table
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1] != self.plan.stem.in_channels:
-            raise ValueError(f"expected a batch of shape (N, {self.plan.stem.in_channels}, H, W), got {x.shape}")
+        channels = self.packed.program.image.channels
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise ValueError(f"expected a batch of shape (N, {channels}, H, W), got {x.shape}")
         n, _, h, w = x.shape
         with self._lock:
             ready = ensure_kernels()
-            prog = self.program(h, w)
+            table = self.steps_for(h, w)
             team = numba.get_num_threads()
             nthreads = self.threads or team
             adaptive = None
@@ -280,13 +276,13 @@ class NumbaRunner:
             threads = 1 if single else nthreads
             # a batch: each thread takes whole images; one thread: the whole pass in one fork-join
             by_image = n > 1 or threads == 1
-            features, logits = prog.output(n, self.plan.classifier.num_classes)
-            ws = prog.workspace(threads if by_image else 1)
+            features, logits = table.output(n, self.packed.program.logits.channels)
+            ws = table.workspace(threads if by_image else 1)
             start = time.perf_counter()
             if threads != team:
                 numba.set_num_threads(threads)  # (one thread: a team of one, no fork-join waits on anybody)
             try:
-                cpu.forward(ws, self.packed.wts, prog.itab, prog.steps, prog.rounds, x, features,
+                cpu.forward(ws, self.packed.wts, table.itab, table.steps, table.rounds, x, features,
                             self.packed.fc_step, logits, threads, by_image)
             finally:
                 if threads != team:
@@ -297,7 +293,7 @@ class NumbaRunner:
 
 
 class NumbaBackend:
-    """Numba kernels (``kernels.cpu``) running the lowered plan; see the module docstring.
+    """Numba kernels (``kernels.cpu``) running the plan's lowered program; see the module docstring.
 
     ``threads`` and ``schedule``: how the runners it prepares use the CPU's threads (see
     :class:`NumbaRunner`; each runner keeps them as attributes of its own).

@@ -16,7 +16,7 @@ back by pw2, is a gather (``np.take``) of whole channel planes.
 the definition the program is tested against (tests/test_numpy_backend.py).
 
 Every call allocates its own arrays (a runner may be called from several threads at once) and
-runs a batch image by image (see ``run``).
+runs a batch image by image (see ``NumpyRunner.__call__``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from kernels import reference as ref
 from kernels.channel_map import ChannelMap
 
 from .lowering import AvgPool, Conv, Depthwise, GlobalPool, Linear, MaxPool, Pointwise, Program, Value, lower
-from .plan import ConvLayer, Plan, V1Unit, V2Unit
+from .plan import POOL_KERNEL, POOL_PADDING, POOL_STRIDE, ConvLayer, Plan, V1Unit, V2Unit
 
 # An op as NumPy runs it: reads and writes one image's values, {Value: (C, H, W) array}.
 Step = Callable[[dict], None]
@@ -58,13 +58,8 @@ def _output(values: dict, dst: Value, h: int, w: int) -> np.ndarray:
 
 def _conv_step(op: Conv) -> Step:
     """The stem: im2col + one matrix product (weight flattened once to (O, C*K*K))."""
-    if op.groups != 1:  # no ShuffleNet has one; the batched definition handles it
-
-        def grouped(values: dict) -> None:
-            values[op.dst] = ref.conv2d(values[op.src][None], op.weight, op.bias, stride=op.stride,
-                                        padding=op.padding, groups=op.groups, relu=op.relu)[0]
-
-        return grouped
+    if op.groups != 1:
+        raise ValueError(f"{op.name}: the NumPy backend's stem is an ungrouped conv (as in every ShuffleNet)")
     weight, bias = op.weight.reshape(op.weight.shape[0], -1), op.bias[:, None]
 
     def conv(values: dict) -> None:
@@ -134,8 +129,8 @@ def _pointwise_step(op: Pointwise) -> Step:
         if op.carry is not None:
             c = op.carry
             side, dst = values[c.value], values[op.dst]
-            np.copyto(_slots(dst.reshape(len(dst), h * w), c.destination, c.count),
-                      channels_of(side.reshape(len(side), h * w), c.source, c.count))
+            np.copyto(_slots(dst.reshape(len(dst), h * w), c.destination, o),
+                      channels_of(side.reshape(len(side), h * w), c.source, o))
 
     return pointwise
 
@@ -210,7 +205,7 @@ class NumpyBackend:
             y = conv(u.pw2, conv(u.dw, y))
             if u.stride == 1:
                 return ref.bias_relu(x + y, None, relu=True)
-            shortcut = ref.avg_pool2d(x, 3, 2, 1, count_include_pad=True)
+            shortcut = ref.avg_pool2d(x, POOL_KERNEL, POOL_STRIDE, POOL_PADDING, count_include_pad=True)
             return ref.concat_channels(shortcut, ref.bias_relu(y, None, relu=True))
 
         def v2_unit(u: V2Unit, x: np.ndarray) -> np.ndarray:
@@ -222,7 +217,7 @@ class NumpyBackend:
             return ref.channel_shuffle(out, 2, "torchvision") if u.shuffle_after else out
 
         def run_one(x: np.ndarray) -> np.ndarray:
-            x = ref.max_pool2d(conv(plan.stem, x), 3, 2, 1)
+            x = ref.max_pool2d(conv(plan.stem, x), POOL_KERNEL, POOL_STRIDE, POOL_PADDING)
             for unit in plan.units:
                 x = v1_unit(unit, x) if isinstance(unit, V1Unit) else v2_unit(unit, x)
             if plan.head is not None:

@@ -1,4 +1,4 @@
-"""Backends: how a :class:`~npshuffle.plan.Plan` is executed, and the registry that names them.
+"""Backends: what runs a plan (through its lowered program), and the registry that names them.
 
 A backend turns (plan, folded weights) into a *runner*: a callable from an NCHW float32 batch
 ``(N, 3, H, W)`` to logits ``(N, num_classes)``. ``prepare`` is where a backend does its one-time
@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import cpu_settings
 from .backend_numpy import NumpyBackend  # (re-exported: the one backend that is always there)
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -71,7 +72,7 @@ def get_backend(name: str | None = None, *, threads: int | None = None, schedule
         factory = BACKENDS[name]
     except KeyError:
         raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}") from None
-    settings = {key: value for key, value in (("threads", threads), ("schedule", schedule)) if value is not None}
+    settings = cpu_settings.given(threads, schedule)
     if settings and name not in NUMBA_CPU_BACKENDS:
         raise ValueError(f"{' and '.join(settings)} set the Numba CPU kernels' threads: backend {name!r} does not "
                          f"run them (use {' or '.join(repr(n) for n in NUMBA_CPU_BACKENDS)}; NumPy's BLAS takes "

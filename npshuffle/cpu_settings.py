@@ -20,6 +20,14 @@ import numpy as np
 SCHEDULES = ("adaptive", "split", "single")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; all of them where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def numba_pool_size() -> int:
     """The size of Numba's thread pool in this process: NUMBA_NUM_THREADS, else the cores this
     process may use (Numba's own rule, read without importing numba when it is not loaded yet)."""
@@ -29,11 +37,12 @@ def numba_pool_size() -> int:
     try:
         return int(os.environ["NUMBA_NUM_THREADS"])
     except (KeyError, ValueError):
-        pass
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        return usable_cores()
+
+
+def given(threads: int | None, schedule: str | None) -> dict:
+    """The settings that were given (not None), as keyword arguments for a backend."""
+    return {key: value for key, value in (("threads", threads), ("schedule", schedule)) if value is not None}
 
 
 def check_threads(threads: int | None) -> int | None:

@@ -44,10 +44,11 @@ from .atomic import write_atomically
 STAMP_NAME = "npshuffle-kernels.json"
 STAMP_MAX_BYTES = 64 * 1024
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
-# the kernel sources whose machine code is cached: the package kernels.cpu (kernels/reference.py is
-# plain NumPy, kernels/cuda.py is numba.cuda)
+# the kernel sources whose machine code is cached: the package kernels.cpu (kernels.reference is
+# plain NumPy, kernels.cuda is numba.cuda and caches nothing here)
 CPU_KERNELS_DIR = KERNELS_DIR / "cpu"
-# cache files of the kernels from before they were a package (one module, kernels/cpu.py): clear() removes them
+# cache files a cpu.py module at the top of kernels/ would leave (npshuffle <= 0.1.0 had one, and an
+# upgraded install may still hold them): clear() removes them too
 OLD_PREFIXES = ("cpu.",)
 
 

@@ -42,7 +42,8 @@ How each unit is lowered (channel maps as in ``kernels.channel_map``):
 * The head conv (V2) folds the global average pool into its epilogue (``pool``): its output is
   never needed, only its mean.
 
-Shapes come from one place: :meth:`Program.shapes` (via ``plan.output_size``).
+Shapes come from one place: :meth:`Program.shapes` (with ``kernels.sizes.output_size``); so do the
+values' lifetimes: :meth:`Program.last_use`, :meth:`Program.dead_after`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.channel_map import IDENTITY, ChannelMap, shuffle_source
+from kernels.channel_map import EVEN_CHANNELS, IDENTITY, ODD_CHANNELS, ChannelMap, shuffle_source
 
 from .plan import POOL_KERNEL, POOL_PADDING, POOL_STRIDE, ConvLayer, Plan, V1Unit, V2Unit, output_size
 
@@ -84,7 +85,8 @@ class _Reduction(_ReadsSrc):
 @dataclass(frozen=True)
 class Value:
     """A tensor of one image, ``(channels, height, width)`` float32; its height and width depend
-    on the input size (see :meth:`Program.shapes`). Ops refer to values by identity."""
+    on the input size (see :meth:`Program.shapes`). Names are unique within a program (they are the
+    layers' and units' names), so two values are equal when their names are."""
 
     name: str
     channels: int
@@ -121,13 +123,13 @@ class MaxPool(_Window):
 @dataclass(frozen=True)
 class Carry:
     """Part of a pointwise epilogue: copy channel ``source(j)`` of ``value`` to channel
-    ``destination(j)`` of the op's ``dst``, for ``j < count`` (a V2 unit's passthrough half, or
-    its projection, put in place beside the main branch). ``value`` has ``dst``'s height and width."""
+    ``destination(j)`` of the op's ``dst``, one channel j per output channel of the op (a V2
+    unit's passthrough half, or its projection, put in place beside the main branch: the lowering
+    checks the two have the same width). ``value`` has ``dst``'s height and width."""
 
     value: Value
     source: ChannelMap
     destination: ChannelMap
-    count: int
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class Pointwise:
         if relu:     v = max(v, 0)
         pool:        dst[o] = mean over pixels of v        (dst is the (O, 1, 1) features)
         else:        dst[writes(o)] = v
-        carry:       dst[carry.destination(j)] = carry.value[carry.source(j)], j < carry.count
+        carry:       dst[carry.destination(o)] = carry.value[carry.source(o)]
     """
 
     name: str
@@ -232,7 +234,7 @@ class Program:
     """A lowered network: ``ops`` in execution order, from ``image`` to ``logits``."""
 
     image: Value
-    ops: tuple
+    ops: tuple[Op, ...]
     features: Value
     logits: Value
 
@@ -253,6 +255,15 @@ class Program:
             for value in op.inputs():
                 last[value] = i
         return last
+
+    def dead_after(self) -> list[tuple[Value, ...]]:
+        """Per op, the values it is the last to read: a backend may reuse their memory after it (not
+        for the op's own output, which it writes while reading them)."""
+        dead: list[tuple[Value, ...]] = [() for _ in self.ops]
+        for value, index in self.last_use().items():
+            if index < len(self.ops):
+                dead[index] += (value,)
+        return dead
 
 
 def lower(plan: Plan, weights: dict[str, np.ndarray]) -> Program:
@@ -351,7 +362,7 @@ class _Lowering:
             if first != u.pw2.out_channels:
                 raise LoweringError(f"{u.name}: shuffle(2) after a concat of unequal branches "
                                     f"({first} and {u.pw2.out_channels} channels)")
-            first_slots, main_slots = ChannelMap(step=2), ChannelMap(offset=1, step=2)
+            first_slots, main_slots = EVEN_CHANNELS, ODD_CHANNELS
         else:
             first_slots, main_slots = IDENTITY, ChannelMap(offset=first)
         if u.stride == 1:
@@ -361,20 +372,21 @@ class _Lowering:
         return out
 
     def v2_split_unit(self, u: V2Unit, x: Value, out: Value, half: int, first_slots, main_slots) -> None:
+        # (half = the kept half's width, the "first" operand of the concat)
         """concat(a, main(b)) with (a, b) = split(x): pw1 reads b out of x, pw2 carries a."""
         if u.split == "halves":  # (x[:C/2], x[C/2:])
             kept, branch = IDENTITY, ChannelMap(offset=half)
         elif u.split == "interleaved":  # (even channels, odd channels)
-            kept, branch = ChannelMap(step=2), ChannelMap(offset=1, step=2)
+            kept, branch = EVEN_CHANNELS, ODD_CHANNELS
         else:
             raise LoweringError(f"{u.name}: unknown split {u.split!r}")
-        if u.pw1.in_channels != u.in_channels - half:
-            raise LoweringError(f"{u.name}: pw1 takes {u.pw1.in_channels} channels, the split gives "
-                                f"{u.in_channels - half}")
+        if u.pw1.in_channels != u.in_channels - half or u.pw2.out_channels != half:
+            raise LoweringError(f"{u.name}: a split unit's branch must take and give {half} channels (pw1 takes "
+                                f"{u.pw1.in_channels}, pw2 gives {u.pw2.out_channels})")
         mid = Value(u.pw1.name, u.pw1.out_channels)
         self.pointwise(u.pw1, x, mid, reads=branch)
         z = self.depthwise(u.dw, mid)
-        self.pointwise(u.pw2, z, out, writes=main_slots, carry=Carry(x, kept, first_slots, half))
+        self.pointwise(u.pw2, z, out, writes=main_slots, carry=Carry(x, kept, first_slots))
 
     def v2_downsampling_unit(self, u: V2Unit, x: Value, out: Value, first: int, first_slots, main_slots) -> None:
         """concat(proj(x), main(x)), both branches at stride 2."""
@@ -385,7 +397,7 @@ class _Lowering:
         if u.shuffle_after:  # proj_pw into a tensor of its own, which pw2 carries into the interleaved slots
             proj = Value(u.proj_pw.name, u.proj_pw.out_channels)
             self.pointwise(u.proj_pw, projected, proj)
-            self.pointwise(u.pw2, z, out, writes=main_slots, carry=Carry(proj, IDENTITY, first_slots, first))
+            self.pointwise(u.pw2, z, out, writes=main_slots, carry=Carry(proj, IDENTITY, first_slots))
         else:  # each branch writes its own channels of the output
             self.pointwise(u.proj_pw, projected, out)
             self.pointwise(u.pw2, z, out, writes=main_slots)

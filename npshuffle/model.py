@@ -7,11 +7,7 @@ import os
 import numpy as np
 
 from .backends import get_backend
-from .model_file import ModelFile, load_model_file
-
-# The smallest input the network accepts: five stride-2 steps (stem, max-pool, three stages)
-# must each leave at least one pixel.
-MIN_INPUT_SIZE = 32
+from .model_file import MIN_INPUT_SIZE, ModelFile, load_model_file
 
 
 class Model:

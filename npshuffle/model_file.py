@@ -72,9 +72,11 @@ class ModelFile:
         return self.metadata["preprocess"]
 
 
-# Sane ranges for a recipe read from a file (torchvision and Megvii use 224..256 px; the network
-# needs at least 32 px, see npshuffle.model.MIN_INPUT_SIZE).
-MIN_SIZE, MAX_SIZE = 32, 2048
+# The smallest input a model takes: ShuffleNet halves the image five times (stem, max-pool, three
+# stages), so 32 px leave 1x1 at the last stage; anything smaller has nothing left to classify.
+MIN_INPUT_SIZE = 32
+# Sane ranges for a recipe read from a file (torchvision and Megvii use 224..256 px).
+MIN_SIZE, MAX_SIZE = MIN_INPUT_SIZE, 2048
 
 
 def check_recipe(recipe: dict) -> dict:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.channel_map import ChannelMap
+from kernels.channel_map import EVEN_CHANNELS, ODD_CHANNELS, ChannelMap
 
 from . import kernel_cache
 from .backends import BackendError
@@ -50,9 +50,9 @@ kernel_cache.install_locator()  # (as in backend_numba: before kernels.cpu defin
 from kernels import cpu  # noqa: E402
 
 from .lowering import AvgPool, Conv, Depthwise, GlobalPool, Linear, MaxPool, Pointwise, Program, Value  # noqa: E402
+from .plan import POOL_KERNEL, POOL_PADDING, POOL_STRIDE  # noqa: E402
 
 LANES = cpu.LANES
-_SHUFFLE_EVEN, _SHUFFLE_ODD = ChannelMap(step=2), ChannelMap(offset=1, step=2)  # concat then shuffle(2)
 
 
 class _Packer:
@@ -119,18 +119,18 @@ class PackedWeights:
 
 @dataclass(frozen=True)
 class _Buf:
-    """A padded NHWC activation in the workspace: ``channels`` real ones, stride ``c``."""
+    """A padded NHWC activation in the workspace: ``channels`` real ones, ``stride`` floats per pixel."""
 
     offset: int
     h: int
     w: int
-    c: int
+    stride: int
     channels: int
 
     @property
     def nhwc(self) -> cpu.Buffer:
         """The buffer as a step record gives it (``kernels.cpu.Buffer``)."""
-        return cpu.Buffer(self.offset, self.h, self.w, self.c)
+        return cpu.Buffer(self.offset, self.h, self.w, self.stride)
 
 
 class _Workspace:
@@ -147,13 +147,13 @@ class _Workspace:
         return offset
 
     def alloc(self, h: int, w: int, channels: int, min_stride: int = 0) -> _Buf:
-        c = cpu.padded(max(channels, min_stride))
-        pool = self.free.get((h, w, c))
-        offset = pool.pop() if pool else self.raw((h + 2) * (w + 2) * c)
-        return _Buf(offset, h, w, c, channels)
+        stride = cpu.padded(max(channels, min_stride))
+        pool = self.free.get((h, w, stride))
+        offset = pool.pop() if pool else self.raw((h + 2) * (w + 2) * stride)  # (with its zero border)
+        return _Buf(offset, h, w, stride, channels)
 
     def release(self, b: _Buf) -> None:
-        self.free.setdefault((b.h, b.w, b.c), []).append(b.offset)
+        self.free.setdefault((b.h, b.w, b.stride), []).append(b.offset)
 
 
 def _reach(g: cpu.PackedGemm, first: int) -> int:
@@ -221,12 +221,12 @@ def _epilogue(op: Pointwise) -> dict:
     if op.carry is None:
         return dict(epilogue=cpu.EPI_STORE, out_first=op.writes.offset, out_step=op.writes.step)
     source, destination = op.carry.source, op.carry.destination
-    if not source.is_affine or op.carry.count != op.out_channels:
-        raise BackendError(f"{op.name}: the numba backend carries one affine channel per output channel")
+    if not source.is_affine:
+        raise BackendError(f"{op.name}: the numba backend carries channels through affine maps only")
     passthrough = dict(pass_from=source.offset, pass_step=source.step)
-    if destination == _SHUFFLE_EVEN and op.writes == _SHUFFLE_ODD:  # concat then shuffle(2)
+    if destination == EVEN_CHANNELS and op.writes == ODD_CHANNELS:  # concat then shuffle(2)
         return dict(epilogue=cpu.EPI_INTERLEAVE, **passthrough)
-    if destination.is_identity and op.writes == ChannelMap(offset=op.carry.count):  # concat
+    if destination.is_identity and op.writes == ChannelMap(offset=op.out_channels):  # concat
         return dict(epilogue=cpu.EPI_PASSTHROUGH, out_first=op.writes.offset, **passthrough)
     raise BackendError(f"{op.name}: the numba backend has no epilogue for carry {destination} beside {op.writes}")
 
@@ -246,7 +246,7 @@ class StepTable:
         self.labels: list[str] = []
         self.shapes = program.shapes(height, width)
         self._strides = self._min_strides()
-        self._last_use = program.last_use()
+        self._dead_after = program.dead_after()
         self._bufs: dict[Value, _Buf] = {}
         self._build(height, width)
         self.splits = [split_policy(step) for step in self.records]
@@ -275,7 +275,7 @@ class StepTable:
         for op in self.program.ops:
             if isinstance(op, Pointwise) and not op.pool:
                 g = self.packed.gemms[op.name]
-                room = 2 * cpu.padded(op.out_channels) if op.writes == _SHUFFLE_ODD else _reach(g, op.writes.offset)
+                room = 2 * cpu.padded(op.out_channels) if op.writes == ODD_CHANNELS else _reach(g, op.writes.offset)
                 strides[op.dst] = max(strides.get(op.dst, 0), room)
         return strides
 
@@ -286,9 +286,10 @@ class StepTable:
             self._bufs[value] = self._ws.alloc(h, w, value.channels, self._strides.get(value, 0))
         return self._bufs[value]
 
-    def _release_after(self, index: int, op) -> None:
-        for value in dict.fromkeys(op.inputs()):
-            if self._last_use[value] == index and value in self._bufs:
+    def _release_after(self, index: int) -> None:
+        """Give back the buffers of the values op ``index`` was the last to read."""
+        for value in self._dead_after[index]:
+            if value in self._bufs:  # (the image and the stem's output live outside the workspace)
                 self._ws.release(self._bufs[value])
 
     # -- steps -----------------------------------------------------------------------------------
@@ -311,13 +312,13 @@ class StepTable:
                 self._step(op.name, cpu.AvgPool(self._buffer(op.src).nhwc, self._buffer(op.dst).nhwc,
                                                 channels=cpu.padded(op.src.channels), stride=op.stride,
                                                 out_first=op.writes.offset))
-            elif isinstance(op, GlobalPool):
+            elif isinstance(op, GlobalPool):  # (and Linear: the classifier runs after the table)
                 self._step(op.name, cpu.GlobalPool(self._buffer(op.src).nhwc, channels=cpu.padded(op.src.channels)))
-            self._release_after(index, op)  # (Linear: the classifier runs after the table)
+            self._release_after(index)
 
     def _stem(self, conv: Conv, pool: MaxPool, height: int, width: int) -> None:
         """The first two ops, the stem conv and its max-pool, as one fused step (after the input's)."""
-        q = cpu.stem_geometry(height, width)[5]
+        q = cpu.stem_geometry(height, width).q
         rows = self._ws.raw(conv.src.channels * (height + 2) * 4 * q)
         self._step("input", cpu.PhaseInput(rows_at=rows, phase_row=q))
         self._step("stem+max_pool", cpu.StemPool(
@@ -343,7 +344,7 @@ def _check_supported(program: Program) -> None:
     conv, pool = program.ops[0], program.ops[1]
     if not (isinstance(conv, Conv) and isinstance(pool, MaxPool) and pool.src == conv.dst
             and (conv.kernel, conv.stride, conv.padding, conv.groups, conv.relu) == (3, 2, 1, 1, True)
-            and (pool.kernel, pool.stride, pool.padding) == (3, 2, 1)):
+            and (pool.kernel, pool.stride, pool.padding) == (POOL_KERNEL, POOL_STRIDE, POOL_PADDING)):
         raise BackendError(f"{conv.name}: the numba backend's stem kernel needs a 3x3 conv, stride 2, padding "
                            "1, ungrouped, with ReLU, then a 3x3 max-pool, stride 2, padding 1")
     for op in program.ops[2:]:
@@ -366,7 +367,7 @@ def _direct(g: cpu.PackedGemm, dst: _Buf, aux: _Buf | None, epilogue: dict) -> b
     mode = epilogue["epilogue"]
     if mode in (cpu.EPI_STORE, cpu.EPI_RESIDUAL) and epilogue.get("out_step", 1) == 1:
         reach = _reach(g, epilogue.get("out_first", 0))
-        return reach <= dst.c and (mode == cpu.EPI_STORE or reach <= aux.c)
+        return reach <= dst.stride and (mode == cpu.EPI_STORE or reach <= aux.stride)
     if mode == cpu.EPI_INTERLEAVE:
-        return g.groups == 1 and dst.c >= 2 * _reach(g, 0) and epilogue["pass_step"] == 1
+        return g.groups == 1 and dst.stride >= 2 * _reach(g, 0) and epilogue["pass_step"] == 1
     return False

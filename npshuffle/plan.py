@@ -1,7 +1,9 @@
-"""The layer plan: a ShuffleNet written down as a flat list of small, typed steps.
+"""The layer plan: a ShuffleNet written down as the papers draw it, in small typed pieces.
 
-A plan says *what* to compute; a backend (``npshuffle.backends``) says *how*. Every plan has the
-same outline, whatever the version or dialect:
+A plan says *what* to compute: a stem, units (:class:`V1Unit`, :class:`V2Unit`, each with its
+split, convs, concat and shuffle), a head and a classifier. ``npshuffle.lowering`` turns it into
+the program of ops the backends run (``npshuffle.backends``). Every plan has the same outline,
+whatever the version or dialect:
 
     stem conv 3x3 s2 (+ReLU) -> max-pool 3x3 s2 -> units ... -> [head conv 1x1 (+ReLU)]
     -> global average pool -> classifier (linear)
@@ -12,8 +14,9 @@ Its weights live in the model file under ``f"{layer.name}.weight"`` (shape
 ``(out_channels, in_channels // groups, kernel, kernel)``) and ``f"{layer.name}.bias"``
 (shape ``(out_channels,)``).
 
-Layout: activations are NCHW ``(batch, channels, height, width)`` float32 between steps of the
-reference backend; a fast backend may keep its own layout inside, but takes and returns NCHW.
+Layout: activations are NCHW ``(batch, channels, height, width)`` float32 in the plain walk of the
+plan (``NumpyBackend.prepare_reference``, the definition every backend is tested against); a
+backend may keep its own layout inside, but takes and returns NCHW.
 """
 
 from __future__ import annotations

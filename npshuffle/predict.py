@@ -97,7 +97,7 @@ def classify_batch(model: Model, inputs: np.ndarray, top_k: int) -> list[Predict
     comes back as an error naming the model, never as a printed probability."""
     with np.errstate(all="ignore"):  # an overflow is reported below, per row, as an error
         logits = model.forward(inputs)
-        probabilities = softmax(logits.astype(np.float64), axis=1)
+        probabilities = softmax(logits, axis=1)
     results = []
     k = min(top_k, logits.shape[1])
     for row, probs in zip(logits, probabilities, strict=True):

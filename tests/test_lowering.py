@@ -53,7 +53,7 @@ def written_channels(op) -> list[np.ndarray]:
     if isinstance(op, Pointwise):
         stores = [np.arange(op.out_channels) if op.pool else op.writes.indices(op.out_channels)]
         if op.carry is not None:
-            stores.append(op.carry.destination.indices(op.carry.count))
+            stores.append(op.carry.destination.indices(op.out_channels))
         return stores
     if isinstance(op, AvgPool):
         return [op.writes.indices(op.src.channels)]
@@ -79,7 +79,7 @@ def test_every_program_is_well_formed(spec, dialect, height, width):
         if isinstance(op, Pointwise):  # reads inside its input, residual and carry the size of its output
             assert op.reads.indices(op.in_channels).max() < op.src.channels
             if op.carry is not None:
-                assert op.carry.source.indices(op.carry.count).max() < op.carry.value.channels
+                assert op.carry.source.indices(op.out_channels).max() < op.carry.value.channels
                 assert shapes[op.carry.value][1:] == shapes[op.dst][1:]
             if op.residual is not None:
                 assert shapes[op.residual] == shapes[op.dst]
@@ -136,4 +136,5 @@ def test_the_fast_backends_run_the_program_not_the_plan(module):
 
     tree = ast.parse((Path(__file__).resolve().parent.parent / module).read_text())
     names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
-    assert not names & {"V1Unit", "V2Unit", "ConvLayer"}, f"{module} imports {names & {'V1Unit', 'V2Unit'}}"
+    plan_types = {"V1Unit", "V2Unit", "ConvLayer"}
+    assert not names & plan_types, f"{module} imports {names & plan_types}"

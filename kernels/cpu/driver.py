@@ -2,7 +2,8 @@
 
 Steps and threads
 -----------------
-The backend compiles a plan into a table of *steps* (``steps.py``), one row per kernel launch,
+The backend (``npshuffle.numba_steps``) turns the lowered program into a table of *steps*
+(``steps.py``), one row per kernel launch,
 holding nothing but integers. A step kernel (``steps.STEP_ARGS``; ``fns[kind]``) executes one
 step, or one thread's share of it; :func:`forward` runs the whole table and the classifier, in
 one call from Python:

@@ -27,7 +27,11 @@ blocks of 8 output channels (:func:`pack_stem`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+from ..sizes import output_size
 
 LANES = 16  # float32 lanes of one AVX-512 register; every channel count is padded to a multiple
 TILE_WIDTHS = (64, 48, 32, 24, 16)  # the widths NR of the GEMM micro-kernel's tiles (see micro_kernel.py)
@@ -103,14 +107,24 @@ def from_padded_nhwc(block: np.ndarray, h: int, w: int, stride: int, channels: i
     return np.ascontiguousarray(img[1:-1, 1:-1, first: first + channels].transpose(2, 0, 1))
 
 
-def stem_geometry(height: int, width: int) -> tuple[int, int, int, int, int, int]:
-    """(stem H, stem W, pooled H, pooled W, NX, Q) for an input of ``height`` x ``width``: NX = the
-    pooled width rounded up to whole micro-tiles, Q = floats per input phase row (NX + 16: the last
-    tile reads position NX, one past the computed ones; 16 keeps the rows 64-byte aligned)."""
-    hs, ws = (height - 1) // 2 + 1, (width - 1) // 2 + 1
-    hp, wp = (hs - 1) // 2 + 1, (ws - 1) // 2 + 1
+class StemGeometry(NamedTuple):
+    """The fused stem's sizes for one input size (see ``stem.py``)."""
+
+    stem_h: int  # the stem conv's output (3x3, stride 2, padding 1)
+    stem_w: int
+    pooled_h: int  # the max-pool's output (3x3, stride 2, padding 1)
+    pooled_w: int
+    nx: int  # the pooled width rounded up to whole micro-tiles
+    q: int  # floats per input phase row: NX + 16 (the last tile reads position NX, one past the
+    #         computed ones; 16 keeps the rows 64-byte aligned)
+
+
+def stem_geometry(height: int, width: int) -> StemGeometry:
+    """:class:`StemGeometry` for an input of ``height`` x ``width``."""
+    hs, ws = output_size(height, 3, 2, 1), output_size(width, 3, 2, 1)
+    hp, wp = output_size(hs, 3, 2, 1), output_size(ws, 3, 2, 1)
     nx = -(-wp // STEM_QB) * STEM_QB
-    return hs, ws, hp, wp, nx, nx + 16
+    return StemGeometry(hs, ws, hp, wp, nx, nx + 16)
 
 
 def pack_stem(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Steps: what the backend asks the kernels to do, one record per kernel launch.
 
-The backend (``npshuffle.backend_numba``) turns a plan into a list of *step records*, one frozen
+The backend (``npshuffle.numba_steps``) turns the lowered program into a list of *step records*, one frozen
 dataclass per kind of step, each holding only what that kind needs:
 
 =======================  ==================================================  ===========================
@@ -61,7 +61,7 @@ SPLIT_COLUMNS = 2  # (GEMM) each thread takes a range of output-channel tiles
 EPI_STORE = 0  # out[out_first + out_step*jg] = relu?(acc)
 EPI_RESIDUAL = 1  # out[jg] = relu?(acc + aux[jg])                                     (V1, stride 1)
 EPI_INTERLEAVE = 2  # out[2jg + 1] = relu?(acc); out[2jg] = aux[pass_from + pass_step*jg] (torchvision V2)
-# (these two ignore out_first and out_step: leave them 0 and 1)
+# (EPI_RESIDUAL and EPI_INTERLEAVE ignore out_first and out_step: leave them 0 and 1)
 EPI_PASSTHROUGH = 3  # out[out_first + out_step*jg] = relu?(acc); out[jg] = aux[pass_from + pass_step*jg]  (Megvii)
 EPI_POOL = 4  # pooled[jg] += relu?(acc) / (H*W): the global average pool fused into the head conv
 
@@ -152,7 +152,7 @@ class Gemm:
     relu: bool
     epilogue: int = EPI_STORE
     out_first: int = 0  # (EPI_STORE, EPI_PASSTHROUGH) the output channel of the first result
-    out_step: int = 1  # (EPI_STORE) channels between consecutive results
+    out_step: int = 1  # (EPI_STORE, EPI_PASSTHROUGH) channels between consecutive results
     aux: Buffer | None = None
     pass_from: int = 0
     pass_step: int = 1

@@ -71,7 +71,6 @@ from .host import (
     global_avg_pool,
     linear,
     max_pool2d,
-    pack_pointwise_weight,
     pointwise_conv2d,
 )
 from .launches import (
@@ -80,6 +79,7 @@ from .launches import (
     depthwise_launch,
     global_avg_pool_launch,
     max_pool_launch,
+    pack_pointwise_weight,
     pointwise_launch,
 )
 

@@ -144,9 +144,9 @@ def pointwise_kernel(
         v = acc + bias[o];  v += side[n, dst, p] if SIDE_RESIDUAL;  v = max(v, 0) if relu
         out[n, dst, p] = v
         if SIDE_CARRY: out[n, carry(o), p] = side[n, side_map(o), p]
-    The carry moves the half of a V2 unit's input that skips the branch to its final (concatenated,
-    shuffled) place, in the same pass that stores the branch: the kernel that produces a unit's
-    output writes all of it.
+    The carry moves what a V2 unit concatenates beside its branch (the half of its input that skips
+    the branch, or a stride-2 unit's projection) to its final (concatenated, shuffled) place, in
+    the same pass that stores the branch: the kernel that produces a unit's output writes all of it.
     """
     a_tile = cuda.shared.array((TILE_K, TILE_M), np.float32)
     b_tile = cuda.shared.array((TILE_K, TILE_N), np.float32)

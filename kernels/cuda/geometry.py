@@ -31,7 +31,9 @@ CONV_CHANNELS = 8
 # pointwise_kernel's side input
 SIDE_NONE = 0  # none
 SIDE_RESIDUAL = 1  # v += side[n, dst, p] before the ReLU (ShuffleNet V1 stride 1)
-SIDE_CARRY = 2  # also copy side[n, side_map(o), p] to out[n, carry_map(o), p] (ShuffleNet V2 stride 1)
+# also copy side[n, side_map(o), p] to out[n, carry_map(o), p] (a V2 unit's kept half, or its projection)
+SIDE_CARRY = 2
+
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)

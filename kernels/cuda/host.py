@@ -15,6 +15,7 @@ from .launches import (
     depthwise_launch,
     global_avg_pool_launch,
     max_pool_launch,
+    pack_pointwise_weight,
     pointwise_launch,
 )
 
@@ -55,12 +56,6 @@ def depthwise_conv2d(x, weight, bias=None, *, stride: int = 1, padding: int = 0,
     )
     launch()
     return out.copy_to_host()
-
-
-def pack_pointwise_weight(weight) -> np.ndarray:
-    """(O, K, 1, 1) or (O, K) -> the (K, O) layout :func:`pointwise_kernel` reads (contiguous)."""
-    weight = _f32(weight)
-    return np.ascontiguousarray(weight.reshape(weight.shape[0], -1).T)
 
 
 def pointwise_conv2d(

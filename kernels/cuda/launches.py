@@ -148,3 +148,9 @@ def global_avg_pool_launch(x, out):
     n, c, _ = x.shape
     _check(tuple(out.shape) == (n, c), f"global_avg_pool: out {out.shape} != {(n, c)}")
     return Launch(global_avg_pool_kernel, _cdiv(n * c, PLANE_THREADS), PLANE_THREADS, (x, out), "global_avg_pool")
+
+
+def pack_pointwise_weight(weight) -> np.ndarray:
+    """(O, K, 1, 1) or (O, K) -> the (K, O) layout :func:`pointwise_kernel` reads (contiguous)."""
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    return np.ascontiguousarray(weight.reshape(weight.shape[0], -1).T)
