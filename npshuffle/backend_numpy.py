@@ -35,18 +35,19 @@ from .plan import POOL_KERNEL, POOL_PADDING, POOL_STRIDE, ConvLayer, Plan, V1Uni
 Step = Callable[[dict], None]
 
 
-def channels_of(x: np.ndarray, where: ChannelMap, count: int) -> np.ndarray:
-    """Channels ``where(0 .. count-1)`` of x (C, ...): a view when the map is affine, else a gather."""
+def channels(where: ChannelMap, count: int) -> slice | np.ndarray:
+    """An index of channels ``where(0 .. count-1)`` for ``x[index]`` (x: (C, ...)): a slice, so a
+    view, when the map is affine; else the channel numbers, a gather (a copy)."""
     if where.is_affine:
-        return x[where.offset: where.offset + where.step * (count - 1) + 1: where.step]
-    return np.take(x, where.indices(count), axis=0)
+        return slice(where.offset, where.offset + where.step * (count - 1) + 1, where.step)
+    return where.indices(count)
 
 
-def _slots(x: np.ndarray, where: ChannelMap, count: int) -> np.ndarray:
-    """The view of x's channels ``where(0 .. count-1)``, for writing: the map must be affine."""
+def _slots(where: ChannelMap, count: int) -> slice:
+    """:func:`channels` for writing: a slice (the map must be affine)."""
     if not where.is_affine:
         raise ValueError(f"the NumPy backend writes through affine channel maps only, got {where}")
-    return channels_of(x, where, count)
+    return channels(where, count)
 
 
 def _output(values: dict, dst: Value, h: int, w: int) -> np.ndarray:
@@ -80,11 +81,12 @@ def _max_pool_step(op: MaxPool) -> Step:
 
 
 def _avg_pool_step(op: AvgPool) -> Step:
+    slots = _slots(op.writes, op.src.channels)
+
     def avg_pool(values: dict) -> None:
         x = values[op.src]
         out = _output(values, op.dst, op.output_size(x.shape[1]), op.output_size(x.shape[2]))
-        slots = _slots(out.reshape(len(out), -1), op.writes, len(x))
-        ref.avg_pool_image(x, op.kernel, op.stride, op.padding, slots)
+        ref.avg_pool_image(x, op.kernel, op.stride, op.padding, out.reshape(len(out), -1)[slots])
 
     return avg_pool
 
@@ -107,30 +109,33 @@ def _pointwise_step(op: Pointwise) -> Step:
     weight = np.ascontiguousarray(op.weight.reshape(g, o // g, -1))
     bias = op.bias.reshape(g, o // g, 1)
     late_relu = op.relu and op.residual is not None  # the ReLU comes after the residual add
+    reads = channels(op.reads, op.in_channels)  # (a gather only for a V1 shuffle read back)
+    writes = None if op.pool else _slots(op.writes, o)
+    carry = op.carry
+    if carry is not None:
+        carry_from, carry_to = channels(carry.source, o), _slots(carry.destination, o)
 
     def pointwise(values: dict) -> None:
         src = values[op.src]
         _, h, w = src.shape
-        x = channels_of(src.reshape(len(src), h * w), op.reads, op.in_channels)
-        if op.pool:  # the head: only the mean of its output is kept
+        x = src.reshape(len(src), h * w)[reads]
+        if writes is None:  # the head, pooled: only the mean of its output is kept
             y = np.empty((o, h * w), np.float32)
         else:
-            y = _slots(_output(values, op.dst, h, w).reshape(op.dst.channels, h * w), op.writes, o)
+            y = _output(values, op.dst, h, w).reshape(op.dst.channels, h * w)[writes]
         # (C, P) -> (G, C/G, P): a view, as a row-strided matrix splits into row blocks
         ref.pointwise_conv_image(x.reshape(g, -1, h * w), weight, bias, op.relu and not late_relu,
                                  y.reshape(g, -1, h * w))
         if op.residual is not None:
             residual = values[op.residual]
-            np.add(y, _slots(residual.reshape(len(residual), h * w), op.writes, o), out=y)
+            np.add(y, residual.reshape(len(residual), h * w)[writes], out=y)
             if late_relu:
                 np.maximum(y, 0.0, out=y)
-        if op.pool:
+        if writes is None:
             values[op.dst] = y.mean(axis=1, dtype=np.float32).reshape(o, 1, 1)
-        if op.carry is not None:
-            c = op.carry
-            side, dst = values[c.value], values[op.dst]
-            np.copyto(_slots(dst.reshape(len(dst), h * w), c.destination, o),
-                      channels_of(side.reshape(len(side), h * w), c.source, o))
+        if carry is not None:
+            side, dst = values[carry.value], values[op.dst]
+            np.copyto(dst.reshape(len(dst), h * w)[carry_to], side.reshape(len(side), h * w)[carry_from])
 
     return pointwise
 
@@ -162,12 +167,16 @@ class NumpyRunner:
     def __init__(self, program: Program):
         self.program = program
         self.steps = [STEPS[type(op)](op) for op in program.ops]
+        self.dead_after = program.dead_after()
 
     def run_one(self, image: np.ndarray) -> np.ndarray:
         """One image (3, H, W) -> its logits (classes,)."""
         values = {self.program.image: np.ascontiguousarray(image, np.float32)}
-        for step in self.steps:
+        for step, dead in zip(self.steps, self.dead_after, strict=True):
             step(values)
+            for value in dead:  # let go of what no later op reads: a forward pass then stays in
+                del values[value]  # a few MB that malloc reuses, hot in cache (holding every
+                # activation to the end made the window ops ~2x slower, all on fresh pages)
         return values[self.program.logits].reshape(-1)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

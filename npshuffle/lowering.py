@@ -82,11 +82,12 @@ class _Reduction(_ReadsSrc):
         return 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Value:
     """A tensor of one image, ``(channels, height, width)`` float32; its height and width depend
-    on the input size (see :meth:`Program.shapes`). Names are unique within a program (they are the
-    layers' and units' names), so two values are equal when their names are."""
+    on the input size (see :meth:`Program.shapes`). Ops refer to values by identity: the lowering
+    makes each value once, and a value is equal only to itself (which also makes it a cheap dict
+    key for the backends). Names are unique within a program: the layers' and units' names."""
 
     name: str
     channels: int
