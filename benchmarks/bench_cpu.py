@@ -50,32 +50,19 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    from bench_common import (
-        MODELS,
-        exportable,
-        fmt_ms,
-        interleaved,
-        paused_processes,
-        peak_memory,
-        predict_timings,
-        spec_for,
-        versions,
-    )
-    from sgemm_ceiling import ceiling as sgemm_ceiling
-except ImportError:  # imported from elsewhere than benchmarks/
-    from benchmarks.bench_common import (
-        MODELS,
-        exportable,
-        fmt_ms,
-        interleaved,
-        paused_processes,
-        peak_memory,
-        predict_timings,
-        spec_for,
-        versions,
-    )
-    from benchmarks.sgemm_ceiling import ceiling as sgemm_ceiling
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its helpers beside it, however it is run
+from bench_common import (  # noqa: E402
+    MODELS,
+    exportable,
+    fmt_ms,
+    interleaved,
+    paused_processes,
+    peak_memory,
+    predict_timings,
+    spec_for,
+    versions,
+)
+from sgemm_ceiling import ceiling as sgemm_ceiling  # noqa: E402
 
 RUNTIMES = ("numba", "numpy", "torch", "onnxruntime")
 LABELS = {"numba": "npshuffle-numba", "numpy": "npshuffle-numpy", "torch": "torch eager", "onnxruntime": "ONNX Runtime"}
