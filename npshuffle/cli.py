@@ -166,6 +166,8 @@ def cmd_predict(args) -> int:
         return fail("--batch-size must be at least 1")
     if args.threads is not None and args.threads < 1:
         return fail("--threads must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        return fail("--workers must be at least 1")
     device = backend_for(args.device)
     if args.threads is not None and device not in NUMBA_CPU_BACKENDS:
         return fail(f"--threads sets the Numba CPU kernels' threads; --device {args.device} does not run them "
@@ -188,7 +190,7 @@ def cmd_predict(args) -> int:
     failures: list[tuple[str, str]] = []
     annotated_names: set[str] = set()
     try:
-        for prediction in predict_stream(paths, model, args.top_k, args.batch_size):
+        for prediction in predict_stream(paths, model, args.top_k, args.batch_size, workers=args.workers):
             writer.write(prediction)
             progress.update()
             if prediction.error is not None:
@@ -272,6 +274,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "the first time), numpy, numba, cuda (cpu: same as auto)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="threads for the Numba kernels (--device auto or numba; default: all cores)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="threads that decode and prepare photos while the network runs (default: one per "
+                        "core, at most 4; 1: one photo at a time)")
     p.set_defaults(run=cmd_predict)
 
     p = sub.add_parser("list", help="list the bundled models")

@@ -16,6 +16,7 @@ import numpy as np
 from .backends import DEFAULT_BACKEND
 from .images import ImageError, describe, load_rgb
 from .model import Model
+from .pipeline import default_workers, prepared
 from .preprocess import preprocess_image
 from .zoo import resolve
 
@@ -125,15 +126,20 @@ def prepare_input(source: object, recipe: dict) -> np.ndarray:
 
 
 def predict_stream(
-    sources: Iterable, model: Model, top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE
+    sources: Iterable, model: Model, top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE, *,
+    workers: int | None = None,
 ) -> Iterator[Prediction]:
-    """Yield one Prediction per source, in order, holding at most ``batch_size`` prepared inputs at a time.
+    """Yield one Prediction per source, in order.
 
     Every input is decoded and preprocessed on its own: one that cannot be (unreadable, truncated,
     empty, a 1x10000 strip) becomes a Prediction with ``error`` set, and the rest are classified.
+    ``workers`` threads (default :func:`npshuffle.pipeline.default_workers`; 1: no threads) prepare
+    the next inputs while a batch runs through the network, at most two batches ahead, so memory
+    stays bounded however many sources there are (``npshuffle.pipeline``).
     """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
+    workers = default_workers() if workers is None else workers
     pending: list[tuple[str, np.ndarray | str]] = []  # (name, network input or error message)
 
     def flush() -> Iterator[Prediction]:
@@ -145,12 +151,8 @@ def predict_stream(
             yield prediction
         pending.clear()
 
-    for source in sources:
-        name = describe(source)
-        try:
-            x = prepare_input(source, model.recipe)
-        except ImageError as exc:
-            x = str(exc)
+    recipe = model.recipe
+    for name, x in prepared(sources, lambda source: prepare_input(source, recipe), workers, 2 * batch_size):
         pending.append((name, x))
         if len(pending) >= batch_size:
             yield from flush()
@@ -164,12 +166,14 @@ def predict(
     *,
     backend: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
 ) -> Prediction | list[Prediction]:
     """Classify one image or many.
 
     ``images``: a path, a PIL image or an RGB array — or a list/tuple of them (then a list of
     Predictions comes back, in order, with ``error`` set on any input that could not be read).
     ``model``: a bundled model name, a ``.npz`` path, a loaded :class:`Model`, or None (default model).
+    ``workers``: threads that decode and preprocess ahead of the network (see :func:`predict_stream`).
 
     >>> import npshuffle
     >>> npshuffle.predict("examples/tulip.jpg").label   # doctest: +SKIP
@@ -178,7 +182,7 @@ def predict(
     loaded = model if isinstance(model, Model) else load_model(model, backend=backend)
     if isinstance(images, (list, tuple)):
         loaded.expect(len(images))
-        return list(predict_stream(images, loaded, top_k, batch_size))
+        return list(predict_stream(images, loaded, top_k, batch_size, workers=workers))
     loaded.expect(1)
     (prediction,) = predict_stream([images], loaded, top_k, 1)
     if prediction.error is not None:

@@ -107,9 +107,10 @@ _table: list[np.ndarray] = []  # kernel_table()'s result, once built
 _driver_compiled = False  # _forward compiled (or loaded) for FORWARD_ARGS by compile_kernels
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _forward(fns, workspaces, wts, itab, steps, rounds, images, features, fc_step, logits, nthreads, by_image):
-    """:func:`forward`, given the address table ``fns``.
+    """:func:`forward`, given the address table ``fns``. It releases the GIL (``nogil``), so that the
+    threads decoding the next photos (``npshuffle.pipeline``) run while the network does.
 
     There is a single ``prange`` (one fork-join per round): Numba compiles each ``prange`` body
     into a function of its own, and one loop keeps the first run's compile time down.
