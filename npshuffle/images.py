@@ -72,6 +72,50 @@ def shrink(image: Image.Image, target: int) -> Image.Image:
     return image.reduce(factor)
 
 
+# open_image's note on a drafted JPEG: (declared size, draft factor); and load_rgb's on a shrunk image,
+# read by preprocess.resize_shorter_side: (upright full size, the full picture's box in this image, this size)
+_DRAFTED = "npshuffle_drafted"
+FAST_DECODE_GEOMETRY = "npshuffle_fast_decode_geometry"
+
+# where a point (x, y) of a (w, h) image goes under each EXIF orientation's transpose (as exif_transpose does it)
+_MOVE = {2: lambda x, y, w, h: (w - x, y), 3: lambda x, y, w, h: (w - x, h - y), 4: lambda x, y, w, h: (x, h - y),
+         5: lambda x, y, w, h: (y, x), 6: lambda x, y, w, h: (h - y, x), 7: lambda x, y, w, h: (h - y, w - x),
+         8: lambda x, y, w, h: (y, w - x)}
+
+
+def _fast_decode(image: Image.Image, name: str, target: int) -> Image.Image:
+    """load_rgb's fast path: shrink, make RGB and upright, and note the exact geometry, so the resize
+    that follows maps the same part of the picture to the same output pixels as the full-size path
+    (a shrunk side is rounded up: its last pixel covers only part of a block)."""
+    (full_w, full_h), factor = image.info.get(_DRAFTED, (image.size, 1))
+    try:
+        orientation = int(image.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - to_rgb ignores a malformed EXIF block too
+        orientation = 1
+    first = shrink(image, target)
+    if first is not image:
+        factor *= fast_decode_factor(image.size, target)
+    box = (0.0, 0.0, full_w / factor, full_h / factor)  # the full picture, in the shrunk one
+    rgb = to_rgb(first, name)
+    stored = first.size
+    if orientation in _MOVE and (rgb.size == stored[::-1] if orientation >= 5 else rgb.size == stored):
+        if orientation >= 5:
+            full_w, full_h = full_h, full_w
+        (x0, y0), (x1, y1) = (_MOVE[orientation](x, y, *stored) for x, y in ((box[0], box[1]), (box[2], box[3])))
+        box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    second = shrink(rgb, target)  # the modes reduce cannot take (P, 1, I;16), now RGB
+    if second is not rgb:
+        f = fast_decode_factor(rgb.size, target)
+        factor *= f
+        box = tuple(v / f for v in box)
+    if factor == 1:
+        return second
+    if second is rgb:
+        second = second.copy()  # never write into a caller's image
+    second.info[FAST_DECODE_GEOMETRY] = ((full_w, full_h), box, second.size)
+    return second
+
+
 # modes Image.reduce averages correctly (RGBA/LA via premultiplied alpha, so compositing afterwards is exact)
 _REDUCIBLE_MODES = ("RGB", "L", "RGBA", "LA", "CMYK", "YCbCr", "I", "F")
 
@@ -98,7 +142,9 @@ def open_image(path: str | os.PathLike, fast_decode_for: int | None = None) -> I
             if fast_decode_for is not None and image.format == "JPEG":
                 factor = fast_decode_factor(image.size, fast_decode_for, choices=(8, 4, 2))
                 if factor > 1:  # asking for (w // f, h // f) makes PIL's draft pick exactly f
+                    declared = image.size
                     image.draft("RGB", (image.size[0] // factor, image.size[1] // factor))
+                    image.info[_DRAFTED] = (declared, factor)
             image.load()
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (format not recognised)") from None
@@ -207,4 +253,4 @@ def load_rgb(source: object, fast_decode_for: int | None = None) -> Image.Image:
             f"cannot read an image from a {type(source).__name__}: pass a path, a PIL image or an array")
     if fast_decode_for is None:
         return to_rgb(image, name)
-    return shrink(to_rgb(shrink(image, fast_decode_for), name), fast_decode_for)
+    return _fast_decode(image, name, fast_decode_for)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .images import ImageError, load_rgb, shrink
+from .images import FAST_DECODE_GEOMETRY, ImageError, load_rgb
 
 # Beyond this, Resize(256) would make a gigapixel strip out of a thin image.
 MAX_ASPECT_RATIO = 50
@@ -34,16 +34,24 @@ _RESAMPLE = {
 
 
 def resize_shorter_side(image: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
-    """torchvision ``Resize(size)`` on a PIL image: the shorter side becomes ``size``."""
+    """torchvision ``Resize(size)`` on a PIL image: the shorter side becomes ``size``.
+
+    An image shrunk by fast decode (``load_rgb(..., fast_decode_for=)``) is resized to the size the
+    full picture would get, from the box the full picture covers in it (same geometry, fewer pixels).
+    """
     w, h = image.size
+    box = None
+    geometry = image.info.get(FAST_DECODE_GEOMETRY)
+    if geometry is not None and tuple(geometry[2]) == image.size:
+        (w, h), box = geometry[0], geometry[1]
     short, long = (w, h) if w <= h else (h, w)
     if long > MAX_ASPECT_RATIO * short:
         raise ImageError(f"image of {w}x{h} pixels: aspect ratio over {MAX_ASPECT_RATIO}:1, not a photo to classify")
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) == (w, h):
+    if box is None and (new_w, new_h) == (w, h):
         return image
-    return image.resize((new_w, new_h), _RESAMPLE[interpolation])
+    return image.resize((new_w, new_h), _RESAMPLE[interpolation], box=box)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -64,8 +72,8 @@ def preprocess_image(image: Image.Image, recipe: dict, *, fast_decode: bool = Fa
     """
     if image.mode != "RGB":
         image = load_rgb(image)
-    if fast_decode:
-        image = shrink(image, recipe["resize"])
+    if fast_decode and FAST_DECODE_GEOMETRY not in image.info:
+        image = load_rgb(image, fast_decode_for=recipe["resize"])
     image = center_crop(resize_shorter_side(image, recipe["resize"], recipe["interpolation"]), recipe["crop"])
     pixels = np.asarray(image, dtype=np.float32)  # (H, W, 3) RGB, 0..255
     if recipe["channel_order"] == "BGR":

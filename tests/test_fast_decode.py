@@ -163,3 +163,16 @@ def test_top1_of_the_default_model_is_unchanged(big_jpegs):
     labels = [p.class_index for p in classify_batch(model, small, top_k=1)]
     assert [p.class_index for p in classify_batch(model, exact, top_k=1)] == labels
     assert [p.class_index for p in classify_batch(model, fast, top_k=1)] == labels
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_sizes_not_divisible_by_the_factor_keep_the_exact_geometry(tmp_path, orientation):
+    """4535 / 4 = 1133.75: the shrunk side is rounded up; the resize still maps the full picture's
+    box, in every EXIF orientation, so the crop is not shifted by a pixel (that cost ~5.9 levels)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = big_photo(EXAMPLES[1], tmp_path / "odd.jpg", size=(4535, 3001), exif=exif)
+    for recipe in (TORCHVISION, MEGVII):
+        exact = preprocess_image(load_rgb(path), recipe)
+        unit = 1.0 if recipe is TORCHVISION else 58.0
+        assert mean_abs(preprocess_batch([path], recipe, fast_decode=True)[0], exact) / unit < MEAN_ABS_BOUND
