@@ -169,11 +169,11 @@ def agreement(case: Case, batch: np.ndarray) -> float:
 # photo sets
 
 
-def small_set(limit: int | None) -> list[str]:
+def small_set(root: Path, limit: int | None) -> list[str]:
     from npshuffle.training.datasets import seed_split
 
-    split = seed_split(FLOWERS, 0.2, seed=0)
-    return [str(FLOWERS / p) for p in split.val[:limit]]
+    split = seed_split(root, 0.2, seed=0)
+    return [str(root / p) for p in split.val[:limit]]
 
 
 def big_set(sources: list[str], count: int, cache: Path) -> list[str]:
@@ -385,20 +385,32 @@ def table(title: str, cases: list[Case], measured: dict, fast: dict[str, bool]) 
     return lines + [""]
 
 
+def source_of_npshuffle() -> str:
+    import npshuffle
+
+    folder = Path(npshuffle.__file__).resolve().parent.parent
+    head = subprocess.run(["git", "-C", str(folder), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    return f"`{folder}`" + (f" (commit {head.stdout.strip()[:80]})" if head.returncode == 0 else "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--out", help="markdown file to write the report to (also printed)")
     parser.add_argument("--small", type=int, metavar="N", help="first N photos of the validation split (default all)")
+    parser.add_argument("--photos", default=str(FLOWERS), help="the flower_photos folder (default ../shared/...)")
     parser.add_argument("--big", type=int, default=100, metavar="N", help="12 MP JPEGs (default 100; 0 skips)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per method, the median reported (default 3)")
     parser.add_argument("--models", default="flowers,v2", help="comma-separated: flowers, v2 (default both)")
     parser.add_argument("--cache", default=os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "npshuffle",
                                                         "bench_e2e"), help="where the 12 MP JPEGs are kept")
+    parser.add_argument("--note", help="a line for the report (e.g. which commit of npshuffle ran)")
     parser.add_argument("--peak-memory", action="store_true", help=f"peak RSS of npshuffle.predict over {PEAK_PHOTOS} "
                         "photos in a fresh process")
     args = parser.parse_args()
     command = "python benchmarks/bench_e2e.py " + " ".join(sys.argv[1:])
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        command = f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']} {command}"
     launcher = start_launcher() if args.peak_memory else None
 
     print("npshuffle warmup ...", file=sys.stderr)
@@ -407,14 +419,14 @@ def main() -> int:
     if warm.returncode != 0:
         raise SystemExit(f"npshuffle warmup failed: {warm.stderr.strip()[-500:]}")
     fast = features()
-    small = small_set(args.small)
+    small = small_set(Path(args.photos), args.small)
     with tempfile.TemporaryDirectory(prefix="bench_e2e_") as tmp:
         workdir = Path(tmp)
         cases = build_cases(workdir, [m.strip() for m in args.models.split(",")])
         sets = [("small", f"Small photos: flower_photos validation split (seed 0, 20 %"
                  f"{', first ' + str(len(small)) if args.small else ''}; {len(small)} photos)", small)]
         if args.big > 0:
-            big = big_set(small_set(None), args.big, Path(os.path.expanduser(args.cache)))
+            big = big_set(small_set(Path(args.photos), None), args.big, Path(os.path.expanduser(args.cache)))
             sets.append(("big", f"Big photos: {len(big)} synthetic 12-megapixel JPEGs (4000x3000, quality 90)", big))
         from npshuffle.images import load_rgb
         from npshuffle.preprocess import preprocess_image
@@ -444,6 +456,7 @@ def main() -> int:
              "model load and CSV output included); the in-process rows have the model (or ONNX session) loaded and "
              "run once before timing. ONNX Runtime: default session options, `e2e_onnx_script.py`. "
              f"fast_decode: API {'yes' if fast['api'] else 'no'}, CLI {'yes' if fast['cli'] else 'no'}.", "",
+             *([args.note, ""] if args.note else []), f"npshuffle imported from {source_of_npshuffle()}", "",
              "Models:"]
     lines += [f"- {c.name}: {c.note}; npshuffle vs ONNX Runtime on the same weights: max |diff| / max |logit| "
               f"= {c.agreement:.1e}" for c in cases]
