@@ -176,3 +176,31 @@ def test_sizes_not_divisible_by_the_factor_keep_the_exact_geometry(tmp_path, ori
         exact = preprocess_image(load_rgb(path), recipe)
         unit = 1.0 if recipe is TORCHVISION else 58.0
         assert mean_abs(preprocess_batch([path], recipe, fast_decode=True)[0], exact) / unit < MEAN_ABS_BOUND
+
+
+def test_predict_and_the_cli_pass_fast_decode_down_to_the_decoder(big_jpegs, monkeypatch):
+    """``npshuffle.predict(..., fast_decode=True)`` and ``npshuffle predict --fast-decode`` decode
+    with the recipe's resize as the target; without them, nothing is shrunk."""
+    import importlib
+
+    from npshuffle.cli import main
+
+    predict_module = importlib.import_module("npshuffle.predict")  # (npshuffle.predict is also the function)
+
+    targets = []
+    real = predict_module.load_rgb
+
+    def spy(source, fast_decode_for=None):
+        targets.append(fast_decode_for)
+        return real(source, fast_decode_for=fast_decode_for)
+
+    monkeypatch.setattr(predict_module, "load_rgb", spy)
+    model = npshuffle.load_model("flowers", backend="numpy")
+    paths = [str(p) for p in big_jpegs]
+    fast = npshuffle.predict(paths, model=model, fast_decode=True)
+    exact = npshuffle.predict(paths, model=model)
+    assert targets == [model.recipe["resize"]] * len(paths) + [None] * len(paths)
+    assert [p.label for p in fast] == [p.label for p in exact]
+    targets.clear()
+    assert main(["predict", paths[0], "--fast-decode", "--device", "numpy", "-k", "1"]) == 0
+    assert targets == [npshuffle.load_model().recipe["resize"]]
