@@ -156,3 +156,20 @@ def test_bad_files_are_refused_by_name(tmp_path):
 def test_extreme_aspect_ratio_is_refused():
     with pytest.raises(ImageError, match="aspect ratio"):
         preprocess_image(Image.new("RGB", (5000, 10)), TORCHVISION)
+
+
+@pytest.mark.parametrize("recipe_name", sorted(DEFAULT_RECIPES))
+def test_the_table_lookup_gives_the_formulas_numbers_bitwise(recipe_name):
+    """``normalise`` (one table lookup per value) against the plain float32 formula it replaces."""
+    from npshuffle.preprocess import normalise
+
+    recipe = DEFAULT_RECIPES[recipe_name]
+    pixels = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    formula = pixels.astype(np.float32)
+    if recipe["channel_order"] == "BGR":
+        formula = formula[:, :, ::-1]
+    mean, std = np.asarray(recipe["mean"], np.float32), np.asarray(recipe["std"], np.float32)
+    formula = ((formula * np.float32(recipe["scale"]) - mean) / std).transpose(2, 0, 1)
+    result = normalise(pixels, recipe)
+    assert result.dtype == np.float32 and result.flags.c_contiguous
+    np.testing.assert_array_equal(result, formula)
