@@ -45,6 +45,7 @@ import inspect
 import io
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -408,7 +409,7 @@ def main() -> int:
     parser.add_argument("--peak-memory", action="store_true", help=f"peak RSS of npshuffle.predict over {PEAK_PHOTOS} "
                         "photos in a fresh process")
     args = parser.parse_args()
-    command = "python benchmarks/bench_e2e.py " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/bench_e2e.py", *sys.argv[1:]])
     if os.environ.get("NUMBA_CACHE_DIR"):
         command = f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']} {command}"
     launcher = start_launcher() if args.peak_memory else None
