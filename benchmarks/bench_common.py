@@ -75,6 +75,23 @@ def exportable(net):
     return net
 
 
+def onnx_bytes(net) -> bytes:
+    """``net`` (a torch oracle) exported to ONNX in memory, input (N, 3, 224, 224) with a dynamic
+    batch, through torch's legacy exporter (its deprecation warning silenced)."""
+    import io
+    import warnings
+
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(exportable(net), torch.zeros(1, 3, 224, 224), buffer, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          dynamo=False)
+    return buffer.getvalue()
+
+
 # --------------------------------------------------------------------------------------------------
 # timing
 

@@ -41,7 +41,6 @@ SIGCONT when done.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
@@ -53,9 +52,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its helpers beside it, however it is run
 from bench_common import (  # noqa: E402
     MODELS,
-    exportable,
     fmt_ms,
     interleaved,
+    onnx_bytes,
     paused_processes,
     peak_memory,
     predict_timings,
@@ -100,15 +99,12 @@ class Contestants:
             "torch": self._torch,
             "onnxruntime": self._ort,
         }
-        buffer = io.BytesIO()
-        torch.onnx.export(exportable(net), torch.zeros(1, 3, 224, 224), buffer, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          dynamo=False)
+        onnx = onnx_bytes(net)
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
         # files for the memory probes (fresh processes)
         slug = name.replace(" ", "_").replace(".", "_")
         self.files = {
@@ -117,7 +113,7 @@ class Contestants:
             "pt": workdir / f"{slug}.pt",
         }
         save_model_file(self.files["npz"], converted.spec, converted.dialect, converted.weights)
-        self.files["onnx"].write_bytes(buffer.getvalue())
+        self.files["onnx"].write_bytes(onnx)
         torch.save(net.state_dict(), self.files["pt"])
 
     def _torch(self, x: np.ndarray) -> np.ndarray:

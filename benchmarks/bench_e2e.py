@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import io
 import json
 import os
 import shlex
@@ -51,14 +50,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, child_env, versions  # noqa: E402
+from bench_common import REPO, child_env, onnx_bytes, versions  # noqa: E402
 from e2e_onnx_script import classify as ort_classify  # noqa: E402
 
 FLOWERS = REPO.parent / "shared" / "data" / "flower_photos"
@@ -98,19 +96,6 @@ def ort_recipe_of(recipe: dict) -> dict:
             "scale": recipe["scale"], "mean": tuple(recipe["mean"]), "std": tuple(recipe["std"])}
 
 
-def export_onnx(net) -> bytes:
-    import torch
-    from bench_common import exportable
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # (the legacy exporter, as bench_cpu.py uses)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(exportable(net), torch.zeros(1, 3, 224, 224), buffer, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          dynamo=False)
-    return buffer.getvalue()
-
-
 def random_model(spec, dialect: str, seed: int, path: Path):
     """(torch net with random weights, the npshuffle model file of it written at ``path``)."""
     import torch
@@ -140,13 +125,13 @@ def build_cases(workdir: Path, which: list[str]) -> list[Case]:
                              "bench_e2e.py")
         net, check = random_model(spec, "megvii", 0, workdir / "v1_g3_0_5x_megvii_random.npz")
         recipe = ort_recipe_of(bundled.metadata["preprocess"])
-        cases.append(Case("flowers (V1 g3 0.5x)", "flowers", export_onnx(net), recipe,
+        cases.append(Case("flowers (V1 g3 0.5x)", "flowers", onnx_bytes(net), recipe,
                           "npshuffle: the bundled weights; ONNX: the same architecture and dialect, random weights",
                           check))
     if "v2" in which:
         net, npz = random_model(v2_spec("1.0x", 1000), "torchvision", 0, workdir / "v2_x1_0_random.npz")
         recipe = load_model_file(npz).metadata["preprocess"]
-        cases.append(Case("V2 x1.0 (random weights)", npz, export_onnx(net), ort_recipe_of(recipe),
+        cases.append(Case("V2 x1.0 (random weights)", npz, onnx_bytes(net), ort_recipe_of(recipe),
                           "npshuffle and ONNX: the same random weights", npz))
     return cases
 

@@ -32,10 +32,7 @@ from .plan import Plan
 try:
     import numba
 
-    kernel_cache.install_locator()  # before the kernels are defined: Numba picks their cache folder then
-    from kernels import cpu
-
-    from .numba_steps import PackedWeights, StepTable
+    from .numba_steps import PackedWeights, StepTable, cpu  # (kernels.cpu, with npshuffle's cache locator)
 except ImportError as exc:  # pragma: no cover - exercised only without numba
     raise BackendError(f"the numba backend needs the numba package ({exc}); use backend='numpy'") from None
 

@@ -46,7 +46,9 @@ from kernels.channel_map import EVEN_CHANNELS, ODD_CHANNELS, ChannelMap
 from . import kernel_cache
 from .backends import BackendError
 
-kernel_cache.install_locator()  # (as in backend_numba: before kernels.cpu defines its kernels)
+# Before kernels.cpu defines its kernels, as Numba picks each one's cache folder then. This is the one
+# place npshuffle imports kernels.cpu (backend_numba takes it from here).
+kernel_cache.install_locator()
 from kernels import cpu  # noqa: E402
 
 from .lowering import AvgPool, Conv, Depthwise, GlobalPool, Linear, MaxPool, Pointwise, Program, Value  # noqa: E402

@@ -23,7 +23,7 @@ Where to read what, in order:
 
 Everything is compiled by Numba with ``cache=True``. Importing the package compiles nothing and
 changes no Numba setting. Where the cache goes is ``npshuffle.kernel_cache``'s to say: its
-``install_locator()``, called before this package is imported (``npshuffle.backend_numba`` does),
+``install_locator()``, called before this package is imported (``npshuffle.numba_steps`` does),
 chooses the folder and makes Numba treat the package's files as one source, so that an edit to
 any of them recompiles every kernel. (Imported without it, Numba's own rules apply: a cache
 beside each file, checked against that file alone.)
