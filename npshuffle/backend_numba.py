@@ -40,14 +40,15 @@ COMPILE_NOTICE_AFTER_S = 1.0
 
 
 # On a cold cache the kernels take ~20 s of compiling on one core (kernels.cpu compiles each on its
-# own). With two cores, a helper process compiles the five GEMM micro-kernels, the classifier and
-# the average pool at the same time (about half the work, counting the helper's ~0.6 s start);
+# own). With two cores, a helper process compiles the five GEMM micro-kernels, the classifier, the
+# average pool and the photo resampler at the same time (about half the work, counting the
+# helper's ~0.6 s start);
 # both processes fill the cache, and this one then loads the helper's kernels from it. Only with a
 # core to spare: on a machine kept busy by other work, two compiles sharing one core took longer
 # than one (33 s against 20 s here, load average 3.5 on 2 cores). NPSHUFFLE_COMPILE_HELPER=0
 # compiles everything in this process, =1 always uses the helper.
 HELPER_ENV = "NPSHUFFLE_COMPILE_HELPER"
-HELPER_SLOTS = cpu.MICRO_KERNELS + (cpu.FN_CLASSIFIER, cpu.AVG_POOL)
+HELPER_SLOTS = cpu.MICRO_KERNELS + (cpu.FN_CLASSIFIER, cpu.AVG_POOL, cpu.RESAMPLE)
 HELPER_TIMEOUT_S = 600.0
 
 _kernels_ready = False  # compiled, or loaded from the cache, in this process (ensure_kernels)
@@ -114,7 +115,25 @@ def _compile_or_load() -> None:
     finally:
         if helper is not None:
             children.stop(helper)
-    cpu.kernel_table()  # (compiles whatever the helper did not leave in the cache)
+    if helper is not None:  # load the helper's kernels (or compile what it did not leave in the cache)
+        cpu.compile_kernels(HELPER_SLOTS, driver=False)
+    cpu.kernel_table()
+
+
+def exact_resampler():
+    """The photo preprocessing kernel for ``npshuffle.preprocess`` once this process has the kernels
+    (:func:`ensure_kernels` ran; else None, and PIL does the same work, slower): a function
+    ``(pixels, box, size, offset, interpolation, tables, order, out) -> bool``, False when it has no
+    such interpolation (see ``kernels.cpu.resample.resize_crop_normalise``)."""
+    return _resample if _kernels_ready else None
+
+
+def _resample(pixels, box, size, offset, interpolation, tables, order, out) -> bool:
+    kind = cpu.RESAMPLE_FILTERS.get(interpolation)
+    if kind is None:
+        return False
+    cpu.resize_crop_normalise(pixels, box, size[0], size[1], offset[0], offset[1], kind, tables, order, out)
+    return True
 
 
 def ensure_kernels() -> bool:

@@ -8,6 +8,7 @@ inputs there are). A broken input never stops the others: in a list, it comes ba
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -112,6 +113,14 @@ def classify_batch(model: Model, inputs: np.ndarray, top_k: int) -> list[Predict
     return results
 
 
+def _exact_resampler():
+    """The Numba kernels' one-pass resize + crop + normalise, when this process has loaded them
+    (``npshuffle.backend_numba.exact_resampler``); None otherwise: this never imports Numba, so a
+    run on the NumPy backend stays free of it. Either way the numbers are the same."""
+    backend = sys.modules.get("npshuffle.backend_numba")
+    return backend.exact_resampler() if backend is not None else None
+
+
 def prepare_input(source: object, recipe: dict, fast_decode: bool = False) -> np.ndarray:
     """One input (path, PIL image, array) -> float32 (3, crop, crop), or an ImageError whose message
     starts with the input's name and says why not. ``fast_decode``: decode a big photo straight to
@@ -119,7 +128,8 @@ def prepare_input(source: object, recipe: dict, fast_decode: bool = False) -> np
     several times faster on phone photos, not pixel-identical."""
     name = describe(source)
     try:
-        return preprocess_image(load_rgb(source, fast_decode_for=recipe["resize"] if fast_decode else None), recipe)
+        image = load_rgb(source, fast_decode_for=recipe["resize"] if fast_decode else None)
+        return preprocess_image(image, recipe, resampler=_exact_resampler())
     except ImageError as exc:  # (preprocessing's own, e.g. a 1x10000 strip, do not know the name)
         message = str(exc)
         raise ImageError(message if message.startswith(name) else f"{name}: {message}") from None

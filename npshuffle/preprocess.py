@@ -33,12 +33,9 @@ _RESAMPLE = {
 }
 
 
-def resize_shorter_side(image: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
-    """torchvision ``Resize(size)`` on a PIL image: the shorter side becomes ``size``.
-
-    An image shrunk by fast decode (``load_rgb(..., fast_decode_for=)``) is resized to the size the
-    full picture would get, from the box the full picture covers in it (same geometry, fewer pixels).
-    """
+def _resize_geometry(image: Image.Image, size: int) -> tuple[tuple[int, int], tuple[float, float, float, float] | None]:
+    """Where torchvision ``Resize(size)`` takes ``image``: ``((new_w, new_h), box)``, box the region of
+    ``image`` that is resized (None: all of it)."""
     w, h = image.size
     box = None
     geometry = image.info.get(FAST_DECODE_GEOMETRY)
@@ -48,32 +45,70 @@ def resize_shorter_side(image: Image.Image, size: int, interpolation: str = "bil
     if long > MAX_ASPECT_RATIO * short:
         raise ImageError(f"image of {w}x{h} pixels: aspect ratio over {MAX_ASPECT_RATIO}:1, not a photo to classify")
     new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if box is None and (new_w, new_h) == (w, h):
+    return ((new_short, new_long) if w <= h else (new_long, new_short)), box
+
+
+def resize_shorter_side(image: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """torchvision ``Resize(size)`` on a PIL image: the shorter side becomes ``size``.
+
+    An image shrunk by fast decode (``load_rgb(..., fast_decode_for=)``) is resized to the size the
+    full picture would get, from the box the full picture covers in it (same geometry, fewer pixels).
+    """
+    new_size, box = _resize_geometry(image, size)
+    if box is None and new_size == image.size:
         return image
-    return image.resize((new_w, new_h), _RESAMPLE[interpolation], box=box)
+    return image.resize(new_size, _RESAMPLE[interpolation], box=box)
+
+
+def _crop_offset(size: tuple[int, int], crop: int) -> tuple[int, int]:
+    """torchvision ``CenterCrop(crop)``'s top-left corner (left, top) in an image of ``size``."""
+    w, h = size
+    return int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
     """torchvision ``CenterCrop(size)`` on a PIL image at least ``size`` on each side."""
-    w, h = image.size
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
+    left, top = _crop_offset(image.size, size)
     return image.crop((left, top, left + size, top + size))
 
 
-def preprocess_image(image: Image.Image, recipe: dict, *, fast_decode: bool = False) -> np.ndarray:
+def _resample_in_one_pass(image: Image.Image, recipe: dict, resampler) -> np.ndarray | None:
+    """Resize, crop and normalise with ``resampler`` (see ``npshuffle.backend_numba.exact_resampler``),
+    which computes only the crop's pixels, each exactly as PIL's resize does; None where it would
+    not give PIL's pixels: the crop not inside the resized image (PIL pads it), an interpolation
+    it lacks, or a resize that newer Pillows run vertical pass first (a height shrinking more than
+    twice as many pixels as the width: never for a photo under 2:1, whose resize shrinks the
+    longer side most)."""
+    crop = recipe["crop"]
+    new_size, box = _resize_geometry(image, recipe["resize"])
+    (w, h), (new_w, new_h) = image.size, new_size
+    if min(new_w, new_h) < crop or (h - new_h > 0 and h - new_h > 2 * (w - new_w)):
+        return None
+    out = np.empty((3, crop, crop), np.float32)
+    box = np.array(box if box is not None else (0, 0, w, h), np.float32)
+    order = np.array((2, 1, 0) if recipe["channel_order"] == "BGR" else (0, 1, 2), np.int64)
+    done = resampler(np.asarray(image), box, new_size, _crop_offset(new_size, crop), recipe["interpolation"],
+                     channel_tables(recipe), order, out)
+    return out if done else None
+
+
+def preprocess_image(image: Image.Image, recipe: dict, *, fast_decode: bool = False, resampler=None) -> np.ndarray:
     """One RGB PIL image -> float32 (3, crop, crop), per ``recipe``.
 
     ``fast_decode``: box-average (``Image.reduce``) a big image to no less than twice ``resize`` on
     its shorter side before the exact resize. For a file, pass ``load_rgb(path, fast_decode_for=
     recipe["resize"])`` instead (JPEG draft decoding, much cheaper); an image already shrunk that
-    way is not shrunk again.
+    way is not shrunk again. ``resampler``: the Numba kernels' one-pass resize + crop + normalise
+    (``npshuffle.backend_numba.exact_resampler()``; same numbers, computed only for the crop).
     """
     if image.mode != "RGB":
         image = load_rgb(image)
     if fast_decode and FAST_DECODE_GEOMETRY not in image.info:
         image = load_rgb(image, fast_decode_for=recipe["resize"])
+    if resampler is not None:
+        out = _resample_in_one_pass(image, recipe, resampler)
+        if out is not None:
+            return out
     image = center_crop(resize_shorter_side(image, recipe["resize"], recipe["interpolation"]), recipe["crop"])
     return normalise(np.asarray(image), recipe)
 

@@ -18,6 +18,8 @@ Where to read what, in order:
 ``gemm.py``            GEMM steps (every 1x1 conv, fused epilogues) and the classifier
 ``per_channel.py``     depthwise conv, average pool, global average pool
 ``stem.py``            the stem: conv 3x3 / 2 + ReLU + max-pool 3x3 / 2 in one pass
+``resample.py``        before the network: a photo's resize, centre crop and normalisation in one
+                       pass, pixel-identical to PIL's
 ``driver.py``          the kernels' address table, compiling them, the forward pass
 =====================  ==========================================================================
 
@@ -33,6 +35,7 @@ from .driver import (
                      FORWARD_ARGS,
                      KERNEL_SLOTS,
                      MICRO_KERNELS,
+                     RESAMPLE,
                      _call_step,
                      compile_kernels,
                      compile_settings,
@@ -58,6 +61,8 @@ from .layout import (
 )
 from .micro_kernel import ROWS, TILE_ARGS
 from .per_channel import avg_pool3x3, depthwise3x3, global_pool
+from .resample import FILTERS as RESAMPLE_FILTERS
+from .resample import resize_crop_normalise
 from .stem import phase_input, stem_pool
 from .steps import (
                      AVG_POOL,
@@ -111,6 +116,8 @@ __all__ = [
     # kernels (the GEMM step kernel is ``kernels.cpu.gemm.gemm``)
     "phase_input", "stem_pool", "depthwise3x3", "avg_pool3x3", "global_pool", "classifier_part",
     # driver
+    # preprocessing
+    "resize_crop_normalise", "RESAMPLE", "RESAMPLE_FILTERS",
     "KERNEL_SLOTS", "MICRO_KERNELS", "compile_kernels", "compile_settings", "kernel_table", "run_step", "forward",
     "_call_step",
 ]

@@ -45,6 +45,7 @@ from .gemm import classifier_part, gemm
 from .layout import TILE_WIDTHS
 from .micro_kernel import TILE_ARGS, _tile_kernel
 from .per_channel import avg_pool3x3, depthwise3x3, global_pool
+from .resample import RESAMPLE_ARGS, resize_crop_normalise
 from .stem import phase_input, stem_pool
 from .steps import (
     AVG_POOL,
@@ -101,7 +102,11 @@ _KERNELS = {
     FN_CLASSIFIER: (classifier_part, CLASSIFIER_ARGS),
     **{FN_TILE + nr // 8: (_tile_kernel(nr), TILE_ARGS) for nr in TILE_WIDTHS},
 }
-KERNEL_SLOTS = tuple(_KERNELS)
+# kernels called from Python, not through the table: the photo preprocessing (``resample.py``), which
+# is compiled and cached with the others; its key in compile_kernels' slots
+RESAMPLE = "resample"
+_HOST_KERNELS = {RESAMPLE: (resize_crop_normalise, RESAMPLE_ARGS)}
+KERNEL_SLOTS = (*_KERNELS, *_HOST_KERNELS)
 MICRO_KERNELS = tuple(FN_TILE + nr // 8 for nr in TILE_WIDTHS)  # the GEMM micro-kernels' slots
 _table: list[np.ndarray] = []  # kernel_table()'s result, once built
 _driver_compiled = False  # _forward compiled (or loaded) for FORWARD_ARGS by compile_kernels
@@ -149,7 +154,8 @@ FORWARD_ARGS = (_I64, types.float32[:, ::1], _F32, _I64, _RECORDS, types.int64[:
 
 
 def compile_kernels(slots=None, driver: bool = True) -> bool:
-    """Compile the kernels of these slots of the address table (default: all), and with ``driver``
+    """Compile the kernels of these slots (``KERNEL_SLOTS``: those of the address table and
+    ``RESAMPLE``; default: all), and with ``driver``
     the driver of :func:`forward`, or load them from Numba's cache. Returns True when any of them
     had to be compiled (the cache did not have it).
 
@@ -157,7 +163,8 @@ def compile_kernels(slots=None, driver: bool = True) -> bool:
     each filling the cache, and either then loads the other's (see ``npshuffle.backend_numba``)."""
     global _driver_compiled
     compiled = False
-    todo = [_KERNELS[slot] for slot in (_KERNELS if slots is None else slots)]
+    every = {**_KERNELS, **_HOST_KERNELS}
+    todo = [every[slot] for slot in (every if slots is None else slots)]
     if driver:
         todo.append((_forward, FORWARD_ARGS))
     with compile_settings():

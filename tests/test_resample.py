@@ -1,0 +1,149 @@
+"""The one-pass resize + crop + normalise kernel (``kernels.cpu.resample``) against PIL itself.
+
+The kernel computes only a crop's pixels; each must equal what PIL's ``Image.resize`` (then
+``crop``) gives, bit for bit, for the sizes, boxes and filters preprocessing uses; and
+``preprocess_image`` with it must equal the PIL path (and so the torchvision fixtures).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from npshuffle import backend_numba
+from npshuffle.images import FAST_DECODE_GEOMETRY, load_rgb
+from npshuffle.model_file import DEFAULT_RECIPES, check_recipe
+from npshuffle.preprocess import preprocess_image
+from tests.conftest import REPO
+from tests.preprocess_cases import SIZES, synthetic
+
+cpu = backend_numba.cpu
+PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+IDENTITY_TABLES = np.tile(np.arange(256, dtype=np.float32), (3, 1))  # normalising to the 8-bit values themselves
+FLOWERS = REPO.parent / "shared" / "data" / "flower_photos"
+
+
+@pytest.fixture(scope="module")
+def resampler():
+    backend_numba.ensure_kernels()
+    return backend_numba.exact_resampler()
+
+
+def kernel_crop(pixels, size, box, left, top, crop, interpolation):
+    """The kernel's crop as uint8 (crop, crop, 3), normalised to the 8-bit values themselves."""
+    out = np.full((3, crop, crop), np.nan, np.float32)
+    cpu.resize_crop_normalise(np.asarray(Image.fromarray(pixels)), np.array(box, np.float32), size[0], size[1],
+                              left, top, cpu.RESAMPLE_FILTERS[interpolation], IDENTITY_TABLES,
+                              np.arange(3, dtype=np.int64), out)
+    assert np.isfinite(out).all()
+    return out.transpose(1, 2, 0).astype(np.uint8)
+
+
+@st.composite
+def resizes(draw):
+    """A random RGB image, a target size (up or down, either axis), a source box (half the time the
+    whole image) and a crop inside the target, for a resize PIL runs horizontal pass first."""
+    w, h = draw(st.integers(1, 160)), draw(st.integers(1, 160))
+    new_w, new_h = draw(st.integers(1, 200)), draw(st.integers(1, 200))
+    if h - new_h > 0 and h - new_h > 2 * (w - new_w):  # newer Pillows go vertical first (not supported)
+        new_h = h
+    if draw(st.booleans()):
+        box = (0.0, 0.0, float(w), float(h))
+    else:
+        x0, y0 = draw(st.floats(0, w / 2)), draw(st.floats(0, h / 2))
+        box = (x0, y0, draw(st.floats(x0 + 0.25, w)), draw(st.floats(y0 + 0.25, h)))
+    crop = draw(st.integers(1, min(new_w, new_h)))
+    left, top = draw(st.integers(0, new_w - crop)), draw(st.integers(0, new_h - crop))
+    seed = draw(st.integers(0, 2**32 - 1))
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return pixels, (new_w, new_h), box, left, top, crop, draw(st.sampled_from(sorted(PIL_FILTERS)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(resizes())
+def test_kernel_crop_is_pil_resize_then_crop(case):
+    pixels, size, box, left, top, crop, interpolation = case
+    expected = np.asarray(Image.fromarray(pixels).resize(size, PIL_FILTERS[interpolation], box=box))
+    got = kernel_crop(pixels, size, box, left, top, crop, interpolation)
+    np.testing.assert_array_equal(got, expected[top: top + crop, left: left + crop])
+
+
+@pytest.mark.parametrize("interpolation", sorted(PIL_FILTERS))
+def test_same_size_is_the_identity_and_big_shrinks_match(interpolation):
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(kernel_crop(pixels, (400, 300), (0, 0, 400, 300), 30, 20, 250, interpolation),
+                                  pixels[20:270, 30:280])
+    big = rng.integers(0, 256, (1500, 2000, 3), dtype=np.uint8)  # a 6x shrink: 13-tap filters
+    expected = np.asarray(Image.fromarray(big).resize((341, 256), PIL_FILTERS[interpolation]))
+    np.testing.assert_array_equal(kernel_crop(big, (341, 256), (0, 0, 2000, 1500), 58, 16, 224, interpolation),
+                                  expected[16:240, 58:282])
+
+
+@pytest.mark.parametrize("recipe_name", ["torchvision", "megvii"])
+def test_preprocess_with_the_kernel_equals_the_pil_path(resampler, recipe_name):
+    recipe = check_recipe(DEFAULT_RECIPES[recipe_name])
+    images = [Image.fromarray(synthetic(w, h, i)) for i, (w, h) in enumerate(SIZES)]
+    images += [load_rgb(REPO / "examples" / f"{name}.jpg") for name in ("tulip", "daisy", "sunflower")]
+    for image in images:
+        np.testing.assert_array_equal(preprocess_image(image, recipe, resampler=resampler),
+                                      preprocess_image(image, recipe), err_msg=str(image.size))
+
+
+@pytest.mark.skipif(not FLOWERS.is_dir(), reason="needs ../shared/data/flower_photos")
+def test_preprocess_with_the_kernel_equals_the_pil_path_on_real_photos(resampler):
+    recipe = check_recipe(DEFAULT_RECIPES["torchvision"])
+    photos = sorted(FLOWERS.glob("*/*.jpg"))[::25]
+    assert len(photos) > 100
+    for path in photos:
+        image = load_rgb(path)
+        np.testing.assert_array_equal(preprocess_image(image, recipe, resampler=resampler),
+                                      preprocess_image(image, recipe), err_msg=str(path))
+
+
+def test_fast_decoded_photos_use_the_kernel_with_their_box(resampler):
+    recipe = check_recipe(DEFAULT_RECIPES["torchvision"])
+    image = load_rgb(Image.fromarray(synthetic(2401, 1801, 2)), fast_decode_for=recipe["resize"])
+    assert image.size != (2401, 1801)  # shrunk, with the full picture's box in its info
+    calls = []
+
+    def counting(*args):
+        calls.append(args[1])
+        return resampler(*args)
+
+    np.testing.assert_array_equal(preprocess_image(image, recipe, resampler=counting), preprocess_image(image, recipe))
+    box = image.info[FAST_DECODE_GEOMETRY][1]
+    assert len(calls) == 1 and box != (0, 0, *image.size)
+    np.testing.assert_array_equal(calls[0], np.array(box, np.float32))  # the full picture's box, not the image
+
+
+@pytest.mark.parametrize("size, recipe_change", [
+    ((300, 900), {}),  # a 3:1 strip: Pillow 11+ resizes it vertical pass first
+    ((300, 200), {"interpolation": "nearest"}),  # no such filter in the kernel
+    ((300, 200), {"resize": 200, "crop": 224}),  # the crop is bigger than the resized image: PIL pads
+])
+def test_where_the_kernel_would_differ_pil_does_the_work(resampler, size, recipe_change):
+    recipe = {**check_recipe(DEFAULT_RECIPES["torchvision"]), **recipe_change}  # (model files refuse the last)
+    image = Image.fromarray(synthetic(*size, 1))
+    if recipe_change.get("interpolation") == "nearest":
+        assert resampler(np.asarray(image), np.zeros(4, np.float32), (1, 1), (0, 0), "nearest", None, None,
+                         None) is False
+    np.testing.assert_array_equal(preprocess_image(image, recipe, resampler=resampler),
+                                  preprocess_image(image, recipe))
+
+
+def test_the_kernel_is_used_only_once_numba_is_loaded(tmp_path: Path):
+    """predict's preprocessing never imports Numba itself (a NumPy-backend run stays free of it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, npshuffle; from npshuffle.predict import _exact_resampler\n"
+            "assert _exact_resampler() is None and 'numba' not in sys.modules\n"
+            "npshuffle.predict('examples/tulip.jpg', backend='numpy')\n"
+            "assert 'numba' not in sys.modules, 'numba imported'\n")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
