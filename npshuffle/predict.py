@@ -117,8 +117,9 @@ def _exact_resampler():
     """The Numba kernels' one-pass resize + crop + normalise, when this process has loaded them
     (``npshuffle.backend_numba.exact_resampler``); None otherwise: this never imports Numba, so a
     run on the NumPy backend stays free of it. Either way the numbers are the same."""
-    backend = sys.modules.get("npshuffle.backend_numba")
-    return backend.exact_resampler() if backend is not None else None
+    # (another thread may be importing the backend right now: a module half made counts as not loaded)
+    ready = getattr(sys.modules.get("npshuffle.backend_numba"), "exact_resampler", None)
+    return ready() if ready is not None else None
 
 
 def prepare_input(source: object, recipe: dict, fast_decode: bool = False) -> np.ndarray:

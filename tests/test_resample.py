@@ -147,3 +147,14 @@ def test_the_kernel_is_used_only_once_numba_is_loaded(tmp_path: Path):
             "npshuffle.predict('examples/tulip.jpg', backend='numpy')\n"
             "assert 'numba' not in sys.modules, 'numba imported'\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_a_backend_module_still_being_imported_means_no_kernel(monkeypatch):
+    """The auto backend imports the Numba backend on a thread while photos are being prepared."""
+    import sys
+    import types
+
+    from npshuffle.predict import _exact_resampler
+
+    monkeypatch.setitem(sys.modules, "npshuffle.backend_numba", types.ModuleType("npshuffle.backend_numba"))
+    assert _exact_resampler() is None
