@@ -224,7 +224,6 @@ def run_cli(model_arg: str, folder: Path, photos: int, fast: bool) -> float:
 
 def breakdown(model, paths: list[str]) -> dict[str, float]:
     """Seconds in decode, preprocess and network over ``paths`` in batches of 16, as npshuffle.predict does them."""
-    import npshuffle.predict
     from npshuffle.images import load_rgb
     from npshuffle.preprocess import preprocess_image
 
@@ -232,7 +231,7 @@ def breakdown(model, paths: list[str]) -> dict[str, float]:
     model.forward(np.zeros((1, 3, recipe["crop"], recipe["crop"]), np.float32))  # (the kernels loaded)
     # the one-pass resize + crop + normalise predict uses once the Numba kernels are loaded (None: PIL;
     # versions before it have no such function)
-    resampler = getattr(npshuffle.predict, "_exact_resampler", lambda: None)()
+    resampler = getattr(sys.modules["npshuffle.predict"], "_exact_resampler", lambda: None)()
     options = {"resampler": resampler} if resampler is not None else {}
     total = {"decode": 0.0, "preprocess": 0.0, "network": 0.0}
     for i in range(0, len(paths), BATCH):
