@@ -28,7 +28,8 @@ float32), the script
 5. times ``python -m npshuffle predict PHOTO --device numba`` end to end in fresh processes:
    first with an empty Numba cache (compiling), then again (cache warm);
 6. measures the machine's SGEMM ceiling (``sgemm_ceiling.py``: NumPy's BLAS, 2048x2048 float32,
-   ``--threads`` threads, in a fresh process);
+   ``--threads`` threads, in a fresh process without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which
+   would pin OpenBLAS to its AVX2 kernel), and states the CPU's arithmetic peak beside it;
 
 prints a markdown table with every time's ratio to ONNX Runtime, a table of the speed-up over
 torch eager with the useful GFLOP/s that 4x torch eager would need as a share of that ceiling,
@@ -61,7 +62,7 @@ from bench_common import (  # noqa: E402
     spec_for,
     versions,
 )
-from sgemm_ceiling import ceiling as sgemm_ceiling  # noqa: E402
+from sgemm_ceiling import arithmetic_peak, ceiling_and_kernel  # noqa: E402
 
 RUNTIMES = ("numba", "numpy", "torch", "onnxruntime")
 LABELS = {"numba": "npshuffle-numba", "numpy": "npshuffle-numpy", "torch": "torch eager", "onnxruntime": "ONNX Runtime"}
@@ -176,6 +177,7 @@ class Measurements:
     macs: dict  # model -> multiply-adds per image
     predict: dict  # predict_timings(...)
     ceiling: float  # the SGEMM ceiling, GFLOP/s
+    ceiling_kernel: str  # the OpenBLAS kernel that measured it
 
     def gflops(self, key, runtime):
         """Useful GFLOP/s of ``runtime`` on row ``key`` (model, batch): 2 x multiply-adds x images/s."""
@@ -213,12 +215,21 @@ def measure(args) -> Measurements:
     print("npshuffle predict: cold and warm cache...", file=sys.stderr, flush=True)
     predict = predict_timings(args.photo)
     print("SGEMM ceiling...", file=sys.stderr, flush=True)
-    ceiling = sgemm_ceiling(args.threads)
-    return Measurements(results, agree, memory, macs, predict, ceiling)
+    ceiling, kernel = ceiling_and_kernel(args.threads)
+    return Measurements(results, agree, memory, macs, predict, ceiling, kernel)
 
 
 # --------------------------------------------------------------------------------------------------
 # the report
+
+
+def peak_note(threads: int, ceiling: float) -> str:
+    """The CPU's arithmetic peak for scale (``sgemm_ceiling.arithmetic_peak``), as a parenthesis."""
+    peak, ghz = arithmetic_peak(threads)
+    if not peak:
+        return ""
+    return (f" (the arithmetic peak, {threads} cores x 2 FMA units x 16 lanes x 2 flops at the {ghz:.2f} GHz "
+            f"the kernel reports, is {peak:.0f} GFLOP/s: the SGEMM reaches {ceiling / peak:.0%} of it)")
 
 
 def report_lines(args, paused: list[int], measured: Measurements) -> list[str]:
@@ -255,8 +266,10 @@ def report_lines(args, paused: list[int], measured: Measurements) -> list[str]:
             lines.append(f"| {name} | {batch} | " + " | ".join(cells) + " |")
     lines += ["", f"Speed-up over torch eager, and what 4x would take: useful GFLOP/s (2 x multiply-adds x images/s) "
               f"of npshuffle-numba, and of a runtime 4x faster than torch eager; against this machine's SGEMM "
-              f"ceiling, measured in this run (NumPy's BLAS, 2048x2048 float32, {args.threads} threads): "
-              f"**{ceiling:.0f} GFLOP/s**. No runtime computing every multiply-add in float32 can beat the "
+              f"ceiling, measured in this run (NumPy's BLAS, 2048x2048 float32, {args.threads} threads, OpenBLAS "
+              f"kernel {measured.ceiling_kernel}, without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE): "
+              f"**{ceiling:.0f} GFLOP/s**{peak_note(args.threads, ceiling)}. "
+              "No runtime computing every multiply-add in float32 can beat the "
               "ceiling, and a whole network (depthwise convs, stem, pools, per-layer overheads) stays below it.",
               "", "| model | batch | npshuffle-numba / torch eager | npshuffle-numba GFLOP/s | 4x torch eager needs | "
               "share of the ceiling |", "|---|---:|---:|---:|---:|---:|"]

@@ -12,8 +12,9 @@ Output: float32 ``(3, crop, crop)`` (CHW) per image; :func:`preprocess_batch` st
 
 With a ``resampler`` (the Numba kernels', ``kernels.cpu.resample``; ``npshuffle.predict`` passes it
 once the kernels are loaded), resize, crop and normalisation are one pass that computes only the
-crop's pixels, each exactly as PIL's resize does: the same numbers at about half the time. Where
-it would not match PIL (see :func:`_resample_in_one_pass`), PIL does the work.
+crop's pixels, each exactly as PIL's resize does: the same numbers, 1.65-1.76x faster on the flower
+photos (``benchmarks/preprocess_time.py``). Where it would not match PIL, or not be faster (see
+:func:`_resample_in_one_pass`), PIL does the work.
 
 ``fast_decode=True`` (opt-in; default off, which is the pixel-exact path above) first shrinks a big
 picture to no less than twice ``resize`` on its shorter side: JPEG files by draft-mode decoding,
@@ -77,18 +78,27 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+# Measured per photo on one core (benchmarks/preprocess_time.py, and 4:3 photos of every size): the
+# kernel is 1.8-1.9x faster than PIL + the lookup up to 2.5x the resize size on the shorter side, level
+# at 3x, and slower past it (a 12 MP photo: 70-120 ms against 66-76; the pixel array copy alone costs
+# ~10 ms there, and the wide filters gather more than PIL's loops do).
+KERNEL_MAX_SHRINK = 3
+
+
 def _resample_in_one_pass(image: Image.Image, recipe: dict, resampler) -> np.ndarray | None:
     """Resize, crop and normalise with ``resampler`` (see ``npshuffle.backend_numba.exact_resampler``),
-    which computes only the crop's pixels, each exactly as PIL's resize does; None where it would
+    which computes only the crop's pixels, each exactly as PIL's resize does. None where it would
     not give PIL's pixels: the crop not inside the resized image (PIL pads it), an interpolation
     it lacks, or a resize that newer Pillows run vertical pass first (a height shrinking more than
     twice as many pixels as the width: never for a photo under 2:1, whose resize shrinks the
-    longer side most)."""
+    longer side most); and None where it is not faster (see KERNEL_MAX_SHRINK)."""
     crop = recipe["crop"]
     new_size, box = _resize_geometry(image, recipe["resize"])
     (w, h), (new_w, new_h) = image.size, new_size
     if min(new_w, new_h) < crop or (h - new_h > 0 and h - new_h > 2 * (w - new_w)):
         return None
+    if (box is None and new_size == image.size) or min(w, h) >= KERNEL_MAX_SHRINK * recipe["resize"]:
+        return None  # nothing to resize (a crop and a lookup are all there is), or PIL is as fast
     out = np.empty((3, crop, crop), np.float32)
     box = np.array(box if box is not None else (0, 0, w, h), np.float32)
     order = np.array((2, 1, 0) if recipe["channel_order"] == "BGR" else (0, 1, 2), np.int64)

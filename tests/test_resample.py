@@ -158,3 +158,19 @@ def test_a_backend_module_still_being_imported_means_no_kernel(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "npshuffle.backend_numba", types.ModuleType("npshuffle.backend_numba"))
     assert _exact_resampler() is None
+
+
+@pytest.mark.parametrize("size, used", [((341, 250), True), ((256, 256), False), ((300, 257), True),
+                                        ((1000, 760), True), ((1100, 800), False)])
+def test_the_kernel_runs_where_it_is_faster(resampler, size, used):
+    """Not for a photo already at the resize size (a crop is all there is), nor for one over 3x it."""
+    recipe = check_recipe(DEFAULT_RECIPES["torchvision"])
+    calls = []
+
+    def counting(*args):
+        calls.append(1)
+        return resampler(*args)
+
+    image = Image.fromarray(synthetic(*size, 4))
+    np.testing.assert_array_equal(preprocess_image(image, recipe, resampler=counting), preprocess_image(image, recipe))
+    assert bool(calls) == used
