@@ -109,7 +109,7 @@ def _compile_or_load() -> None:
     if cold and _spare_core() and kernel_cache.cache_dir()[0]:
         helper = _start_helper(HELPER_SLOTS)
     try:
-        cpu.compile_kernels([s for s in cpu.KERNEL_SLOTS if helper is None or s not in HELPER_SLOTS])
+        cpu.compile_kernels([s for s in cpu.ALL_KERNELS if helper is None or s not in HELPER_SLOTS])
         if helper is not None:
             helper.wait(HELPER_TIMEOUT_S)
     finally:

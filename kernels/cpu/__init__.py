@@ -32,6 +32,7 @@ beside each file, checked against that file alone.)
 """
 
 from .driver import (
+                     ALL_KERNELS,
                      FORWARD_ARGS,
                      KERNEL_SLOTS,
                      MICRO_KERNELS,
@@ -118,6 +119,6 @@ __all__ = [
     # driver
     # preprocessing
     "resize_crop_normalise", "RESAMPLE", "RESAMPLE_FILTERS",
-    "KERNEL_SLOTS", "MICRO_KERNELS", "compile_kernels", "compile_settings", "kernel_table", "run_step", "forward",
-    "_call_step",
+    "KERNEL_SLOTS", "ALL_KERNELS", "MICRO_KERNELS", "compile_kernels", "compile_settings", "kernel_table",
+    "run_step", "forward", "_call_step",
 ]

@@ -106,7 +106,8 @@ _KERNELS = {
 # is compiled and cached with the others; its key in compile_kernels' slots
 RESAMPLE = "resample"
 _HOST_KERNELS = {RESAMPLE: (resize_crop_normalise, RESAMPLE_ARGS)}
-KERNEL_SLOTS = (*_KERNELS, *_HOST_KERNELS)
+KERNEL_SLOTS = tuple(_KERNELS)  # the address table's
+ALL_KERNELS = (*KERNEL_SLOTS, *_HOST_KERNELS)  # what compile_kernels compiles by default
 MICRO_KERNELS = tuple(FN_TILE + nr // 8 for nr in TILE_WIDTHS)  # the GEMM micro-kernels' slots
 _table: list[np.ndarray] = []  # kernel_table()'s result, once built
 _driver_compiled = False  # _forward compiled (or loaded) for FORWARD_ARGS by compile_kernels
@@ -154,7 +155,7 @@ FORWARD_ARGS = (_I64, types.float32[:, ::1], _F32, _I64, _RECORDS, types.int64[:
 
 
 def compile_kernels(slots=None, driver: bool = True) -> bool:
-    """Compile the kernels of these slots (``KERNEL_SLOTS``: those of the address table and
+    """Compile the kernels of these slots (``ALL_KERNELS``: the address table's ``KERNEL_SLOTS`` and
     ``RESAMPLE``; default: all), and with ``driver``
     the driver of :func:`forward`, or load them from Numba's cache. Returns True when any of them
     had to be compiled (the cache did not have it).
