@@ -35,7 +35,7 @@ from numba import njit
 
 from .micro_kernel import ROWS, _call_tile, _store, _store_interleaved, _store_sum
 from .steps import EPI_INTERLEAVE, EPI_PASSTHROUGH, EPI_POOL, EPI_RESIDUAL, EPI_STORE, FN_TILE, SPLIT_COLUMNS, _split
-from .tricks import FASTMATH, _at, _borrowed
+from .tricks import FASTMATH, _at, _borrowed, _wide_vectors
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -44,6 +44,7 @@ def _finish_tile(tile, nrows, n, jg, ws, rows, st, pooled, inv):
     ``jg .. jg+n-1`` of the pixel whose offsets in the output / auxiliary buffer are
     ``rows[1, i]`` / ``rows[2, i]``. (The micro-kernel's own stores, with a runtime width and any
     channel step, plus the pooled sum and the Megvii passthrough copy.)"""
+    _wide_vectors()  # (tricks.py, trick 8)
     mode, relu = st.mode, st.relu
     for i in range(nrows):
         acc = tile[64 * i: 64 * i + n]
@@ -91,6 +92,7 @@ def gemm(fns, ws, wts, itab, st, image, pooled, part, nparts):
     """One GEMM step (``steps.Gemm``), or this thread's share of it: its pixel tiles, or its
     column tiles with ``st.split == SPLIT_COLUMNS`` and always with EPI_POOL (a step kernel:
     ``steps.STEP_ARGS``; the micro-kernels are ``fns[FN_TILE + NR // 8]``)."""
+    _wide_vectors()  # (tricks.py, trick 8)
     ws, wts, itab, pooled = _borrowed(ws), _borrowed(wts), _borrowed(itab), _borrowed(pooled)
     tile = np.empty(ROWS * 64, np.float32)  # scratch (not _borrowed: see there)
     rows = np.empty((3, ROWS), np.int64)  # per tile row: offset of its A row, its output pixel, its aux pixel
@@ -174,6 +176,7 @@ def classifier_part(fns, features, wts, itab, fc, logits, part, nparts):
     """logits = features @ W + b for this thread's range of column tiles (the classifier as a GEMM
     whose rows are images). ``fc``: the ``steps.Classifier`` record (k = the padded feature count).
     Argument types: ``steps.CLASSIFIER_ARGS``."""
+    _wide_vectors()  # (tricks.py, trick 8)
     features, wts, itab, logits = _borrowed(features), _borrowed(wts), _borrowed(itab), _borrowed(logits)
     tile = np.empty(ROWS * 64, np.float32)  # scratch (not _borrowed: see there)
     K = fc.k

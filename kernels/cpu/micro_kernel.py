@@ -36,7 +36,7 @@ import numba
 from numba import njit, types
 
 from .steps import EPI_INTERLEAVE, EPI_RESIDUAL
-from .tricks import FASTMATH, _caller, _stack_floats
+from .tricks import FASTMATH, _caller, _stack_floats, _wide_vectors
 
 ROWS = 4  # pixels per GEMM micro-tile
 
@@ -70,6 +70,7 @@ def _tile_kernel(NR: int):
         NR is a constant of the enclosing :func:`_tile_kernel` call, so the j loops have a
         constant trip count: they unroll, and acc0..acc3 (4 x NR floats) live in registers.
         """
+        _wide_vectors()  # (tricks.py, trick 8)
         acc0 = numba.carray(_stack_floats(NR), NR)
         acc1 = numba.carray(_stack_floats(NR), NR)
         acc2 = numba.carray(_stack_floats(NR), NR)

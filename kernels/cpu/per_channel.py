@@ -21,7 +21,7 @@ from numba import njit
 
 from .layout import LANES
 from .steps import _split
-from .tricks import FASTMATH, _borrowed, _stack_floats
+from .tricks import FASTMATH, _borrowed, _stack_floats, _wide_vectors
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -32,6 +32,7 @@ def depthwise3x3(fns, ws, wts, itab, st, image, pooled, part, nparts):
     Weights: ``wts[st.weights:]`` holds (10, channels): row 0 the bias, row 1 + 3*dy + dx the tap (dy, dx).
     Threads split the output rows; each row runs in blocks of 16 channels (:func:`_depthwise_block`).
     """
+    _wide_vectors()  # (tricks.py, trick 8)
     ws, wts = _borrowed(ws), _borrowed(wts)
     n, C, s = st.channels, st.src_c, st.stride
     Wo, dC = st.dst_w, st.dst_c
@@ -52,6 +53,7 @@ def _depthwise_block(rows, w, cb, out, Wo, R, C, s, dC, relu):
     """Channels cb .. cb+15 of one output row: out[ox * dC + cb + c] from the three input rows
     ``rows`` (R floats each, channel stride C), stride s. The 10 weight vectors are copied to the
     stack first, where LLVM keeps them in registers for the whole row; every index is unsigned."""
+    _wide_vectors()  # (tricks.py, trick 8)
     k = numba.carray(_stack_floats(160), 160)  # k[16 * i + c] = w[i, cb + c]
     for i in range(10):
         wi = w[i, cb: cb + LANES]
@@ -77,6 +79,7 @@ def avg_pool3x3(fns, ws, wts, itab, st, image, pooled, part, nparts):
     Reads src's first ``st.channels`` channels (a multiple of 16), writes them to dst channels
     ``out_first ..`` (the first channels of the unit's output, before pw2's).
     """
+    _wide_vectors()  # (tricks.py, trick 8)
     ws = _borrowed(ws)
     n, C, s = st.channels, st.src_c, st.stride
     Wo, dC = st.dst_w, st.dst_c
@@ -104,6 +107,7 @@ def avg_pool3x3(fns, ws, wts, itab, st, image, pooled, part, nparts):
 def global_pool(fns, ws, wts, itab, st, image, pooled, part, nparts):
     """Mean over the interior pixels of src's first ``st.channels`` channels (a multiple of 16), in
     chunks of 16 channels split across threads."""
+    _wide_vectors()  # (tricks.py, trick 8)
     ws, pooled = _borrowed(ws), _borrowed(pooled)
     C = st.src_c
     H, W = st.src_h, st.src_w

@@ -29,6 +29,8 @@ import math
 import numpy as np
 from numba import njit, types
 
+from .tricks import _wide_vectors
+
 PRECISION_BITS = 22  # PIL's fixed point for 8-bit resampling: 32 - 8 - 2
 BILINEAR, BICUBIC = 0, 1  # the filters (PIL's supports: 1 and 2 source pixels)
 FILTERS = {"bilinear": BILINEAR, "bicubic": BICUBIC}
@@ -54,6 +56,7 @@ def _weights(kind, in_size, in0, in1, out_size, first, count):
     """Fixed-point weights of outputs ``first .. first + count - 1`` of a resize of ``[in0, in1)``
     (of a source ``in_size`` long) to ``out_size``: ``(starts, taps, weights)``, output i reading
     source ``starts[i] + t`` with weight ``weights[i, t]`` for ``t < taps[i]``."""
+    _wide_vectors()  # (tricks.py, trick 8)
     scale = np.float64(np.float32(in1 - in0)) / out_size
     stretch = max(scale, 1.0)
     inverse = 1.0 / stretch  # (PIL multiplies by this rather than dividing by the stretch)
@@ -96,6 +99,7 @@ def resize_crop_normalise(pixels, box, size_w, size_h, left, top, kind, tables, 
     channel c reads source channel ``order[c]``; out: float32 (3, C, C), C the crop's size, which
     must lie inside the resized image.
     """
+    _wide_vectors()  # (tricks.py, trick 8)
     height, width = pixels.shape[0], pixels.shape[1]
     crop = out.shape[1]
     half = np.int32(1 << (PRECISION_BITS - 1))

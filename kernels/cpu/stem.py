@@ -27,7 +27,7 @@ from numba import njit
 
 from .layout import STEM_CB, STEM_QB
 from .steps import _split
-from .tricks import FASTMATH, _borrowed, _stack_floats
+from .tricks import FASTMATH, _borrowed, _stack_floats, _wide_vectors
 
 
 @njit(cache=True)
@@ -35,6 +35,7 @@ def phase_input(fns, ws, wts, itab, st, image, pooled, part, nparts):
     """Copy an NCHW image (C, H, W) into zero-padded rows split by column phase: row r (0..H+1,
     padded) of channel c starts at ``st.dst + (c * (H + 2) + r) * 4 * Q`` (Q = ``st.phase_row``), and
     holds phase p (padded columns 4q + p) at [p * Q, (p + 1) * Q). Threads split the rows."""
+    _wide_vectors()  # (tricks.py, trick 8)
     ws, image = _borrowed(ws), _borrowed(image)
     C, H, W = image.shape
     Q = st.phase_row
@@ -69,6 +70,7 @@ def _stem_tile(inp, a, toff, K, wp, out, o0, o_stride):
 
     stored (no ReLU) at out[o0 + co * o_stride + i]. As in ``micro_kernel._tile``, the accumulator rows are
     written out by hand so that LLVM keeps them in 16 registers."""
+    _wide_vectors()  # (tricks.py, trick 8)
     acc0 = numba.carray(_stack_floats(32), 32)
     acc1 = numba.carray(_stack_floats(32), 32)
     acc2 = numba.carray(_stack_floats(32), 32)
@@ -128,6 +130,7 @@ def stem_pool(fns, ws, wts, itab, st, image, pooled, part, nparts):
     Weights: ``layout.pack_stem``'s blocks at ``wts[st.weights:]``, ``st.out_channels`` outputs. Threads
     split the pooled rows (each recomputes the one stem row it shares with its neighbour).
     """
+    _wide_vectors()  # (tricks.py, trick 8)
     ws, wts = _borrowed(ws), _borrowed(wts)
     H, W, Q = st.src_h, st.src_w, st.phase_row
     K = 9 * st.channels
