@@ -75,7 +75,8 @@ class _Packer:
         return offset
 
     def array(self) -> np.ndarray:
-        return np.concatenate(self.blocks) if self.blocks else np.zeros(0, self.dtype)
+        """The blocks in one array whose start is 64-byte aligned (so is every block, then)."""
+        return cpu.aligned_copy(np.concatenate(self.blocks) if self.blocks else np.zeros(0, self.dtype))
 
     def copy(self) -> _Packer:
         twin = _Packer(self.dtype)
@@ -260,12 +261,13 @@ class StepTable:
 
     def workspace(self, nthreads: int) -> np.ndarray:
         if self.workspaces is None or self.workspaces.shape[0] < nthreads:
-            self.workspaces = np.zeros((nthreads, self.ws_size), np.float32)
+            self.workspaces = cpu.aligned_zeros((nthreads, self.ws_size), np.float32)  # (ws_size: whole vectors)
         return self.workspaces
 
     def output(self, n: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
         if n not in self.outputs:
-            self.outputs[n] = (np.zeros((n, self.features), np.float32), np.zeros((n, classes), np.float32))
+            self.outputs[n] = (cpu.aligned_zeros((n, self.features), np.float32),
+                               cpu.aligned_zeros((n, classes), np.float32))
         return self.outputs[n]
 
     # -- buffers ---------------------------------------------------------------------------------

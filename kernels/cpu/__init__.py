@@ -50,6 +50,8 @@ from .layout import (
                      STEM_CB,
                      STEM_QB,
                      TILE_WIDTHS,
+                     aligned_copy,
+                     aligned_zeros,
                      from_padded_nhwc,
                      pack_depthwise,
                      pack_gemm,
@@ -105,7 +107,8 @@ from .tricks import FASTMATH
 
 __all__ = [
     # layout and packing
-    "LANES", "TILE_WIDTHS", "STEM_CB", "STEM_QB", "padded", "tile_widths", "pack_gemm", "pack_pointwise",
+    "LANES", "aligned_zeros", "aligned_copy",
+    "TILE_WIDTHS", "STEM_CB", "STEM_QB", "padded", "tile_widths", "pack_gemm", "pack_pointwise",
     "pack_depthwise", "pack_stem", "stem_geometry", "to_padded_nhwc", "from_padded_nhwc",
     # steps
     "PHASE_INPUT", "GEMM", "DEPTHWISE", "STEM_POOL", "AVG_POOL", "GLOBAL_POOL", "CLASSIFIER",

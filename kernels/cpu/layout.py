@@ -39,6 +39,31 @@ STEM_CB = 8  # output channels per stem micro-tile (see stem.py)
 STEM_QB = 32  # output columns per stem micro-tile (two 16-lane vectors)
 
 
+CACHE_LINE = 64  # bytes: one AVX-512 vector
+
+
+def aligned_zeros(shape, dtype) -> np.ndarray:
+    """``np.zeros(shape, dtype)`` whose data starts on a cache-line (64-byte) boundary.
+
+    NumPy leaves alignment to the C allocator, and glibc puts a large block 16 bytes past a page
+    boundary: every 64-byte vector load then straddles two cache lines. The kernels' offsets are
+    multiples of 16 floats from the start of their arrays (``LANES``), so with the start aligned
+    every vector load of a channel run is aligned too.
+    """
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = np.zeros(count * dtype.itemsize + CACHE_LINE, np.uint8)
+    start = -raw.ctypes.data % CACHE_LINE
+    return raw[start: start + count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def aligned_copy(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``array`` in :func:`aligned_zeros` memory."""
+    out = aligned_zeros(array.shape, array.dtype)
+    out[...] = array
+    return out
+
+
 def padded(channels: int) -> int:
     """``channels`` rounded up to a whole number of 16-lane vectors."""
     return -(-channels // LANES) * LANES
