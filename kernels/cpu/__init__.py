@@ -10,7 +10,8 @@ Where to read what, in order:
 
 =====================  ==========================================================================
 ``layout.py``          padded channels-last activations in one flat workspace; packing the
-                       weights (``pack_gemm``, ``pack_depthwise``, ``pack_stem``); plain NumPy
+                       weights (``pack_gemm``, ``pack_depthwise``, ``pack_stem``); cache-line
+                       aligned arrays (``aligned_zeros``); plain NumPy
 ``steps.py``           the step records the backend builds (``Gemm``, ``Depthwise``, ...), the
                        table Numba reads (``pack_steps``), and the other shared constants
 ``tricks.py``          the Numba / LLVM tricks every kernel relies on, and why each is needed
