@@ -155,12 +155,23 @@ def open_image(path: str | os.PathLike, fast_decode_for: int | None = None) -> I
     return image
 
 
-def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
-    """Any PIL image -> RGB, upright, following the rules in the module docstring."""
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned upright by its EXIF orientation; ``image`` itself when it already is
+    (``ImageOps.exif_transpose`` copies it then: 35 ms for a 12 MP photo, a quarter of its
+    preprocessing). A malformed EXIF block must not lose the picture: it counts as upright."""
     try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block must not lose the picture
-        pass
+        orientation = image.getexif().get(0x0112, 1)
+        if orientation not in _MOVE:  # 1 (upright), absent, or not an orientation at all
+            return image
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - whatever a malformed EXIF block makes PIL raise
+        return image
+
+
+def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """Any PIL image -> RGB, upright, following the rules in the module docstring. An RGB image
+    that is already upright comes back as itself (never modified)."""
+    image = _upright(image)
     mode = image.mode
     if mode == "RGB":
         return image
