@@ -101,7 +101,7 @@ def _resample_in_one_pass(image: Image.Image, recipe: dict, resampler) -> np.nda
         return None  # nothing to resize (a crop and a lookup are all there is), or PIL is as fast
     out = np.empty((3, crop, crop), np.float32)
     box = np.array(box if box is not None else (0, 0, w, h), np.float32)
-    order = np.array((2, 1, 0) if recipe["channel_order"] == "BGR" else (0, 1, 2), np.int64)
+    order = np.array(_channel_order(recipe), np.int64)
     done = resampler(np.asarray(image), box, new_size, _crop_offset(new_size, crop), recipe["interpolation"],
                      channel_tables(recipe), order, out)
     return out if done else None
@@ -128,6 +128,11 @@ def preprocess_image(image: Image.Image, recipe: dict, *, fast_decode: bool = Fa
     return normalise(np.asarray(image), recipe)
 
 
+def _channel_order(recipe: dict) -> tuple[int, int, int]:
+    """For each of the network's input channels, the RGB channel it reads."""
+    return (2, 1, 0) if recipe["channel_order"] == "BGR" else (0, 1, 2)
+
+
 def channel_tables(recipe: dict) -> np.ndarray:
     """(3, 256) float32: row c maps an 8-bit value of the network's input channel c to its
     normalised value, ``(value * scale - mean[c]) / std[c]``, computed in float32 exactly as the
@@ -143,7 +148,7 @@ def normalise(pixels: np.ndarray, recipe: dict) -> np.ndarray:
     in one pass, one table lookup per value (instead of a float copy, three arithmetic passes with
     their temporaries and a transposing copy)."""
     tables = channel_tables(recipe)  # (3 x 256 floats: cheaper to make than to cache per recipe)
-    order = (2, 1, 0) if recipe["channel_order"] == "BGR" else (0, 1, 2)
+    order = _channel_order(recipe)
     out = np.empty((3, *pixels.shape[:2]), np.float32)
     for c, source in enumerate(order):
         np.take(tables[c], pixels[:, :, source], out=out[c])
