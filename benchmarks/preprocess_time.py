@@ -36,12 +36,12 @@ def main() -> None:
     images = [load_rgb(p) for p in paths]
     backend_numba.ensure_kernels()
     resampler = backend_numba.exact_resampler()
-    paths_by_name = {"PIL resize + crop, then normalise": {}, "one-pass kernel": {"resampler": resampler}}
-    for options in paths_by_name.values():  # (one untimed pass each)
+    options_by_name = {"PIL resize + crop, then normalise": {}, "one-pass kernel": {"resampler": resampler}}
+    for options in options_by_name.values():  # (one untimed pass each)
         [preprocess_image(im, recipe, **options) for im in images[:20]]
-    seconds: dict[str, list[float]] = {name: [] for name in paths_by_name}
+    seconds: dict[str, list[float]] = {name: [] for name in options_by_name}
     for _ in range(args.rounds):
-        for name, options in paths_by_name.items():
+        for name, options in options_by_name.items():
             start = time.perf_counter()
             for im in images:
                 preprocess_image(im, recipe, **options)

@@ -105,9 +105,9 @@ _KERNELS = {
 # kernels called from Python, not through the table: the photo preprocessing (``resample.py``), which
 # is compiled and cached with the others; its key in compile_kernels' slots
 RESAMPLE = "resample"
-_HOST_KERNELS = {RESAMPLE: (resize_crop_normalise, RESAMPLE_ARGS)}
+_COMPILED = {**_KERNELS, RESAMPLE: (resize_crop_normalise, RESAMPLE_ARGS)}  # every kernel, by slot
 KERNEL_SLOTS = tuple(_KERNELS)  # the address table's
-ALL_KERNELS = (*KERNEL_SLOTS, *_HOST_KERNELS)  # what compile_kernels compiles by default
+ALL_KERNELS = tuple(_COMPILED)  # what compile_kernels compiles by default
 MICRO_KERNELS = tuple(FN_TILE + nr // 8 for nr in TILE_WIDTHS)  # the GEMM micro-kernels' slots
 _table: list[np.ndarray] = []  # kernel_table()'s result, once built
 _driver_compiled = False  # _forward compiled (or loaded) for FORWARD_ARGS by compile_kernels
@@ -164,8 +164,7 @@ def compile_kernels(slots=None, driver: bool = True) -> bool:
     each filling the cache, and either then loads the other's (see ``npshuffle.backend_numba``)."""
     global _driver_compiled
     compiled = False
-    every = {**_KERNELS, **_HOST_KERNELS}
-    todo = [every[slot] for slot in (every if slots is None else slots)]
+    todo = [_COMPILED[slot] for slot in (_COMPILED if slots is None else slots)]
     if driver:
         todo.append((_forward, FORWARD_ARGS))
     with compile_settings():
