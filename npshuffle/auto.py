@@ -190,12 +190,18 @@ class AutoRunner:
             self.expected = self.seen + images
             self._warm = None
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    @property
+    def concurrent(self) -> bool:
+        """Calls from several Python threads run at the same time: once the job is on Numba."""
+        return self.numba_runner is not None
+
+    def __call__(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """Logits for ``x``; ``threads``: the Numba runner's for this call (NumPy's BLAS takes its own)."""
         with self._lock:
             self._decide()
-            run = self.numba_runner or self.numpy_runner
+            numba_runner = self.numba_runner
             self.seen += x.shape[0]
-        return run(x)
+        return self.numpy_runner(x) if numba_runner is None else numba_runner(x, threads)
 
     def close(self) -> None:
         """Stop a background compile that is still running (the runner stays usable)."""

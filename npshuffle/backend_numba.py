@@ -233,8 +233,10 @@ class NumbaRunner:
           average says the machine is busy, ``"split"`` otherwise.
 
     Everything that depends on the input size (steps, workspaces) is built on the first call with
-    that size and kept, so later calls allocate nothing but the returned logits. Calls from several
-    Python threads are serialised (they share the workspaces).
+    that size and kept, so later calls allocate nothing but their outputs. Calls from several Python
+    threads run at the same time, each in a workspace of its own (``concurrent``): a folder job
+    runs one single-threaded call per core (``npshuffle.predict.predict_stream``), with no
+    fork-join for a thread to wait at.
     """
 
     def __init__(self, plan: Plan, weights: dict[str, np.ndarray], threads: int | None = None,
@@ -244,7 +246,9 @@ class NumbaRunner:
         self.packed = PackedWeights(lower(plan, weights))
         self._tables: dict[tuple[int, int], StepTable] = {}
         self._adaptive: dict[tuple[int, int], _AdaptiveSchedule] = {}  # (schedule="adaptive") per input size
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # (the step tables and the adaptive schedules; not the forward pass)
+
+    concurrent = True  # calls from several Python threads run at the same time (see above)
 
     @property
     def threads(self) -> int | None:
@@ -270,17 +274,18 @@ class NumbaRunner:
             self._adaptive[(height, width)] = _AdaptiveSchedule()
         return table
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """Logits (N, classes) for ``x`` (N, 3, H, W). ``threads``: this call's thread count, instead
+        of the ``threads`` attribute (see the class docstring)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         channels = self.packed.program.image.channels
         if x.ndim != 4 or x.shape[1] != channels:
             raise ValueError(f"expected a batch of shape (N, {channels}, H, W), got {x.shape}")
         n, _, h, w = x.shape
+        nthreads = check_threads(threads) or self.threads or numba.get_num_threads()
         with self._lock:
             ready = ensure_kernels()
             table = self.steps_for(h, w)
-            team = numba.get_num_threads()
-            nthreads = self.threads or team
             adaptive = None
             single = False  # (a batch of one on one thread: the whole pass in one fork-join)
             if n == 1 and nthreads > 1:
@@ -289,23 +294,26 @@ class NumbaRunner:
                     single = adaptive.single_thread()
                 else:
                     single = self.schedule == "single"
-            threads = 1 if single else nthreads
-            # a batch: each thread takes whole images; one thread: the whole pass in one fork-join
-            by_image = n > 1 or threads == 1
-            features, logits = table.output(n, self.packed.program.logits.channels)
-            ws = table.workspace(threads if by_image else 1)
-            start = time.perf_counter()
+        threads = 1 if single else nthreads
+        # a batch: each thread takes whole images; one thread: the whole pass in one fork-join
+        by_image = n > 1 or threads == 1
+        features, logits = table.outputs(n, self.packed.program.logits.channels)
+        ws = table.take_workspace(threads if by_image else 1)
+        team = numba.get_num_threads()  # (Numba's thread count is this Python thread's own setting)
+        start = time.perf_counter()
+        if threads != team:
+            numba.set_num_threads(threads)  # (one thread: a team of one, no fork-join waits on anybody)
+        try:
+            cpu.forward(ws, self.packed.wts, table.itab, table.steps, table.rounds, x, features,
+                        self.packed.fc_step, logits, threads, by_image)
+        finally:
             if threads != team:
-                numba.set_num_threads(threads)  # (one thread: a team of one, no fork-join waits on anybody)
-            try:
-                cpu.forward(ws, self.packed.wts, table.itab, table.steps, table.rounds, x, features,
-                            self.packed.fc_step, logits, threads, by_image)
-            finally:
-                if threads != team:
-                    numba.set_num_threads(team)
-            if adaptive is not None and ready:  # (not the call that compiled)
+                numba.set_num_threads(team)
+            table.give_back(ws)
+        if adaptive is not None and ready:  # (not the call that compiled)
+            with self._lock:
                 adaptive.record(single, time.perf_counter() - start)
-            return logits.copy()
+        return logits
 
 
 class NumbaBackend:

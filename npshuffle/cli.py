@@ -276,8 +276,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N",
                    help="threads for the Numba kernels (--device auto or numba; default: all cores)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="threads that decode and prepare photos while the network runs (default: one per "
-                        "core, at most 4; 1: one photo at a time)")
+                   help="threads that each decode, prepare and classify a batch of photos, in parallel (default: "
+                        "one per core the network may use, see --threads; 1: one batch at a time)")
     p.add_argument("--fast-decode", action="store_true",
                    help="decode big photos (phone JPEGs) straight to about twice the model's input size: several "
                         "times faster, not pixel-identical (see the README for its effect on accuracy)")

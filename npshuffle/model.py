@@ -67,12 +67,24 @@ class Model:
         if hasattr(self._run, "close"):
             self._run.close()
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
+    @property
+    def concurrent(self) -> bool:
+        """Whether calls of :meth:`forward` from several Python threads run at the same time (the
+        Numba backend, and ``auto`` once it runs Numba); otherwise they may, but take turns."""
+        return bool(getattr(self._run, "concurrent", False))
+
+    def forward(self, batch: np.ndarray, *, threads: int | None = None) -> np.ndarray:
+        """Logits (N, num_classes) for ``batch`` (N, 3, H, W). ``threads``: the CPU threads of this
+        call, where the backend runs the Numba kernels (None: the model's ``threads`` setting, else
+        all of Numba's); other backends ignore it. Several single-threaded calls from as many Python
+        threads use as many cores (see :attr:`concurrent`)."""
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a batch of shape (N, 3, H, W), got {batch.shape}")
         if min(batch.shape[2:]) < MIN_INPUT_SIZE:
             raise ValueError(f"images must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels, got {batch.shape[2:]}")
-        return self._run(np.ascontiguousarray(batch, dtype=np.float32))
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        takes_threads = hasattr(self._run, "concurrent")  # (the runners that may run Numba take a thread count)
+        return self._run(batch, threads) if threads is not None and takes_threads else self._run(batch)
 
     __call__ = forward

@@ -37,6 +37,7 @@ writes it, so those store straight from registers (``direct``).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -238,7 +239,8 @@ class StepTable:
     """A program's steps for one input size: ``records`` (and ``labels``, the op each came from),
     the packed table ``steps`` with each step's thread ``splits`` and the ``rounds`` of a batch-1
     pass, the int table ``itab``, the workspace size ``ws_size`` (floats per thread), and the
-    width of the pooled ``features`` row; plus the workspaces and outputs, made on first use."""
+    width of the pooled ``features`` row; and the workspaces, lent to one call at a time
+    (:meth:`take_workspace`), so that calls from several Python threads may run at once."""
 
     def __init__(self, packed: PackedWeights, height: int, width: int):
         self.packed = packed
@@ -256,19 +258,27 @@ class StepTable:
         self.steps, self.rounds = cpu.pack_steps(self.records, self.splits), _rounds(self.splits)
         self.itab, self.ws_size = self._itab.array(), self._ws.size
         self.features = cpu.padded(program.features.channels)
-        self.workspaces: np.ndarray | None = None
-        self.outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._spare: list[np.ndarray] = []  # workspaces no call is using (take_workspace / give_back)
+        self._spare_lock = threading.Lock()
 
-    def workspace(self, nthreads: int) -> np.ndarray:
-        if self.workspaces is None or self.workspaces.shape[0] < nthreads:
-            self.workspaces = cpu.aligned_zeros((nthreads, self.ws_size), np.float32)  # (ws_size: whole vectors)
-        return self.workspaces
+    def take_workspace(self, nthreads: int) -> np.ndarray:
+        """A workspace of ``nthreads`` rows (float32 (nthreads, ws_size), 64-byte aligned, its buffers'
+        zero borders intact) that no other call is using: a spare one given back by an earlier call,
+        else a new one. Hand it back with :meth:`give_back` once the call is over."""
+        with self._spare_lock:
+            for i, ws in enumerate(self._spare):
+                if ws.shape[0] >= nthreads:
+                    return self._spare.pop(i)
+        return cpu.aligned_zeros((nthreads, self.ws_size), np.float32)  # (ws_size: whole vectors)
 
-    def output(self, n: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
-        if n not in self.outputs:
-            self.outputs[n] = (cpu.aligned_zeros((n, self.features), np.float32),
-                               cpu.aligned_zeros((n, classes), np.float32))
-        return self.outputs[n]
+    def give_back(self, ws: np.ndarray) -> None:
+        with self._spare_lock:
+            self._spare.append(ws)
+
+    def outputs(self, n: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """New pooled features (n, padded features) and logits (n, classes) for one call, float32,
+        64-byte aligned (the kernels zero the features before summing into them)."""
+        return cpu.aligned_zeros((n, self.features), np.float32), cpu.aligned_zeros((n, classes), np.float32)
 
     # -- buffers ---------------------------------------------------------------------------------
 

@@ -1,13 +1,16 @@
-"""Preparing inputs ahead of the network: decode and preprocess on a few threads, in order.
+"""Running a folder job on a few threads, in order: the decode, preprocess and network of each batch.
 
 A folder job is three kinds of work per photo: decode (PIL), preprocess (resize, crop, normalise)
-and the network. The first two run here on a small thread pool (PIL and NumPy release the GIL for
-their heavy parts, and so does the network: the Numba driver is ``nogil``, the NumPy backend's
-BLAS too), so the next batch is being prepared while the current one runs through the network.
+and the network. :func:`in_order` runs a function over the inputs on a small thread pool and hands
+the results back in input order: ``npshuffle.predict`` gives each worker a whole batch (decode and
+preprocess its photos, then run the network on them). Everything heavy releases the GIL: PIL's
+decode and resize, the Numba kernels (``nogil``), NumPy's BLAS. On the Numba backend each worker
+runs its batch on one core, so the cores never wait for each other; on the others the network
+calls take turns, each using every core, while the other workers prepare the next batches.
 
-:func:`prepared` keeps at most ``window`` inputs in flight or waiting (memory stays bounded
-however many photos there are), yields them in input order, and turns an input that cannot be
-prepared into its error message: one broken file is one error row, never a stopped run.
+:func:`in_order` keeps at most ``window`` inputs in flight or waiting (memory stays bounded however
+many photos there are); :func:`prepared` turns an input that cannot be prepared into its error
+message: one broken file is one error row, never a stopped run.
 """
 
 from __future__ import annotations
@@ -15,18 +18,57 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from typing import TypeVar
 
-from .cpu_settings import usable_cores
+from .cpu_settings import numba_pool_size
 from .images import ImageError, describe
 
-
-def default_workers() -> int:
-    """Threads that decode and preprocess by default: one per core this process may use, at most 4
-    (past that, the network is the bound on the machines this was measured on)."""
-    return min(4, usable_cores())
+In, Out = TypeVar("In"), TypeVar("Out")
 
 
-def _prepare_or_error(prepare: Callable, source: object) -> object:
+def default_workers(threads: int | None = None) -> int:
+    """Workers by default: one per core the network may use (``threads``, the model's setting, else
+    Numba's thread count: NUMBA_NUM_THREADS, or every core this process may use)."""
+    return threads or numba_pool_size()
+
+
+def in_order(items: Iterable[In], work: Callable[[In], Out], workers: int, window: int) -> Iterator[Out]:
+    """Yield ``work(item)`` for each item, in order.
+
+    ``workers`` threads run ``work`` on up to ``window`` items ahead of the one being yielded
+    (``workers <= 1``: one at a time, in the calling thread, nothing ahead). ``items`` may be any
+    iterable, a generator included: it is read only as far as the window reaches. An exception
+    from ``work`` is raised here, when its item's turn comes.
+    """
+    if workers <= 1:
+        yield from map(work, items)
+        return
+    window = max(window, workers)
+    with ThreadPoolExecutor(workers, thread_name_prefix="npshuffle-worker") as pool:
+        ahead: deque = deque()
+        iterator = iter(items)
+        exhausted = False
+        while True:
+            while not exhausted and len(ahead) < window:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    break
+                ahead.append(pool.submit(work, item))
+            if not ahead:
+                return
+            future = ahead.popleft()
+            try:
+                yield future.result()
+            except GeneratorExit:  # the caller stopped early (Ctrl-C, a broken pipe): drop the rest
+                for pending in ahead:
+                    pending.cancel()
+                raise
+
+
+def prepare_or_error(prepare: Callable, source: object) -> object:
     """``prepare(source)``, or the ImageError's message (which names the input)."""
     try:
         return prepare(source)
@@ -36,35 +78,13 @@ def _prepare_or_error(prepare: Callable, source: object) -> object:
 
 def prepared(sources: Iterable, prepare: Callable[[object], object], workers: int,
              window: int) -> Iterator[tuple[str, object]]:
-    """Yield ``(name, prepare(source) or an error message)`` for each source, in order.
+    """Yield ``(name, prepare(source) or an error message)`` for each source, in order, prepared
+    on ``workers`` threads up to ``window`` sources ahead (see :func:`in_order`)."""
+    return in_order(sources, lambda source: (describe(source), prepare_or_error(prepare, source)), workers, window)
 
-    ``workers`` threads prepare up to ``window`` sources ahead of the one being yielded
-    (``workers <= 1``: one at a time, in the calling thread, nothing ahead). ``sources`` may be
-    any iterable, a generator included: it is read only as far as the window reaches.
-    """
-    if workers <= 1:
-        for source in sources:
-            yield describe(source), _prepare_or_error(prepare, source)
-        return
-    window = max(window, workers)
-    with ThreadPoolExecutor(workers, thread_name_prefix="npshuffle-prepare") as pool:
-        ahead: deque = deque()
-        iterator = iter(sources)
-        exhausted = False
-        while True:
-            while not exhausted and len(ahead) < window:
-                try:
-                    source = next(iterator)
-                except StopIteration:
-                    exhausted = True
-                    break
-                ahead.append((describe(source), pool.submit(_prepare_or_error, prepare, source)))
-            if not ahead:
-                return
-            name, future = ahead.popleft()
-            try:
-                yield name, future.result()
-            except GeneratorExit:  # the caller stopped early (Ctrl-C, a broken pipe): drop the rest
-                for _, pending in ahead:
-                    pending.cancel()
-                raise
+
+def batches(items: Iterable[In], size: int) -> Iterator[list[In]]:
+    """``items`` in lists of ``size`` (the last one shorter), read lazily."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch

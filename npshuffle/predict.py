@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ import numpy as np
 from .backends import DEFAULT_BACKEND
 from .images import ImageError, describe, load_rgb
 from .model import Model
-from .pipeline import default_workers, prepared
+from .pipeline import batches, default_workers, in_order, prepare_or_error
 from .preprocess import preprocess_image
 from .zoo import resolve
 
@@ -93,12 +94,13 @@ def load_model(name_or_path: str | os.PathLike | None = None, backend: str | Non
     return _LOADED[key]
 
 
-def classify_batch(model: Model, inputs: np.ndarray, top_k: int) -> list[Prediction]:
-    """Classify preprocessed inputs, float32 (N, 3, crop, crop), in one forward pass. Sources are
-    filled in by the caller. A row whose scores are not finite (a model file with absurd weights)
-    comes back as an error naming the model, never as a printed probability."""
+def classify_batch(model: Model, inputs: np.ndarray, top_k: int, threads: int | None = None) -> list[Prediction]:
+    """Classify preprocessed inputs, float32 (N, 3, crop, crop), in one forward pass (on ``threads``
+    threads, see :meth:`Model.forward`). Sources are filled in by the caller. A row whose scores are
+    not finite (a model file with absurd weights) comes back as an error naming the model, never as
+    a printed probability."""
     with np.errstate(all="ignore"):  # an overflow is reported below, per row, as an error
-        logits = model.forward(inputs)
+        logits = model.forward(inputs, threads=threads)
         probabilities = softmax(logits, axis=1)
     results = []
     k = min(top_k, logits.shape[1])
@@ -146,32 +148,41 @@ def predict_stream(
 
     Every input is decoded and preprocessed on its own: one that cannot be (unreadable, truncated,
     empty, a 1x10000 strip) becomes a Prediction with ``error`` set, and the rest are classified.
-    ``workers`` threads (default :func:`npshuffle.pipeline.default_workers`; 1: no threads) prepare
-    the next inputs while a batch runs through the network, at most two batches ahead, so memory
-    stays bounded however many sources there are (``npshuffle.pipeline``). ``fast_decode``: see
-    :func:`prepare_input` (off by default: it changes pixels).
+
+    The sources go in batches of ``batch_size`` to ``workers`` threads (default: one per core the
+    network may use, :func:`npshuffle.pipeline.default_workers`; 1: no threads), each of which
+    decodes and preprocesses its batch's photos and then runs the network on them: on one core
+    when the model runs concurrent calls (Numba, :attr:`Model.concurrent`), otherwise taking turns
+    with the other workers and using every core. At most ``workers + 1`` batches are in flight, so
+    memory stays bounded however many sources there are (``npshuffle.pipeline``). ``fast_decode``:
+    see :func:`prepare_input` (off by default: it changes pixels).
     """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    workers = default_workers() if workers is None else workers
-    pending: list[tuple[str, np.ndarray | str]] = []  # (name, network input or error message)
+    workers = default_workers(model.threads) if workers is None else workers
+    recipe = model.recipe
+    turns = threading.Lock()  # network calls that cannot run at the same time take turns
 
-    def flush() -> Iterator[Prediction]:
-        good = [x for _, x in pending if not isinstance(x, str)]
-        results = iter(classify_batch(model, np.stack(good), top_k) if good else [])
-        for name, x in pending:
+    def classify(batch: list) -> list[Prediction]:
+        rows = [(describe(source), prepare_or_error(lambda s: prepare_input(s, recipe, fast_decode), source))
+                for source in batch]
+        good = [x for _, x in rows if not isinstance(x, str)]
+        if not good:
+            results = iter([])
+        elif workers > 1 and model.concurrent:  # this worker's batch on this worker's core
+            results = iter(classify_batch(model, np.stack(good), top_k, threads=1))
+        else:
+            with turns:
+                results = iter(classify_batch(model, np.stack(good), top_k))
+        predictions = []
+        for name, x in rows:
             prediction = Prediction(name, error=x) if isinstance(x, str) else next(results)
             prediction.source = name
-            yield prediction
-        pending.clear()
+            predictions.append(prediction)
+        return predictions
 
-    recipe = model.recipe
-    for name, x in prepared(sources, lambda source: prepare_input(source, recipe, fast_decode), workers,
-                            2 * batch_size):
-        pending.append((name, x))
-        if len(pending) >= batch_size:
-            yield from flush()
-    yield from flush()
+    for predictions in in_order(batches(sources, batch_size), classify, workers, workers + 1):
+        yield from predictions
 
 
 def predict(

@@ -28,7 +28,9 @@ def test_packed_weights_and_workspaces_are_aligned():
     runner = NumbaBackend().prepare(plan, weights)
     table = runner.steps_for(64, 64)
     assert runner.packed.wts.ctypes.data % 64 == 0
-    workspaces = table.workspace(2)
+    workspaces = table.take_workspace(2)
     assert workspaces.ctypes.data % 64 == 0 and workspaces.strides[0] % 64 == 0
-    features, logits = table.output(3, plan.classifier.num_classes)
+    table.give_back(workspaces)
+    assert table.take_workspace(1) is workspaces  # (a spare one with rows enough is lent again)
+    features, logits = table.outputs(3, plan.classifier.num_classes)
     assert features.ctypes.data % 64 == 0 and logits.ctypes.data % 64 == 0

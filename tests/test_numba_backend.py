@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -99,6 +101,29 @@ def test_sizes_batches_and_thread_schedules_share_one_runner():
     assert runner(batches[0]) is not runner(batches[0])  # callers get their own array
     with pytest.raises(ValueError, match="shape"):
         runner(np.zeros((1, 4, 40, 40), np.float32))
+
+
+def test_calls_from_several_threads_run_at_once_and_give_the_serial_answers():
+    """Python threads calling one runner at the same time (one Numba thread each, or all of them),
+    on two input sizes: each call gets its own workspace and outputs, so every answer is the one
+    the same call gives alone."""
+    plan = build_plan(V2Spec(12, (24, 48), 64, (2, 2), 10), "torchvision")
+    runner = NumbaBackend().prepare(plan, random_weights(plan, 5))
+    rng = np.random.default_rng(6)
+    batches = [rng.standard_normal((n, 3, h, h)).astype(np.float32) for n, h in [(3, 40), (1, 48), (2, 40), (4, 48)]]
+    expected = [runner(x, threads=1) for x in batches]
+    barrier = threading.Barrier(4)
+
+    def call(i):
+        barrier.wait()  # (all four start together)
+        return [runner(batches[(i + k) % 4], threads=1 + (i + k) % 2) for k in range(12)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(call, range(4)))
+    for i, outs in enumerate(results):
+        for k, out in enumerate(outs):
+            np.testing.assert_allclose(out, expected[(i + k) % 4], rtol=0, atol=1e-5 * np.abs(out).max())
+    assert runner.concurrent
 
 
 def test_registered_and_used_by_model(tmp_path):

@@ -71,3 +71,29 @@ def test_predictions_are_the_same_with_and_without_threads(tmp_path):
         if a.ok:
             np.testing.assert_array_equal(a.logits, b.logits)
     assert sum(not p.ok for p in many) == 1 and many[len(PHOTOS)].error.startswith(str(broken))
+
+
+def test_each_worker_classifies_its_own_batch_on_numba_with_the_sequential_answers(tmp_path):
+    """On the Numba backend each worker runs its batch's network on one core at the same time as
+    the others: the same predictions, in the same order, as one batch at a time on every core."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    inputs = (PHOTOS + [str(broken)] + PHOTOS[::-1]) * 2
+    model = npshuffle.load_model("flowers_v2", backend="numba")
+    assert model.concurrent
+    one = npshuffle.predict(inputs, model=model, workers=1, batch_size=3)
+    many = npshuffle.predict(inputs, model=model, workers=3, batch_size=2)
+    assert [p.source for p in many] == [p.source for p in one] == inputs
+    for a, b in zip(one, many, strict=True):
+        assert a.error == b.error and a.class_index == b.class_index
+        if a.ok:
+            np.testing.assert_allclose(a.logits, b.logits, rtol=0, atol=1e-5 * np.abs(a.logits).max())
+    assert sum(not p.ok for p in many) == 2
+
+
+def test_batches_are_read_lazily():
+    from npshuffle.pipeline import batches
+
+    assert list(batches(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    endless = batches(itertools.count(), 4)
+    assert next(endless) == [0, 1, 2, 3] and next(endless) == [4, 5, 6, 7]
