@@ -31,6 +31,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .pixels import decode_into_one_block
+
 # the files a folder given to `npshuffle predict` contributes (compared with the name in lower case);
 # a data set's split keeps to the seed project's subset (training.datasets.SEED_IMAGE_EXTENSIONS)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -142,6 +144,7 @@ def open_image(path: str | os.PathLike, fast_decode_for: int | None = None) -> I
                     declared = image.size
                     image.draft("RGB", (image.size[0] // factor, image.size[1] // factor))
                     image.info[_DRAFTED] = (declared, factor)
+            decode_into_one_block(image)  # (so that preprocessing can read its pixels without a copy)
             image.load()
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (format not recognised)") from None

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .images import FAST_DECODE_GEOMETRY, ImageError, load_rgb
+from .pixels import rgbx_view
 
 # Beyond this, Resize(256) would make a gigapixel strip out of a thin image.
 MAX_ASPECT_RATIO = 50
@@ -78,31 +79,29 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-# Measured per photo on one core (benchmarks/preprocess_time.py, and 4:3 photos of every size): the
-# kernel is 1.8-1.9x faster than PIL + the lookup up to 2.5x the resize size on the shorter side, level
-# at 3x, and slower past it (a 12 MP photo: 70-120 ms against 66-76; the pixel array copy alone costs
-# ~10 ms there, and the wide filters gather more than PIL's loops do).
-KERNEL_MAX_SHRINK = 3
-
-
 def _resample_in_one_pass(image: Image.Image, recipe: dict, resampler) -> np.ndarray | None:
     """Resize, crop and normalise with ``resampler`` (see ``npshuffle.backend_numba.exact_resampler``),
-    which computes only the crop's pixels, each exactly as PIL's resize does. None where it would
-    not give PIL's pixels: the crop not inside the resized image (PIL pads it), an interpolation
-    it lacks, or a resize that newer Pillows run vertical pass first (a height shrinking more than
-    twice as many pixels as the width: never for a photo under 2:1, whose resize shrinks the
-    longer side most); and None where it is not faster (see KERNEL_MAX_SHRINK)."""
+    which computes only the crop's pixels, each exactly as PIL's resize does, reading them where PIL
+    keeps them (``npshuffle.pixels.rgbx_view``). None where it would not give PIL's pixels: the crop
+    not inside the resized image (PIL pads it), an interpolation it lacks, or a resize that newer
+    Pillows run vertical pass first (a height shrinking more than twice as many pixels as the
+    width: never for a photo under 2:1, whose resize shrinks the longer side most); and None where
+    there is nothing to resize, or the pixels cannot be read without a copy (which would cost more
+    than PIL's resize of a big photo: see ``pixels.py``)."""
     crop = recipe["crop"]
     new_size, box = _resize_geometry(image, recipe["resize"])
     (w, h), (new_w, new_h) = image.size, new_size
     if min(new_w, new_h) < crop or (h - new_h > 0 and h - new_h > 2 * (w - new_w)):
         return None
-    if (box is None and new_size == image.size) or min(w, h) >= KERNEL_MAX_SHRINK * recipe["resize"]:
-        return None  # nothing to resize (a crop and a lookup are all there is), or PIL is as fast
+    if box is None and new_size == image.size:
+        return None  # nothing to resize: a crop and a lookup are all there is
+    words = rgbx_view(image)
+    if words is None:
+        return None
     out = np.empty((3, crop, crop), np.float32)
     box = np.array(box if box is not None else (0, 0, w, h), np.float32)
     order = np.array(_channel_order(recipe), np.int64)
-    done = resampler(np.asarray(image), box, new_size, _crop_offset(new_size, crop), recipe["interpolation"],
+    done = resampler(words, box, new_size, _crop_offset(new_size, crop), recipe["interpolation"],
                      channel_tables(recipe), order, out)
     return out if done else None
 

@@ -18,6 +18,7 @@ from PIL import Image
 from npshuffle import backend_numba
 from npshuffle.images import FAST_DECODE_GEOMETRY, load_rgb
 from npshuffle.model_file import DEFAULT_RECIPES, check_recipe
+from npshuffle.pixels import rgbx_view
 from npshuffle.preprocess import preprocess_image
 from tests.conftest import REPO
 from tests.preprocess_cases import SIZES, synthetic
@@ -37,7 +38,7 @@ def resampler():
 def kernel_crop(pixels, size, box, left, top, crop, interpolation):
     """The kernel's crop as uint8 (crop, crop, 3), normalised to the 8-bit values themselves."""
     out = np.full((3, crop, crop), np.nan, np.float32)
-    cpu.resize_crop_normalise(np.asarray(Image.fromarray(pixels)), np.array(box, np.float32), size[0], size[1],
+    cpu.resize_crop_normalise(rgbx_view(Image.fromarray(pixels)), np.array(box, np.float32), size[0], size[1],
                               left, top, cpu.RESAMPLE_FILTERS[interpolation], IDENTITY_TABLES,
                               np.arange(3, dtype=np.int64), out)
     assert np.isfinite(out).all()
@@ -131,7 +132,7 @@ def test_where_the_kernel_would_differ_pil_does_the_work(resampler, size, recipe
     recipe = {**check_recipe(DEFAULT_RECIPES["torchvision"]), **recipe_change}  # (model files refuse the last)
     image = Image.fromarray(synthetic(*size, 1))
     if recipe_change.get("interpolation") == "nearest":
-        assert resampler(np.asarray(image), np.zeros(4, np.float32), (1, 1), (0, 0), "nearest", None, None,
+        assert resampler(rgbx_view(image), np.zeros(4, np.float32), (1, 1), (0, 0), "nearest", None, None,
                          None) is False
     np.testing.assert_array_equal(preprocess_image(image, recipe, resampler=resampler),
                                   preprocess_image(image, recipe))
@@ -161,9 +162,9 @@ def test_a_backend_module_still_being_imported_means_no_kernel(monkeypatch):
 
 
 @pytest.mark.parametrize("size, used", [((341, 250), True), ((256, 256), False), ((300, 257), True),
-                                        ((1000, 760), True), ((1100, 800), False)])
-def test_the_kernel_runs_where_it_is_faster(resampler, size, used):
-    """Not for a photo already at the resize size (a crop is all there is), nor for one over 3x it."""
+                                        ((1000, 760), True), ((2000, 1500), True)])
+def test_the_kernel_runs_wherever_there_is_something_to_resize(resampler, size, used):
+    """Not for a photo already at the resize size (a crop is all there is)."""
     recipe = check_recipe(DEFAULT_RECIPES["torchvision"])
     calls = []
 
@@ -174,3 +175,38 @@ def test_the_kernel_runs_where_it_is_faster(resampler, size, used):
     image = Image.fromarray(synthetic(*size, 4))
     np.testing.assert_array_equal(preprocess_image(image, recipe, resampler=counting), preprocess_image(image, recipe))
     assert bool(calls) == used
+
+
+def test_a_big_jpeg_is_read_without_a_copy_and_matches_pil(resampler, tmp_path):
+    """A 12 MP JPEG decodes into one block of memory, the kernel reads it in place, and the result
+    is PIL's resize-then-crop value for value (here with an upscaled real photo's detail)."""
+    path = tmp_path / "big.jpg"
+    Image.open(REPO / "examples" / "tulip.jpg").convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC).save(
+        path, quality=90)
+    recipe = check_recipe(DEFAULT_RECIPES["torchvision"])
+    image = load_rgb(path)
+    assert image.im.isblock() and rgbx_view(image) is not None
+    calls = []
+
+    def counting(*args):
+        calls.append(1)
+        return resampler(*args)
+
+    np.testing.assert_array_equal(preprocess_image(image, recipe, resampler=counting), preprocess_image(image, recipe))
+    assert calls
+
+
+def test_a_big_image_in_several_blocks_goes_to_pil(resampler):
+    """An image PIL spread over several blocks of memory (here a big one made in memory) has no
+    view; PIL's resize does the work, with the same result."""
+    image = Image.fromarray(synthetic(3000, 2000, 5))
+    assert not image.im.isblock() and rgbx_view(image) is None
+    recipe = check_recipe(DEFAULT_RECIPES["torchvision"])
+    calls = []
+
+    def counting(*args):
+        calls.append(1)
+        return resampler(*args)
+
+    np.testing.assert_array_equal(preprocess_image(image, recipe, resampler=counting), preprocess_image(image, recipe))
+    assert not calls

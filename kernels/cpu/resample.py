@@ -17,6 +17,9 @@ Exactly as PIL (``libImaging/Resample.c``, 8 bits per channel) means:
 * two passes: horizontal, each needed source row into an 8-bit row of the output's width (sums
   start at one half, are shifted right by 22 and clamped to 0..255), then vertical over those rows.
 
+It reads the pixels where PIL keeps them (``npshuffle.pixels.rgbx_view``: four bytes a pixel, no
+copy): copying a 12-megapixel photo out of PIL costs as much as decoding it.
+
 An output pixel depends only on its own taps, so computing a subset of the outputs (the crop)
 gives the very same values as computing them all and cropping. ``tests/test_resample.py`` checks
 this against PIL itself on photos and on random sizes, boxes and crops.
@@ -89,72 +92,74 @@ def _clip8(total):
 
 
 @njit(cache=True, nogil=True)
-def resize_crop_normalise(pixels, box, size_w, size_h, left, top, kind, tables, order, out):
+def resize_crop_normalise(words, box, size_w, size_h, left, top, kind, tables, order, out):
     """PIL's ``image.resize((size_w, size_h), filter, box).crop((left, top, left + C, top + C))``,
     then normalised, into ``out``.
 
-    pixels: uint8 (H, W, 3), the RGB image; box: float32 (4,), the source box (x0, y0, x1, y1),
+    words: uint32 (H, W), the RGB image as PIL keeps it in memory, a word per pixel ``R | G << 8 |
+    B << 16`` (``npshuffle.pixels.rgbx_view``); box: float32 (4,), the source box (x0, y0, x1, y1),
     (0, 0, W, H) for the whole image; kind: BILINEAR or BICUBIC; tables: float32 (3, 256), row c
     the normalised value of each 8-bit value of output channel c; order: int64 (3,), output
     channel c reads source channel ``order[c]``; out: float32 (3, C, C), C the crop's size, which
     must lie inside the resized image.
     """
     _wide_vectors()  # (tricks.py, trick 8)
-    height, width = pixels.shape[0], pixels.shape[1]
+    height, width = words.shape[0], words.shape[1]
     crop = out.shape[1]
     half = np.int32(1 << (PRECISION_BITS - 1))
     x_start, x_taps, x_w = _weights(kind, width, box[0], box[2], size_w, left, crop)
     y_start, y_taps, y_w = _weights(kind, height, box[1], box[3], size_h, top, crop)
     first = y_start[0]
     rows = y_start[crop - 1] + y_taps[crop - 1] - first
-    # the horizontal pass, on the source rows the crop needs, into (row, column * 3 + channel). As
-    # gathers, so that it vectorises: for tap t, value m = 3 * j + c reads source value
-    # index[t, m] with weight across_w[t, m] (0 past output j's last tap, which reads any valid value)
+    # the horizontal pass, on the source rows the crop needs, into (row, channel, column). As
+    # gathers, so that it vectorises across the columns: for tap t, output column j reads the
+    # pixel word index[t, j] (all three channels at once) with weight across_w[t, j] (0 past its
+    # last tap, which reads any valid pixel); 32-bit indices give 16-lane gathers
     ksize = x_w.shape[1]
-    m_count = crop * 3
-    index = np.empty((ksize, m_count), np.uint32)
-    across_w = np.zeros((ksize, m_count), np.int32)
+    index = np.empty((ksize, crop), np.int32)
+    across_w = np.zeros((ksize, crop), np.int32)
     for j in range(crop):
-        for c in range(3):
-            m = 3 * j + c
-            for t in range(ksize):
-                index[t, m] = 3 * (x_start[j] + min(t, x_taps[j] - 1)) + c
-                if t < x_taps[j]:
-                    across_w[t, m] = x_w[j, t]
-    flat = pixels.reshape((height, width * 3))
-    across = np.empty((rows, m_count), np.int32)
-    src = np.empty(width * 3, np.int32)
+        for t in range(ksize):
+            index[t, j] = x_start[j] + min(t, x_taps[j] - 1)
+            if t < x_taps[j]:
+                across_w[t, j] = x_w[j, t]
+    across = np.empty((rows, 3, crop), np.int32)
+    red, green, blue = np.empty(crop, np.int32), np.empty(crop, np.int32), np.empty(crop, np.int32)
     for r in range(rows):
-        line = flat[first + r]
-        for m in range(width * 3):
-            src[m] = line[m]
-        dst = across[r]
-        for m in range(m_count):
-            dst[m] = half
+        line = words[first + r]
+        red[:] = half
+        green[:] = half
+        blue[:] = half
         for t in range(ksize):
             idx, w = index[t], across_w[t]
-            for m in range(m_count):
-                dst[m] += src[idx[m]] * w[m]
-        for m in range(m_count):
-            dst[m] = _clip8(dst[m])
-    # the vertical pass, a row at a time (the inner loop runs along the row: vectorised), then the
-    # table lookup that normalises into the planar output
-    acc = np.empty(crop * 3, np.int32)
+            for j in range(crop):
+                v = np.int32(line[idx[j]])
+                red[j] += (v & 255) * w[j]
+                green[j] += ((v >> 8) & 255) * w[j]
+                blue[j] += ((v >> 16) & 255) * w[j]
+        dst = across[r]
+        for j in range(crop):
+            dst[0, j] = _clip8(red[j])
+            dst[1, j] = _clip8(green[j])
+            dst[2, j] = _clip8(blue[j])
+    # the vertical pass, an output row at a time (the inner loop runs along the row: vectorised),
+    # then the table lookup that normalises into the planar output
+    acc = np.empty((3, crop), np.int32)
     for i in range(crop):
-        for m in range(crop * 3):
-            acc[m] = half
+        acc[:] = half
         y0, k = y_start[i] - first, y_w[i]
         for t in range(y_taps[i]):
             row, w = across[y0 + t], k[t]
-            for m in range(crop * 3):
-                acc[m] += row[m] * w
+            for c in range(3):
+                for j in range(crop):
+                    acc[c, j] += row[c, j] * w
         for c in range(3):
-            table, plane, s = tables[c], out[c, i], order[c]
+            table, plane, channel = tables[c], out[c, i], acc[order[c]]
             for j in range(crop):
-                plane[j] = table[_clip8(acc[3 * j + s])]
+                plane[j] = table[_clip8(channel[j])]
 
 
-# the argument types it is compiled for: the pixels read-only, as np.asarray gives a PIL image's
-RESAMPLE_ARGS = (types.Array(types.uint8, 3, "C", readonly=True), types.float32[::1], types.int64, types.int64,
+# the argument types it is compiled for: the pixel words read-only, as npshuffle.pixels.rgbx_view gives them
+RESAMPLE_ARGS = (types.Array(types.uint32, 2, "C", readonly=True), types.float32[::1], types.int64, types.int64,
                  types.int64, types.int64, types.int64, types.float32[:, ::1], types.int64[::1],
                  types.float32[:, :, ::1])
