@@ -123,17 +123,17 @@ def _compile_or_load() -> None:
 def exact_resampler():
     """The photo preprocessing kernel for ``npshuffle.preprocess`` once this process has the kernels
     (:func:`ensure_kernels` ran; else None, and PIL does the same work, slower): a function
-    ``(words, box, size, offset, interpolation, tables, order, out) -> bool``, False when it has no
+    ``(words, orientation, box, size, offset, interpolation, tables, order, out) -> bool``, False when it has no
     such interpolation (see ``kernels.cpu.resample.resize_crop_normalise``; ``words``: the pixels as
     ``npshuffle.pixels.rgbx_view`` gives them)."""
     return _resample if _kernels_ready else None
 
 
-def _resample(words, box, size, offset, interpolation, tables, order, out) -> bool:
+def _resample(words, orientation, box, size, offset, interpolation, tables, order, out) -> bool:
     kind = cpu.RESAMPLE_FILTERS.get(interpolation)
     if kind is None:
         return False
-    cpu.resize_crop_normalise(words, box, size[0], size[1], offset[0], offset[1], kind, tables, order, out)
+    cpu.resize_crop_normalise(words, orientation, box, size[0], size[1], offset[0], offset[1], kind, tables, order, out)
     return True
 
 

@@ -92,3 +92,4 @@ def rgbx_view(image: Image.Image) -> np.ndarray | None:
     words = np.frombuffer(memory, np.uint32).reshape(height, width)
     words.flags.writeable = False
     return words
+

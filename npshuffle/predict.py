@@ -130,9 +130,12 @@ def prepare_input(source: object, recipe: dict, fast_decode: bool = False) -> np
     about twice the recipe's resize (JPEG draft mode, else ``Image.reduce``; see ``images.load_rgb``):
     several times faster on phone photos, not pixel-identical."""
     name = describe(source)
+    resampler = _exact_resampler()
     try:
-        image = load_rgb(source, fast_decode_for=recipe["resize"] if fast_decode else None)
-        return preprocess_image(image, recipe, resampler=_exact_resampler())
+        # (the resampler turns a photo upright as it reads it: no need to turn it first)
+        image = load_rgb(source, fast_decode_for=recipe["resize"] if fast_decode else None,
+                         keep_orientation=resampler is not None)
+        return preprocess_image(image, recipe, resampler=resampler)
     except ImageError as exc:  # (preprocessing's own, e.g. a 1x10000 strip, do not know the name)
         message = str(exc)
         raise ImageError(message if message.startswith(name) else f"{name}: {message}") from None

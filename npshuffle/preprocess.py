@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .images import FAST_DECODE_GEOMETRY, ImageError, load_rgb
+from .images import FAST_DECODE_GEOMETRY, PENDING_ORIENTATION, ImageError, load_rgb, upright, upright_size
 from .pixels import rgbx_view
 
 # Beyond this, Resize(256) would make a gigapixel strip out of a thin image.
@@ -43,7 +43,7 @@ _RESAMPLE = {
 def _resize_geometry(image: Image.Image, size: int) -> tuple[tuple[int, int], tuple[float, float, float, float] | None]:
     """Where torchvision ``Resize(size)`` takes ``image``: ``((new_w, new_h), box)``, box the region of
     ``image`` that is resized (None: all of it)."""
-    w, h = image.size
+    w, h = upright_size(image)
     box = None
     geometry = image.info.get(FAST_DECODE_GEOMETRY)
     if geometry is not None and tuple(geometry[2]) == image.size:
@@ -90,10 +90,10 @@ def _resample_in_one_pass(image: Image.Image, recipe: dict, resampler) -> np.nda
     than PIL's resize of a big photo: see ``pixels.py``)."""
     crop = recipe["crop"]
     new_size, box = _resize_geometry(image, recipe["resize"])
-    (w, h), (new_w, new_h) = image.size, new_size
+    (w, h), (new_w, new_h) = upright_size(image), new_size
     if min(new_w, new_h) < crop or (h - new_h > 0 and h - new_h > 2 * (w - new_w)):
         return None
-    if box is None and new_size == image.size:
+    if box is None and new_size == (w, h):
         return None  # nothing to resize: a crop and a lookup are all there is
     words = rgbx_view(image)
     if words is None:
@@ -101,7 +101,8 @@ def _resample_in_one_pass(image: Image.Image, recipe: dict, resampler) -> np.nda
     out = np.empty((3, crop, crop), np.float32)
     box = np.array(box if box is not None else (0, 0, w, h), np.float32)
     order = np.array(_channel_order(recipe), np.int64)
-    done = resampler(words, box, new_size, _crop_offset(new_size, crop), recipe["interpolation"],
+    orientation = image.info.get(PENDING_ORIENTATION, 1)
+    done = resampler(words, orientation, box, new_size, _crop_offset(new_size, crop), recipe["interpolation"],
                      channel_tables(recipe), order, out)
     return out if done else None
 
@@ -118,11 +119,12 @@ def preprocess_image(image: Image.Image, recipe: dict, *, fast_decode: bool = Fa
     if image.mode != "RGB":
         image = load_rgb(image)
     if fast_decode and FAST_DECODE_GEOMETRY not in image.info:
-        image = load_rgb(image, fast_decode_for=recipe["resize"])
+        image = load_rgb(upright(image), fast_decode_for=recipe["resize"])
     if resampler is not None:
         out = _resample_in_one_pass(image, recipe, resampler)
         if out is not None:
             return out
+    image = upright(image)  # (one that load_rgb left as stored, keep_orientation=True)
     image = center_crop(resize_shorter_side(image, recipe["resize"], recipe["interpolation"]), recipe["crop"])
     return normalise(np.asarray(image), recipe)
 

@@ -190,9 +190,9 @@ def test_predict_and_the_cli_pass_fast_decode_down_to_the_decoder(big_jpegs, mon
     targets = []
     real = predict_module.load_rgb
 
-    def spy(source, fast_decode_for=None):
+    def spy(source, fast_decode_for=None, **options):
         targets.append(fast_decode_for)
-        return real(source, fast_decode_for=fast_decode_for)
+        return real(source, fast_decode_for=fast_decode_for, **options)
 
     monkeypatch.setattr(predict_module, "load_rgb", spy)
     model = npshuffle.load_model("flowers", backend="numpy")

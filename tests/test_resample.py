@@ -35,21 +35,35 @@ def resampler():
     return backend_numba.exact_resampler()
 
 
-def kernel_crop(pixels, size, box, left, top, crop, interpolation):
-    """The kernel's crop as uint8 (crop, crop, 3), normalised to the 8-bit values themselves."""
+# the transpose ImageOps.exif_transpose applies for each EXIF orientation
+TURN = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90}
+
+
+def kernel_crop(stored, size, box, left, top, crop, interpolation, orientation=1):
+    """The kernel's crop of the upright picture (``stored`` pixels, turned as ``orientation`` says)
+    as uint8 (crop, crop, 3), normalised to the 8-bit values themselves."""
     out = np.full((3, crop, crop), np.nan, np.float32)
-    cpu.resize_crop_normalise(rgbx_view(Image.fromarray(pixels)), np.array(box, np.float32), size[0], size[1],
-                              left, top, cpu.RESAMPLE_FILTERS[interpolation], IDENTITY_TABLES,
+    cpu.resize_crop_normalise(rgbx_view(Image.fromarray(stored)), orientation, np.array(box, np.float32), size[0],
+                              size[1], left, top, cpu.RESAMPLE_FILTERS[interpolation], IDENTITY_TABLES,
                               np.arange(3, dtype=np.int64), out)
     assert np.isfinite(out).all()
     return out.transpose(1, 2, 0).astype(np.uint8)
 
 
+def upright_image(stored: np.ndarray, orientation: int) -> Image.Image:
+    image = Image.fromarray(stored)
+    return image.transpose(TURN[orientation]) if orientation != 1 else image
+
+
 @st.composite
 def resizes(draw):
-    """A random RGB image, a target size (up or down, either axis), a source box (half the time the
-    whole image) and a crop inside the target, for a resize PIL runs horizontal pass first."""
-    w, h = draw(st.integers(1, 160)), draw(st.integers(1, 160))
+    """A random RGB picture stored under a random EXIF orientation, a target size for the upright
+    picture (up or down, either axis), a source box (half the time the whole picture) and a crop
+    inside the target, for a resize PIL runs horizontal pass first."""
+    w, h = draw(st.integers(1, 160)), draw(st.integers(1, 160))  # (upright)
+    orientation = draw(st.integers(1, 8))
     new_w, new_h = draw(st.integers(1, 200)), draw(st.integers(1, 200))
     if h - new_h > 0 and h - new_h > 2 * (w - new_w):  # newer Pillows go vertical first (not supported)
         new_h = h
@@ -61,17 +75,32 @@ def resizes(draw):
     crop = draw(st.integers(1, min(new_w, new_h)))
     left, top = draw(st.integers(0, new_w - crop)), draw(st.integers(0, new_h - crop))
     seed = draw(st.integers(0, 2**32 - 1))
-    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    return pixels, (new_w, new_h), box, left, top, crop, draw(st.sampled_from(sorted(PIL_FILTERS)))
+    shape = (w, h, 3) if orientation >= 5 else (h, w, 3)
+    stored = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    return stored, orientation, (new_w, new_h), box, left, top, crop, draw(st.sampled_from(sorted(PIL_FILTERS)))
 
 
 @settings(max_examples=150, deadline=None)
 @given(resizes())
 def test_kernel_crop_is_pil_resize_then_crop(case):
-    pixels, size, box, left, top, crop, interpolation = case
-    expected = np.asarray(Image.fromarray(pixels).resize(size, PIL_FILTERS[interpolation], box=box))
-    got = kernel_crop(pixels, size, box, left, top, crop, interpolation)
+    stored, orientation, size, box, left, top, crop, interpolation = case
+    expected = np.asarray(upright_image(stored, orientation).resize(size, PIL_FILTERS[interpolation], box=box))
+    got = kernel_crop(stored, size, box, left, top, crop, interpolation, orientation)
     np.testing.assert_array_equal(got, expected[top: top + crop, left: left + crop])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_orientation_of_a_big_shrink(orientation):
+    """A 6x shrink (13-tap filters) of a picture stored turned: more than one block of columns for
+    the quarter turns, whose horizontal pass walks down stored columns."""
+    stored = np.random.default_rng(orientation).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
+    image = upright_image(stored, orientation)
+    w, h = image.size
+    size = (341, 256) if w > h else (256, 341)
+    expected = np.asarray(image.resize(size, Image.Resampling.BILINEAR))
+    left, top = (size[0] - 224) // 2, (size[1] - 224) // 2
+    np.testing.assert_array_equal(kernel_crop(stored, size, (0, 0, w, h), left, top, 224, "bilinear", orientation),
+                                  expected[top: top + 224, left: left + 224])
 
 
 @pytest.mark.parametrize("interpolation", sorted(PIL_FILTERS))
@@ -114,7 +143,7 @@ def test_fast_decoded_photos_use_the_kernel_with_their_box(resampler):
     calls = []
 
     def counting(*args):
-        calls.append(args[1])
+        calls.append(args[2])  # (words, orientation, box, ...)
         return resampler(*args)
 
     np.testing.assert_array_equal(preprocess_image(image, recipe, resampler=counting), preprocess_image(image, recipe))
@@ -132,7 +161,7 @@ def test_where_the_kernel_would_differ_pil_does_the_work(resampler, size, recipe
     recipe = {**check_recipe(DEFAULT_RECIPES["torchvision"]), **recipe_change}  # (model files refuse the last)
     image = Image.fromarray(synthetic(*size, 1))
     if recipe_change.get("interpolation") == "nearest":
-        assert resampler(rgbx_view(image), np.zeros(4, np.float32), (1, 1), (0, 0), "nearest", None, None,
+        assert resampler(rgbx_view(image), 1, np.zeros(4, np.float32), (1, 1), (0, 0), "nearest", None, None,
                          None) is False
     np.testing.assert_array_equal(preprocess_image(image, recipe, resampler=resampler),
                                   preprocess_image(image, recipe))
@@ -210,3 +239,22 @@ def test_a_big_image_in_several_blocks_goes_to_pil(resampler):
 
     np.testing.assert_array_equal(preprocess_image(image, recipe, resampler=counting), preprocess_image(image, recipe))
     assert not calls
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_a_turned_photo_file_is_read_turned_by_the_kernel_and_matches_the_pil_path(resampler, tmp_path, orientation):
+    """predict's path (load_rgb keeps the orientation, the kernel turns while reading) against
+    load_rgb's upright picture through PIL; a big one for the quarter turns' column blocks."""
+    from npshuffle.predict import prepare_input
+
+    path = tmp_path / f"turned_{orientation}.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(synthetic(1203, 901, orientation)).save(path, quality=90, exif=exif)
+    recipe = check_recipe(DEFAULT_RECIPES["torchvision"])
+    kept = load_rgb(path, keep_orientation=True)
+    assert kept.size == (1203, 901)  # (as stored)
+    expected = preprocess_image(load_rgb(path), recipe)  # (turned by exif_transpose, resized by PIL)
+    np.testing.assert_array_equal(preprocess_image(kept, recipe, resampler=resampler), expected)
+    np.testing.assert_array_equal(preprocess_image(load_rgb(path, keep_orientation=True), recipe), expected)  # PIL
+    np.testing.assert_array_equal(prepare_input(str(path), recipe), expected)
