@@ -51,6 +51,10 @@ from .plan import Plan
 # Defaults until `npshuffle warmup` has measured this machine: the project's 2-core machine,
 # bundled models at batch 1 (benchmarks/cold_start.py); numpy_s includes decoding a photo.
 DEFAULT_TIMINGS = {"numba_start_s": 0.6, "numpy_s": 0.012, "numba_s": 0.004, "compile_s": 20.0}
+# What Numba saves per photo pixel beyond that: its resampler against PIL's resize (the timings above
+# are for small photos). Measured with benchmarks/preprocess_time.py-style timings on a 12 MP photo,
+# 2-core machine: PIL 42 ms, the kernel 13 ms, so ~2.4 ns a pixel; taken as 2 ns.
+PREPROCESS_SAVING_S_PER_PIXEL = 2e-9
 CROSSOVER_ENV = "NPSHUFFLE_AUTO_CROSSOVER"
 
 
@@ -63,16 +67,19 @@ class Crossover:
     cold: int
 
     @classmethod
-    def from_timings(cls, numba_start_s: float, numpy_s: float, numba_s: float, compile_s: float) -> Crossover:
-        saving = numpy_s - numba_s
+    def from_timings(cls, numba_start_s: float, numpy_s: float, numba_s: float, compile_s: float,
+                     extra_saving_s: float = 0.0) -> Crossover:
+        """``extra_saving_s``: what Numba saves per image beyond ``numpy_s - numba_s`` (big photos)."""
+        saving = numpy_s - numba_s + extra_saving_s
         if not saving > 0:  # (also NaN) Numba is no faster here: never switch
             return cls(math.inf, math.inf)
         warm = math.ceil(numba_start_s / saving)
         return cls(warm, warm + math.ceil(compile_s / numpy_s))
 
     @classmethod
-    def current(cls) -> Crossover:
-        """The override in the environment, else this machine's measured timings, else defaults."""
+    def current(cls, photo_pixels: float = 0.0) -> Crossover:
+        """The override in the environment, else this machine's measured timings, else defaults;
+        for photos of ``photo_pixels`` pixels (0: small ones, as the timings were measured on)."""
         override = os.environ.get(CROSSOVER_ENV)
         if override:
             try:
@@ -86,7 +93,7 @@ class Crossover:
             value = measured.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
                 timings[key] = float(value)
-        return cls.from_timings(**timings)
+        return cls.from_timings(**timings, extra_saving_s=PREPROCESS_SAVING_S_PER_PIXEL * photo_pixels)
 
 
 def choose(images: float, warm: bool, crossover: Crossover) -> str:
@@ -170,7 +177,8 @@ class AutoRunner:
         self.numba_settings = numba_settings or {}  # threads / schedule for the Numba runner, when it comes
         self.numpy_runner = NumpyBackend().prepare(plan, weights)
         self.numba_runner = None
-        self.crossover = crossover  # (None: read when first needed; a one-photo job never looks)
+        self.crossover = crossover  # (None: read when needed; a one-photo job never looks)
+        self.photo_pixels = 0.0  # the job's photos' size, when told (expect_pixels)
         self.is_warm, self.log = is_warm, log
         self.background: BackgroundCompile | None = None
         self.stay_on_numpy = False  # numba unusable here, or a compile that failed
@@ -189,6 +197,15 @@ class AutoRunner:
         with self._lock:
             self.expected = self.seen + images
             self._warm = None
+
+    def expect_pixels(self, pixels: float) -> None:
+        """The job's photos are about ``pixels`` pixels each (as decoded): on Numba their
+        preprocessing is faster too, by more the bigger they are, so Numba pays sooner."""
+        with self._lock:
+            self.photo_pixels = float(pixels)
+
+    def _crossover(self) -> Crossover:
+        return self.crossover or Crossover.current(self.photo_pixels)
 
     @property
     def concurrent(self) -> bool:
@@ -225,10 +242,9 @@ class AutoRunner:
             return
         if remaining <= 1:  # one photo: never worth a look at the cache
             return
-        self.crossover = self.crossover or Crossover.current()
         if self._warm is None:
             self._warm = self.is_warm()
-        choice = choose(remaining, self._warm, self.crossover)
+        choice = choose(remaining, self._warm, self._crossover())
         if choice == "numpy":
             return
         if not numba_usable():
@@ -254,7 +270,7 @@ class AutoRunner:
         if outcome == "failed":
             self.stay_on_numpy = True
             self.log(f"the background compile failed ({self.background.error()}); staying on NumPy")
-        elif remaining >= self.crossover.warm:  # (else starting Numba costs more than it saves)
+        elif remaining >= self._crossover().warm:  # (else starting Numba costs more than it saves)
             self._use_numba(f"Numba kernels compiled in the background in {seconds:.0f} s", remaining)
         self.background.stop()
         self.background = None

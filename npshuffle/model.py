@@ -62,6 +62,12 @@ class Model:
         if hasattr(self._run, "expect"):
             self._run.expect(images)
 
+    def expect_pixels(self, pixels: float) -> None:
+        """Tell the model the coming job's photos are about ``pixels`` pixels each (``backend="auto"``
+        weighs it: big photos make Numba pay sooner)."""
+        if hasattr(self._run, "expect_pixels"):
+            self._run.expect_pixels(pixels)
+
     def close(self) -> None:
         """Stop any background work (``backend="auto"``'s compile). The model stays usable."""
         if hasattr(self._run, "close"):

@@ -124,17 +124,20 @@ def _exact_resampler():
     return ready() if ready is not None else None
 
 
-def prepare_input(source: object, recipe: dict, fast_decode: bool = False) -> np.ndarray:
+def prepare_input(source: object, recipe: dict, fast_decode: bool = False, pixels: list | None = None) -> np.ndarray:
     """One input (path, PIL image, array) -> float32 (3, crop, crop), or an ImageError whose message
     starts with the input's name and says why not. ``fast_decode``: decode a big photo straight to
     about twice the recipe's resize (JPEG draft mode, else ``Image.reduce``; see ``images.load_rgb``):
-    several times faster on phone photos, not pixel-identical."""
+    several times faster on phone photos, not pixel-identical. ``pixels``: a list to append the
+    decoded picture's pixel count to."""
     name = describe(source)
     resampler = _exact_resampler()
     try:
         # (the resampler turns a photo upright as it reads it: no need to turn it first)
         image = load_rgb(source, fast_decode_for=recipe["resize"] if fast_decode else None,
                          keep_orientation=resampler is not None)
+        if pixels is not None:
+            pixels.append(image.size[0] * image.size[1])
         return preprocess_image(image, recipe, resampler=resampler)
     except ImageError as exc:  # (preprocessing's own, e.g. a 1x10000 strip, do not know the name)
         message = str(exc)
@@ -166,9 +169,15 @@ def predict_stream(
     recipe = model.recipe
     turns = threading.Lock()  # network calls that cannot run at the same time take turns
 
+    told = threading.Event()  # the model was told the photos' size (once, from the first batch ready)
+
     def classify(batch: list) -> list[Prediction]:
-        rows = [(describe(source), prepare_or_error(lambda s: prepare_input(s, recipe, fast_decode), source))
+        pixels: list[int] = []
+        rows = [(describe(source), prepare_or_error(lambda s: prepare_input(s, recipe, fast_decode, pixels), source))
                 for source in batch]
+        if pixels and not told.is_set():
+            told.set()
+            model.expect_pixels(float(np.median(pixels)))  # (backend "auto": big photos make Numba pay sooner)
         good = [x for _, x in rows if not isinstance(x, str)]
         if not good:
             results = iter([])
