@@ -40,8 +40,8 @@ def time_arch(name: str, calls: int, size: int, rng: np.random.Generator) -> str
     runner(x)
     first = time.perf_counter() - start
     prog = runner.steps_for(size, size)
-    ws = prog.workspace(nthreads)
-    features, logits = prog.output(1, plan.classifier.num_classes)
+    ws = prog.take_workspace(nthreads)
+    features, logits = prog.outputs(1, plan.classifier.num_classes)
     row = [f"{name}:"]
     for threads in sorted({1, nthreads}):
         # batch 1 as the backend runs it: one thread runs the whole pass, or the threads split every step

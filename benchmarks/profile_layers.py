@@ -81,8 +81,8 @@ def main() -> None:
     x = rng.standard_normal((1, 3, args.size, args.size)).astype(np.float32)
     runner(x)  # compile
     prog = runner.steps_for(args.size, args.size)
-    ws = prog.workspace(1)
-    features, logits = prog.output(1, plan.classifier.num_classes)
+    ws = prog.take_workspace(1)
+    features, logits = prog.outputs(1, plan.classifier.num_classes)
     wts, fc = runner.packed.wts, runner.packed.fc_step
     nthreads = numba.get_num_threads()
 
