@@ -1,4 +1,4 @@
-"""The ``npshuffle`` command: predict | list | convert | warmup | train | eval.
+"""The ``npshuffle`` command: predict | list | convert | warmup | profile | train | eval.
 
 Exit status: 0 success; 1 some inputs could not be classified (the others were, and each failure
 is named on stderr); 2 nothing could run (bad arguments, unknown or malformed model, no backend).
@@ -329,6 +329,8 @@ OPTIONAL_COMMANDS = (
      "accuracy and confusion matrix of a model on a class-per-folder data set"),
     ("warmup", "npshuffle.warmup", "add_warmup_arguments", "run_warmup",
      "compile and cache the Numba kernels ahead of time (Dockerfiles, cluster nodes, CI images)"),
+    ("profile", "npshuffle.profiling", "add_profile_arguments", "run_profile",
+     "time a model layer by layer beside its multiply-adds and memory access cost"),
 )
 
 

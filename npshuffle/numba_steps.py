@@ -249,6 +249,7 @@ class StepTable:
         self._ws = _Workspace()
         self.records: list[cpu.Step] = []
         self.labels: list[str] = []
+        self.op_names: list[tuple[str, ...]] = []  # per step, the program ops it computes (fused steps: several)
         self.shapes = program.shapes(height, width)
         self._strides = self._min_strides()
         self._dead_after = program.dead_after()
@@ -308,9 +309,11 @@ class StepTable:
 
     # -- steps -----------------------------------------------------------------------------------
 
-    def _step(self, label: str, record: cpu.Step) -> None:
+    def _step(self, label: str, record: cpu.Step, ops: tuple[str, ...] | None = None) -> None:
+        """Append a step; ``ops``: the names of the program's ops it computes (None: ``label``)."""
         self.records.append(record)
         self.labels.append(label)
+        self.op_names.append((label,) if ops is None else ops)
 
     def _build(self, height: int, width: int) -> None:
         ops = self.program.ops
@@ -334,10 +337,11 @@ class StepTable:
         """The first two ops, the stem conv and its max-pool, as one fused step (after the input's)."""
         q = cpu.stem_geometry(height, width).q
         rows = self._ws.raw(conv.src.channels * (height + 2) * 4 * q)
-        self._step("input", cpu.PhaseInput(rows_at=rows, phase_row=q))
+        self._step("input", cpu.PhaseInput(rows_at=rows, phase_row=q), ())  # (a copy: no op of the program)
         self._step("stem+max_pool", cpu.StemPool(
             rows_at=rows, phase_row=q, image_height=height, image_width=width, image_channels=conv.src.channels,
-            dst=self._buffer(pool.dst).nhwc, weights_at=self.packed.stem, out_channels=conv.dst.channels))
+            dst=self._buffer(pool.dst).nhwc, weights_at=self.packed.stem, out_channels=conv.dst.channels),
+            (conv.name, pool.name))
 
     def _gemm(self, op: Pointwise) -> None:
         g = self.packed.gemms[op.name]
@@ -349,7 +353,7 @@ class StepTable:
         label = op.name + ("+add" if op.residual is not None else "+pool" if op.pool else "")
         self._step(label, cpu.Gemm(g, src.nhwc, dst.nhwc, self._itab.add(op.reads.indices(op.in_channels)), op.relu,
                                    aux=None if aux is None else aux.nhwc, direct=_direct(g, dst, aux, epilogue),
-                                   **epilogue))
+                                   **epilogue), (op.name,))
 
 
 def _check_supported(program: Program) -> None:
