@@ -1,4 +1,4 @@
-"""The ``npshuffle`` command: predict | list | convert | warmup | profile | train | eval.
+"""The ``npshuffle`` command: predict | list | convert | warmup | profile | lab | train | eval.
 
 Exit status: 0 success; 1 some inputs could not be classified (the others were, and each failure
 is named on stderr); 2 nothing could run (bad arguments, unknown or malformed model, no backend).
@@ -331,6 +331,8 @@ OPTIONAL_COMMANDS = (
      "compile and cache the Numba kernels ahead of time (Dockerfiles, cluster nodes, CI images)"),
     ("profile", "npshuffle.profiling", "add_profile_arguments", "run_profile",
      "time a model layer by layer beside its multiply-adds and memory access cost"),
+    ("lab", "npshuffle.lab", "add_lab_arguments", "run_lab",
+     "the ShuffleNet V2 paper's four guidelines (g1-g4), measured on this machine"),
 )
 
 
