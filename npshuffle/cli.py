@@ -21,6 +21,7 @@ from .backends import NUMBA_CPU_BACKENDS, BackendError
 from .images import IMAGE_EXTENSIONS, ImageError
 from .model_file import ModelFileError
 from .progress import Progress
+from .results_file import ResultsFile, ResultsFileError, parse_shard, shard_of
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 DEVICES = ("auto", "numpy", "numba", "cuda", "cpu")
@@ -179,20 +180,43 @@ def cmd_predict(args) -> int:
     paths, skipped = expand_inputs(args.paths)
     if not paths:
         return fail("no images found in " + ", ".join(args.paths))
+    if args.shard:
+        try:
+            index, count = parse_shard(args.shard)
+        except ValueError as exc:
+            return fail(str(exc))
+        paths = [p for p in paths if shard_of(p, count) == index]
+    if args.resume and not args.output:
+        return fail("--resume continues an --output file: give --output FILE too")
     if args.annotate:
         problem = check_output_folder(args.annotate)
         if problem:
             return fail(problem)
+    results = None
+    if args.output:
+        try:
+            results = ResultsFile(args.output, args.top_k, len(model.class_names), args.resume)
+        except ResultsFileError as exc:
+            return fail(str(exc))
+        except OSError as exc:
+            return fail(f"{args.output}: cannot write it ({exc.strerror or exc})")
+        already = len(paths)
+        paths = [p for p in paths if p not in results.done]
+        already -= len(paths)
+        if already:
+            print(f"{args.output}: {already} photo(s) already there, {len(paths)} to go", file=sys.stderr)
     inputs = {os.path.realpath(p) for p in paths}  # --annotate never writes over any of these
     model.expect(len(paths))
-    writer = WRITERS[args.format](sys.stdout)
+    writer = results if results is not None else WRITERS[args.format](sys.stdout)
     progress = Progress(len(paths), log=False, status=lambda: model.status)
     failures: list[tuple[str, str]] = []
     annotated_names: set[str] = set()
     try:
-        for prediction in predict_stream(paths, model, args.top_k, args.batch_size, workers=args.workers,
-                                         fast_decode=args.fast_decode):
+        for count, prediction in enumerate(predict_stream(paths, model, args.top_k, args.batch_size,
+                                                          workers=args.workers, fast_decode=args.fast_decode), 1):
             writer.write(prediction)
+            if results is not None and count % args.batch_size == 0:
+                results.flush()  # (a kill loses at most the batch in flight)
             progress.update()
             if prediction.error is not None:
                 failures.append((prediction.source, prediction.error))
@@ -278,6 +302,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N",
                    help="threads that each decode, prepare and classify a batch of photos, in parallel (default: "
                         "one per core the network may use, see --threads; 1: one batch at a time)")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write the results to FILE (.jsonl or .csv) as they are made, on disk after every batch")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an --output file: skip the photos it holds, append the rest (after a crash or "
+                        "Ctrl-C, the same command again finishes the job, every photo once)")
+    p.add_argument("--shard", metavar="I/N", help="only this machine's share I of N (0 <= I < N) of the photos, "
+                                                  "by a stable hash of their paths")
     p.add_argument("--fast-decode", action="store_true",
                    help="decode big photos (phone JPEGs) straight to about twice the model's input size: several "
                         "times faster, not pixel-identical (see the README for its effect on accuracy)")
