@@ -25,6 +25,7 @@ Every failure is an :class:`ImageError` naming the file and the reason.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -50,6 +51,8 @@ def describe(source: object) -> str:
         return f"<PIL {source.mode} image {source.size[0]}x{source.size[1]}>"
     if isinstance(source, np.ndarray):
         return f"<array {source.shape} {source.dtype}>"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
     return f"<{type(source).__name__}>"
 
 
@@ -138,10 +141,24 @@ def open_image(path: str | os.PathLike, fast_decode_for: int | None = None) -> I
         raise ImageError(f"{path}: not a regular file")
     if os.path.getsize(path) == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
+    return _decode(path, path, fast_decode_for)
+
+
+def open_bytes(data: bytes | bytearray | memoryview, name: str, fast_decode_for: int | None = None) -> Image.Image:
+    """:func:`open_image` for an encoded image held in memory (a file's bytes, as a data pipeline
+    reads them); ``name`` names it in messages."""
+    if len(data) == 0:
+        raise ImageError(f"{name}: empty (0 bytes)")
+    return _decode(io.BytesIO(bytes(data)), name, fast_decode_for)
+
+
+def _decode(source, name: str, fast_decode_for: int | None) -> Image.Image:
+    """Open ``source`` (a path or a file object) with PIL and decode it, every failure an ImageError."""
+    path = name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
             if fast_decode_for is not None and image.format == "JPEG":
                 factor = fast_decode_factor(image.size, fast_decode_for, choices=(8, 4, 2))
                 if factor > 1:  # asking for (w // f, h // f) makes PIL's draft pick exactly f
@@ -283,7 +300,7 @@ def load_rgb(source: object, fast_decode_for: int | None = None, keep_orientatio
     ``fast_decode_for``: None (default) decodes at full size. An int (the recipe's ``resize``)
     shrinks a big picture to no less than twice that on its shorter side: JPEG files by draft-mode
     decoding, everything else by ``Image.reduce`` (see the module docstring). A PIL image handed in
-    is never modified. ``keep_orientation`` (a path, no fast decode): an RGB photo that is not
+    is never modified. ``keep_orientation`` (not for a PIL image handed in; no fast decode): an RGB photo that is not
     upright is left as stored, with its orientation noted for preprocessing (:func:`to_rgb`; turning
     a 12 MP photo costs 96 ms, and the resampling kernel reads it turned for free); :func:`upright`
     turns it.
@@ -291,6 +308,9 @@ def load_rgb(source: object, fast_decode_for: int | None = None, keep_orientatio
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
         image = open_image(source, fast_decode_for)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        name = describe(source)
+        image = open_bytes(source, name, fast_decode_for)
     elif isinstance(source, Image.Image):
         name = describe(source)
         image = decoded(source, name)
@@ -301,5 +321,5 @@ def load_rgb(source: object, fast_decode_for: int | None = None, keep_orientatio
         raise ImageError(
             f"cannot read an image from a {type(source).__name__}: pass a path, a PIL image or an array")
     if fast_decode_for is None:
-        return to_rgb(image, name, keep_orientation and isinstance(source, (str, os.PathLike)))
+        return to_rgb(image, name, keep_orientation and not isinstance(source, Image.Image))  # (ours to annotate)
     return _fast_decode(image, name, fast_decode_for)
