@@ -91,9 +91,14 @@ from pathlib import Path  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
-from numba import njit, types  # noqa: E402
-from numba.core import cgutils, config  # noqa: E402
-from numba.extending import intrinsic  # noqa: E402
+from numba import njit  # noqa: E402
+from numba.core import config  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # (this checkout's packages)
+from npshuffle import kernel_cache  # noqa: E402
+
+kernel_cache.install_locator()  # (before kernels.cpu is imported, as the backend does)
+from kernels.cpu.tricks import _stack_floats, _wide_vectors  # noqa: E402
 
 # the layer: V2 x1.0's 232 -> 232 1x1 conv at 14 x 14 (units.12.pw1, see above)
 HEIGHT = WIDTH = 14
@@ -106,36 +111,9 @@ WIDE = 64  # output channels per register tile (the narrow tiles at the right ed
 TOLERANCE = 1e-4  # relative error against NumPy
 
 
-# --------------------------------------------------------------------------------------------------
-# two LLVM helpers (the project has the same two in kernels/cpu/tricks.py; they are repeated here so
-# that this file stands on its own)
-
-
-@intrinsic
-def _prefer_512(typingctx):
-    """Let LLVM use 512-bit vectors in the function this is called in. Its tuning for Intel's server
-    CPUs prefers 256-bit ones even with AVX-512 there, and a 4 x 64 tile in 256-bit registers needs
-    32 of them: it spills (tricks.py, trick 8)."""
-
-    def codegen(context, builder, signature, args):
-        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
-        return context.get_dummy_value()
-
-    return types.none(), codegen
-
-
-@intrinsic
-def _stack_floats(typingctx, count):
-    """A pointer to ``count`` (a literal integer) float32 on the stack. Wrapped in ``numba.carray``
-    it is a small array LLVM can keep in registers, which a heap array (``np.empty``) never is."""
-    if not isinstance(count, types.IntegerLiteral):
-        return None
-    n = count.literal_value
-
-    def codegen(context, builder, signature, args):
-        return cgutils.alloca_once(builder, context.get_value_type(types.float32), size=n)
-
-    return types.CPointer(types.float32)(count), codegen
+# the project's two LLVM helpers (kernels/cpu/tricks.py): _wide_vectors lets LLVM use 512-bit vectors
+# in the function that calls it (trick 8: its tuning for Intel servers prefers 256-bit ones, with which
+# a 4 x 64 tile spills); _stack_floats is a small stack array LLVM can keep in registers
 
 
 @contextmanager
@@ -219,7 +197,7 @@ def pack_panels(w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def gemm1_nchw(x_kp, w_nk, out_np):
     """out[n, p] = sum_k w[n, k] * x[k, p]: activations as (channels, pixels) (NCHW), weights as
     PyTorch stores them (out, in), loops in the textbook order n, p, k."""
-    _prefer_512()
+    _wide_vectors()
     n_out, k_in = w_nk.shape
     for n in range(n_out):
         for p in range(x_kp.shape[1]):
@@ -231,7 +209,7 @@ def gemm1_nchw(x_kp, w_nk, out_np):
 @njit(fastmath=FASTMATH)
 def bias_relu_nchw(out_np, b):
     """The second pass of rung 1: out[n, p] = relu(out[n, p] + b[n])."""
-    _prefer_512()
+    _wide_vectors()
     for n in range(out_np.shape[0]):
         for p in range(out_np.shape[1]):
             out_np[n, p] = max(out_np[n, p] + b[n], 0.0)
@@ -243,7 +221,7 @@ def bias_relu_nchw(out_np, b):
 
 def _gemm2_nhwc(x, wt, out):
     """out[p, n] = sum_k x[p, k] * wt[k, n]: pixels as rows, channels contiguous, loop order p, k, n."""
-    _prefer_512()
+    _wide_vectors()
     n_pixels, k_in = x.shape
     n_out = wt.shape[1]
     for p in range(n_pixels):
@@ -263,7 +241,7 @@ gemm2_scalar = njit(fastmath=FASTMATH)(_gemm2_nhwc)
 @njit(fastmath=FASTMATH)
 def bias_relu_nhwc(out, b):
     """The second pass of rungs 2-4: out[p, n] = relu(out[p, n] + b[n]) (``b`` as wide as ``out``)."""
-    _prefer_512()
+    _wide_vectors()
     for p in range(out.shape[0]):
         row = out[p]
         for n in range(row.shape[0]):
@@ -273,7 +251,7 @@ def bias_relu_nhwc(out, b):
 @njit(fastmath=FASTMATH)
 def relu_nhwc(out):
     """The second pass of rung 5 (the bias is already in): out = relu(out)."""
-    _prefer_512()
+    _wide_vectors()
     for p in range(out.shape[0]):
         row = out[p]
         for n in range(row.shape[0]):
@@ -288,7 +266,7 @@ def relu_nhwc(out):
 def gemm3_lanes(x, wt, out):
     """Rung 2 with the channels in 16-lane chunks: ``wt`` (K, Np) and ``out`` (P, Np), Np a multiple
     of 16 (the padding columns of ``wt`` zeros)."""
-    _prefer_512()
+    _wide_vectors()
     n_pixels, k_in = x.shape
     n_padded = wt.shape[1]
     if n_padded % LANES:
@@ -337,7 +315,7 @@ def _register_tile(nr: int):
     def tile(x, wt, out, p0, j0):
         """out[p0 + i, j0 + j] = sum_k x[p0 + i, k] * wt[k, j0 + j], i < 4, j < nr. Past the last
         pixel the tile repeats it: the extra rows store the same values to the same place."""
-        _prefer_512()
+        _wide_vectors()
         n_pixels, k_in = x.shape
         p1, p2, p3 = min(p0 + 1, n_pixels - 1), min(p0 + 2, n_pixels - 1), min(p0 + 3, n_pixels - 1)
         acc0 = numba.carray(_stack_floats(nr), nr)
@@ -397,7 +375,7 @@ def _panel_tile(nr: int):
     def tile(x, panel, out, p0, j0, relu):
         """out[p0 + i, j0 + j] = relu?(panel[0, j] + sum_k x[p0 + i, k] * panel[1 + k, j]), the
         panel (1 + K, nr)."""
-        _prefer_512()
+        _wide_vectors()
         n_pixels, k_in = x.shape
         p1, p2, p3 = min(p0 + 1, n_pixels - 1), min(p0 + 2, n_pixels - 1), min(p0 + 3, n_pixels - 1)
         acc0 = numba.carray(_stack_floats(nr), nr)

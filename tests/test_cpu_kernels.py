@@ -25,6 +25,7 @@ kernel_cache.install_locator()  # (before kernels.cpu is imported, as the backen
 
 from kernels import cpu  # noqa: E402
 from kernels import reference as ref  # noqa: E402
+from kernels.cpu.twins import Workspace  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -36,18 +37,9 @@ TOL = 1e-5
 GUARD = 64
 
 
-class Arena:
-    """A flat float32 workspace holding the buffers of one step, plus its weights and int table."""
-
-    def __init__(self):
-        self.blocks: list[np.ndarray] = []
-        self.size = 0
-
-    def add(self, block: np.ndarray) -> int:
-        offset = self.size
-        self.blocks.append(np.asarray(block, np.float32).ravel())
-        self.size += self.blocks[-1].size
-        return offset
+class Arena(Workspace):
+    """A flat float32 workspace holding the buffers of one step (``twins.Workspace``), with NaNs after
+    its last buffer."""
 
     def zeros(self, n: int) -> int:
         return self.add(np.zeros(n, np.float32))

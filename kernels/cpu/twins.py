@@ -49,7 +49,7 @@ from .steps import (
 )
 
 
-class _Workspace:
+class Workspace:
     """A flat float32 workspace being laid out: buffers appended one after the other."""
 
     def __init__(self):
@@ -104,7 +104,7 @@ def pointwise_conv2d(x, weight, bias=None, *, groups=1, relu=False) -> np.ndarra
     itab = np.concatenate([table.ravel(), np.arange(c)])  # the tile table, then the input channel offsets
     out = np.empty((n, o, h, w), np.float32)
     for i in range(n):
-        layout = _Workspace()
+        layout = Workspace()
         src = Buffer(layout.add(to_padded_nhwc(x[i])), h, w, padded(c))
         dst = layout.buffer(o, h, w)
         ws = layout.array()
@@ -123,17 +123,10 @@ def depthwise_conv2d(x, weight, bias=None, *, stride=1, padding=1, relu=False) -
         raise ValueError("depthwise_conv2d: the kernel is 3x3 with padding 1, one filter per channel "
                          f"(weight ({c}, 1, 3, 3)); got weight {weight.shape}, padding {padding}")
     bias = np.zeros(c, np.float32) if bias is None else np.asarray(bias, np.float32)
-    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    out = np.empty((n, c, ho, wo), np.float32)
-    for i in range(n):
-        layout = _Workspace()
-        src = Buffer(layout.add(to_padded_nhwc(x[i])), h, w, padded(c))
-        dst = layout.buffer(c, ho, wo)
-        ws = layout.array()
-        _run(Depthwise(src, dst, channels=padded(c), stride=stride, relu=relu, weights_at=0), ws,
-             pack_depthwise(weight, bias))
-        out[i] = from_padded_nhwc(ws[dst.offset:], ho, wo, dst.channel_stride, c)
-    return out
+    def record(src, dst):
+        return Depthwise(src, dst, channels=padded(c), stride=stride, relu=relu, weights_at=0)
+
+    return _per_channel(x, stride, pack_depthwise(weight, bias), record)
 
 
 def avg_pool2d(x, kernel_size=3, stride=None, padding=1, count_include_pad=True) -> np.ndarray:
@@ -143,15 +136,22 @@ def avg_pool2d(x, kernel_size=3, stride=None, padding=1, count_include_pad=True)
     stride = kernel_size if stride is None else stride
     if (kernel_size, padding, count_include_pad) != (3, 1, True):
         raise ValueError("avg_pool2d: the kernel is a 3x3 window with padding 1, the padding counted")
+    channels = padded(x.shape[1])
+    return _per_channel(x, stride, np.zeros(16, np.float32),
+                        lambda src, dst: AvgPool(src, dst, channels=channels, stride=stride))
+
+
+def _per_channel(x: np.ndarray, stride: int, wts: np.ndarray, record) -> np.ndarray:
+    """Run a 3x3, padding 1 per-channel step (``record(src, dst)``) on each image of ``x``."""
     n, c, h, w = x.shape
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     out = np.empty((n, c, ho, wo), np.float32)
     for i in range(n):
-        layout = _Workspace()
+        layout = Workspace()
         src = Buffer(layout.add(to_padded_nhwc(x[i])), h, w, padded(c))
         dst = layout.buffer(c, ho, wo)
         ws = layout.array()
-        _run(AvgPool(src, dst, channels=padded(c), stride=stride), ws, np.zeros(16, np.float32))
+        _run(record(src, dst), ws, wts)
         out[i] = from_padded_nhwc(ws[dst.offset:], ho, wo, dst.channel_stride, c)
     return out
 
@@ -162,7 +162,7 @@ def global_avg_pool(x) -> np.ndarray:
     n, c, h, w = x.shape
     out = np.empty((n, c), np.float32)
     for i in range(n):
-        layout = _Workspace()
+        layout = Workspace()
         src = Buffer(layout.add(to_padded_nhwc(x[i])), h, w, padded(c))
         pooled = np.zeros(padded(c), np.float32)
         _run(GlobalPool(src, channels=padded(c)), layout.array(), np.zeros(16, np.float32), pooled=pooled)
@@ -185,7 +185,7 @@ def stem_conv_max_pool(x, weight, bias=None) -> np.ndarray:
     hp, wp, q = geometry.pooled_h, geometry.pooled_w, geometry.q
     out = np.empty((n, o, hp, wp), np.float32)
     for i in range(n):
-        layout = _Workspace()
+        layout = Workspace()
         rows = layout.add(np.zeros(c * (h + 2) * 4 * q, np.float32))  # the input split by column phase
         dst = layout.buffer(o, hp, wp)
         ws = layout.array()
