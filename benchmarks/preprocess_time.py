@@ -2,6 +2,7 @@
 one-pass resize + crop + normalise (``kernels/cpu/resample.py``), on the same decoded photos.
 
     python benchmarks/preprocess_time.py [--photos ../shared/data/flower_photos] [--every 5] [--rounds 5]
+    python benchmarks/preprocess_time.py --photos ~/.cache/npshuffle/bench_e2e --glob "*.jpg" --every 10
 
 Decodes every ``--every``-th photo of the folder once (decoding is not timed), then times
 ``preprocess_image`` over all of them with each path, the two alternating for ``--rounds`` rounds,
@@ -28,11 +29,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", default=str(HERE.parent.parent / "shared" / "data" / "flower_photos"))
     parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--glob", default="*/*.jpg",
+                        help="which files of --photos (default */*.jpg: a class-per-folder set; *.jpg for a flat "
+                             "folder such as bench_e2e's 12 MP cache)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--recipe", default="torchvision", choices=sorted(DEFAULT_RECIPES))
     args = parser.parse_args()
     recipe = check_recipe(DEFAULT_RECIPES[args.recipe])
-    paths = sorted(Path(args.photos).glob("*/*.jpg"))[:: args.every]
+    paths = sorted(Path(args.photos).glob(args.glob))[:: args.every]
     images = [load_rgb(p) for p in paths]
     backend_numba.ensure_kernels()
     resampler = backend_numba.exact_resampler()
