@@ -1,4 +1,4 @@
-"""The ``npshuffle`` command: predict | list | convert | warmup | profile | lab | train | eval.
+"""The ``npshuffle`` command: predict | list | convert | warmup | profile | lab | serve | train | eval.
 
 Exit status: 0 success; 1 some inputs could not be classified (the others were, and each failure
 is named on stderr); 2 nothing could run (bad arguments, unknown or malformed model, no backend).
@@ -364,6 +364,8 @@ OPTIONAL_COMMANDS = (
      "time a model layer by layer beside its multiply-adds and memory access cost"),
     ("lab", "npshuffle.lab", "add_lab_arguments", "run_lab",
      "the ShuffleNet V2 paper's four guidelines (g1-g4), measured on this machine"),
+    ("serve", "npshuffle.serve", "add_serve_arguments", "run_serve",
+     "classify images over HTTP (POST /predict), batching concurrent requests"),
 )
 
 
