@@ -1,5 +1,6 @@
 """``npshuffle serve``: classification over HTTP on this machine, with the standard library's server.
 
+    GET  /                    a page: drop photos, see each with its top-1 label drawn on it and the top-5
     POST /predict[?top_k=K]   body: an image file's bytes -> JSON: label, probability, top-k, timing
     GET  /healthz             -> {"status": "ok"}
     GET  /models              -> the served model: name, architecture, classes, input recipe
@@ -32,6 +33,7 @@ import time
 from concurrent.futures import Future
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -41,6 +43,7 @@ from .model import Model
 from .predict import classify_batch, load_model, prepare_input
 
 DEFAULT_MAX_BYTES = 20 * 2**20
+PAGE = Path(__file__).parent / "web" / "index.html"  # the drag-and-drop page (GET /): no outside resources
 
 
 class Batcher:
@@ -165,7 +168,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - the base class's name
         path = urlsplit(self.path).path
-        if path == "/healthz":
+        if path in ("/", "/index.html"):
+            page = PAGE.read_bytes()
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+        elif path == "/healthz":
             self._send(HTTPStatus.OK, {"status": "ok"})
         elif path == "/models":
             self._send(HTTPStatus.OK, {"models": [self.server.service.model_info()]})

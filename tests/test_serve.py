@@ -168,3 +168,62 @@ def test_sigterm_finishes_and_exits_0(tmp_path):
         process.wait()
 
 
+
+
+def test_the_page_is_served_whole_with_nothing_from_outside(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+    connection.request("GET", "/")
+    response = connection.getresponse()
+    page = response.read().decode()
+    connection.close()
+    assert response.status == 200 and response.getheader("Content-Type").startswith("text/html")
+    assert 'id="pick"' in page and "/predict?top_k=5" in page
+    assert not re.search(r"(src|href)=\"(https?:)?//", page) and "http" not in page  # (no CDN: works offline)
+
+
+def browser():
+    """A headless Chromium driven by Selenium, from the OS packages (never downloaded); skips the
+    test, saying how to install them, when they are missing."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("the browser test needs Chromium and its driver: as root, "
+                    "apt-get update && apt-get install -y chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver",
+                                    reason="the browser test needs selenium: pip install selenium")
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=DriverService(executable_path=driver_path), options=options)
+
+
+def test_the_page_in_a_real_browser_shows_the_label(server, expected, tmp_path):
+    driver = browser()
+    try:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        broken = tmp_path / "broken.jpg"
+        broken.write_bytes(b"not a jpeg")
+        driver.find_element(By.ID, "pick").send_keys(PHOTOS[0] + "\n" + str(broken))  # (two files, one pick)
+
+        def settled(d):
+            labels = [e.text for e in d.find_elements(By.CSS_SELECTOR, ".card .label")]
+            return labels if len(labels) == 2 and "classifying..." not in labels else False
+
+        labels = WebDriverWait(driver, 30).until(settled)
+        want = expected[PHOTOS[0]]
+        assert f"{want.label} {100 * want.probability:.1f} %" in labels
+        assert any("not an image file" in text for text in labels)  # (the broken one: its error, in place)
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".card .bar")) == 5  # (the top-5 as bars)
+        screenshot = tmp_path / "page.png"
+        driver.save_screenshot(str(screenshot))
+        assert screenshot.stat().st_size > 1000
+    finally:
+        driver.quit()
