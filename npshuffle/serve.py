@@ -292,6 +292,8 @@ def run_serve(args) -> int:
     if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
         return fail("--max-wait-ms must be a number of milliseconds, 0 or more")
     model = load_model(args.model, backend=args.device)
+    crop = model.recipe["crop"]
+    model.forward(np.zeros((1, 3, crop, crop), np.float32))  # (kernels loaded, or compiled, before the first request)
     try:
         return serve(model, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_bytes=args.max_bytes)
