@@ -108,7 +108,8 @@ class Service:
     def model_info(self) -> dict:
         meta, recipe = self.model.metadata, self.model.recipe
         return {"name": self.model.name, "arch": meta.get("variant"), "dialect": meta.get("dialect"),
-                "classes": self.model.class_names, "backend": self.model.settings["backend"],
+                "classes": self.model.class_names, "params": meta.get("parameters"), "MACs": meta.get("macs_224"),
+                "accuracy": meta.get("val_accuracy_text"), "backend": self.model.settings["backend"],
                 "input": {key: recipe[key] for key in ("resize", "crop", "channel_order")}}
 
     def classify(self, body: bytes, top_k: int) -> dict:

@@ -100,6 +100,11 @@ def test_health_and_the_model(server, model):
     assert request(server, "GET", "/healthz")[2] == {"status": "ok"}
     (info,) = request(server, "GET", "/models")[2]["models"]
     assert info["classes"] == model.class_names and info["input"]["crop"] == model.recipe["crop"]
+    assert info["arch"] == "shufflenet_v1_g3_x0_5"
+    from npshuffle.zoo import describe_models
+
+    listed = next(row for row in describe_models() if row["name"].split()[0] == "flowers")  # (`npshuffle list`)
+    assert (info["params"], info["MACs"]) == (listed["params"], listed["MACs"])
 
 
 def test_too_many_in_flight_is_a_503_not_a_queue(model):
