@@ -9,8 +9,9 @@ runs its batch on one core, so the cores never wait for each other; on the other
 calls take turns, each using every core, while the other workers prepare the next batches.
 
 :func:`in_order` keeps at most ``window`` inputs in flight or waiting (memory stays bounded however
-many photos there are); :func:`prepared` turns an input that cannot be prepared into its error
-message: one broken file is one error row, never a stopped run.
+many photos there are); :func:`prepare_or_error` turns an input that cannot be prepared into its error
+message (``npshuffle.predict`` calls it on each photo of a batch): one broken file is one
+error row, never a stopped run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from itertools import islice
 from typing import TypeVar
 
 from .cpu_settings import numba_pool_size
-from .images import ImageError, describe
+from .images import ImageError
 
 In, Out = TypeVar("In"), TypeVar("Out")
 
@@ -74,13 +75,6 @@ def prepare_or_error(prepare: Callable, source: object) -> object:
         return prepare(source)
     except ImageError as exc:
         return str(exc)
-
-
-def prepared(sources: Iterable, prepare: Callable[[object], object], workers: int,
-             window: int) -> Iterator[tuple[str, object]]:
-    """Yield ``(name, prepare(source) or an error message)`` for each source, in order, prepared
-    on ``workers`` threads up to ``window`` sources ahead (see :func:`in_order`)."""
-    return in_order(sources, lambda source: (describe(source), prepare_or_error(prepare, source)), workers, window)
 
 
 def batches(items: Iterable[In], size: int) -> Iterator[list[In]]:

@@ -13,7 +13,7 @@ import pytest
 
 import npshuffle
 from npshuffle.images import ImageError
-from npshuffle.pipeline import prepared
+from npshuffle.pipeline import in_order, prepare_or_error
 from tests.conftest import REPO
 
 PHOTOS = sorted(str(p) for p in (REPO / "examples").glob("*.jpg"))
@@ -28,8 +28,8 @@ def slow_square(source):
 
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_results_come_in_input_order_with_errors_in_place(workers):
-    out = list(prepared(range(50), slow_square, workers, window=8))
-    assert [x for _, x in out] == [f"input {i}: broken" if i % 7 == 3 else i * i for i in range(50)]
+    out = list(in_order(range(50), lambda s: prepare_or_error(slow_square, s), workers, window=8))
+    assert out == [f"input {i}: broken" if i % 7 == 3 else i * i for i in range(50)]
 
 
 def test_at_most_a_window_of_inputs_is_read_ahead():
@@ -43,7 +43,7 @@ def test_at_most_a_window_of_inputs_is_read_ahead():
                 most[0] = max(most[0], read[0] - yielded[0])
             yield i
 
-    for _ in prepared(sources(), lambda s: s, workers=3, window=5):
+    for _ in in_order(sources(), lambda s: s, workers=3, window=5):
         yielded[0] += 1
         if yielded[0] == 40:
             break  # (stopping early ends the pool without waiting for the endless source)
@@ -55,7 +55,7 @@ def test_a_bug_in_preparing_is_raised_not_swallowed():
         raise ZeroDivisionError("a bug, not a bad photo")
 
     with pytest.raises(ZeroDivisionError):
-        list(prepared(range(3), buggy, workers=2, window=4))
+        list(in_order(range(3), lambda s: prepare_or_error(buggy, s), workers=2, window=4))
 
 
 def test_predictions_are_the_same_with_and_without_threads(tmp_path):
