@@ -96,11 +96,17 @@ def load_model(name_or_path: str | os.PathLike | None = None, backend: str | Non
 
 def classify_batch(model: Model, inputs: np.ndarray, top_k: int, threads: int | None = None) -> list[Prediction]:
     """Classify preprocessed inputs, float32 (N, 3, crop, crop), in one forward pass (on ``threads``
-    threads, see :meth:`Model.forward`). Sources are filled in by the caller. A row whose scores are
-    not finite (a model file with absurd weights) comes back as an error naming the model, never as
-    a printed probability."""
-    with np.errstate(all="ignore"):  # an overflow is reported below, per row, as an error
+    threads, see :meth:`Model.forward`); see :func:`predictions_from_logits`."""
+    with np.errstate(all="ignore"):  # an overflow is reported per row, as an error
         logits = model.forward(inputs, threads=threads)
+    return predictions_from_logits(model, logits, top_k)
+
+
+def predictions_from_logits(model: Model, logits: np.ndarray, top_k: int) -> list[Prediction]:
+    """One Prediction per row of ``logits`` (N, classes): the top ``top_k`` classes by probability.
+    Sources are filled in by the caller. A row whose scores are not finite (a model file with
+    absurd weights) comes back as an error naming the model, never as a printed probability."""
+    with np.errstate(all="ignore"):
         probabilities = softmax(logits, axis=1)
     results = []
     k = min(top_k, logits.shape[1])

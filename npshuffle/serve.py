@@ -41,7 +41,7 @@ import numpy as np
 
 from .images import ImageError
 from .model import Model
-from .predict import classify_batch, load_model, prepare_input
+from .predict import load_model, predictions_from_logits, prepare_input
 
 DEFAULT_MAX_BYTES = 20 * 2**20
 PAGE = Path(__file__).parent / "web" / "index.html"  # the drag-and-drop page (GET /): no outside resources
@@ -118,7 +118,7 @@ class Service:
         image = prepare_input(body, self.model.recipe)
         prepared = time.perf_counter()
         row, network_s, batch = self.batcher.submit(image).result()
-        (prediction,) = classify_batch(_Fixed(self.model, row), image[None], top_k)
+        (prediction,) = predictions_from_logits(self.model, row[None], top_k)
         if prediction.error is not None:
             raise ImageError(prediction.error)
         return {"label": prediction.label, "probability": prediction.probability,
@@ -129,17 +129,6 @@ class Service:
 
     def close(self) -> None:
         self.batcher.close()
-
-
-class _Fixed:
-    """A stand-in model whose forward pass returns logits already computed (by the batcher), so that
-    the answer goes through predict's own softmax, top-k and non-finite checks."""
-
-    def __init__(self, model: Model, row: np.ndarray):
-        self.name, self.class_names, self.row = model.name, model.class_names, row
-
-    def forward(self, inputs, threads=None):
-        return self.row[None]
 
 
 class Handler(BaseHTTPRequestHandler):
