@@ -21,7 +21,7 @@ from .backends import NUMBA_CPU_BACKENDS, BackendError
 from .images import IMAGE_EXTENSIONS, ImageError
 from .model_file import ModelFileError
 from .progress import Progress
-from .results_file import ResultsFile, ResultsFileError, parse_shard, shard_of
+from .results_file import CSV_HEADER, ResultsFile, ResultsFileError, csv_rows, parse_shard, shard_of
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 DEVICES = ("auto", "numpy", "numba", "cuda", "cpu")
@@ -127,7 +127,7 @@ class CsvWriter:
 
     def __init__(self, out):
         self.writer = csv.writer(out)
-        self.writer.writerow(["source", "rank", "class_index", "label", "probability", "error"])
+        self.writer.writerow(CSV_HEADER)
         # data, usually for a file: kept as it is, but for what the encoding cannot hold; escaped
         # like the table when it goes to a terminal
         self.out, self.tty = out, out.isatty()
@@ -136,12 +136,7 @@ class CsvWriter:
         return printable(text, controls=self.tty, stream=self.out)
 
     def write(self, p) -> None:
-        clean = self.clean
-        if p.error is not None:
-            self.writer.writerow([clean(p.source), "", "", "", "", clean(p.error)])
-        for rank, (label, probability) in enumerate(p.top, start=1):
-            index = p.class_index if rank == 1 else ""
-            self.writer.writerow([clean(p.source), rank, index, clean(label), f"{probability:.6f}", ""])
+        self.writer.writerows(csv_rows(p, self.clean))
 
     def close(self) -> None:
         pass

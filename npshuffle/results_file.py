@@ -92,6 +92,15 @@ def _complete_csv(data: bytes, ranks: int) -> tuple[set[str], int]:
     return done, end
 
 
+def csv_rows(prediction, clean=lambda text: text) -> list[list]:
+    """A prediction as CSV rows under :data:`CSV_HEADER`: one per rank, or one with the error
+    (``--format csv`` and ``--output FILE.csv`` alike; ``clean`` escapes text for a terminal)."""
+    if prediction.error is not None:
+        return [[clean(prediction.source), "", "", "", "", clean(prediction.error)]]
+    return [[clean(prediction.source), rank, prediction.class_index if rank == 1 else "", clean(label),
+             f"{probability:.6f}", ""] for rank, (label, probability) in enumerate(prediction.top, start=1)]
+
+
 class ResultsFile:
     """The output of ``--output``: :meth:`write` each prediction, :meth:`flush` after each batch
     (to disk), :meth:`close` at the end. ``done``: the photos it already held (``resume``)."""
@@ -124,12 +133,7 @@ class ResultsFile:
         if self.format == ".jsonl":
             self.buffer.write(json.dumps(prediction.to_dict()) + "\n")
             return
-        writer = csv.writer(self.buffer)
-        if prediction.error is not None:
-            writer.writerow([prediction.source, "", "", "", "", prediction.error])
-        for rank, (label, probability) in enumerate(prediction.top, start=1):
-            index = prediction.class_index if rank == 1 else ""
-            writer.writerow([prediction.source, rank, index, label, f"{probability:.6f}", ""])
+        csv.writer(self.buffer).writerows(csv_rows(prediction))
 
     def flush(self) -> None:
         """Everything written so far, on disk (one write of the batch, then fsync)."""
