@@ -92,7 +92,7 @@ def pointwise_conv2d(x, weight, bias=None, *, groups=1, relu=False) -> np.ndarra
     """1x1 conv, ``groups`` groups: x (N, C, H, W), weight (O, C/groups[, 1, 1]), bias (O,) ->
     (N, O, H, W); the GEMM step (``gemm.gemm``, its 4 x NR micro-kernel, the fused bias and ReLU)."""
     x = _batch(x, "pointwise_conv2d")
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     weight = np.asarray(weight, np.float32)
     o = weight.shape[0]
     if weight.shape[1] * groups != c or o % groups:
@@ -102,31 +102,28 @@ def pointwise_conv2d(x, weight, bias=None, *, groups=1, relu=False) -> np.ndarra
     packed = PackedGemm(weights_at=0, group_floats=group_floats, tiles_at=0, ntiles=len(table), groups=groups,
                         group_in=c // groups, group_out=o // groups)
     itab = np.concatenate([table.ravel(), np.arange(c)])  # the tile table, then the input channel offsets
-    out = np.empty((n, o, h, w), np.float32)
-    for i in range(n):
-        layout = Workspace()
-        src = Buffer(layout.add(to_padded_nhwc(x[i])), h, w, padded(c))
-        dst = layout.buffer(o, h, w)
-        ws = layout.array()
-        _run(Gemm(packed, src, dst, channel_offsets_at=table.size, relu=relu), ws, panels, itab)
-        out[i] = from_padded_nhwc(ws[dst.offset:], h, w, dst.channel_stride, o)
-    return out
+
+    def record(src, dst):
+        return Gemm(packed, src, dst, channel_offsets_at=table.size, relu=relu)
+
+    return _each_image(x, (o, h, w), panels, record, itab)
 
 
 def depthwise_conv2d(x, weight, bias=None, *, stride=1, padding=1, relu=False) -> np.ndarray:
     """3x3 depthwise conv, padding 1: x (N, C, H, W), weight (C, 1, 3, 3), bias (C,) -> (N, C, H', W');
     ``per_channel.depthwise3x3``."""
     x = _batch(x, "depthwise_conv2d")
-    n, c, h, w = x.shape
+    c = x.shape[1]
     weight = np.asarray(weight, np.float32)
     if weight.shape != (c, 1, 3, 3) or padding != 1:
         raise ValueError("depthwise_conv2d: the kernel is 3x3 with padding 1, one filter per channel "
                          f"(weight ({c}, 1, 3, 3)); got weight {weight.shape}, padding {padding}")
     bias = np.zeros(c, np.float32) if bias is None else np.asarray(bias, np.float32)
+
     def record(src, dst):
         return Depthwise(src, dst, channels=padded(c), stride=stride, relu=relu, weights_at=0)
 
-    return _per_channel(x, stride, pack_depthwise(weight, bias), record)
+    return _each_image(x, _window_output(x, stride), pack_depthwise(weight, bias), record)
 
 
 def avg_pool2d(x, kernel_size=3, stride=None, padding=1, count_include_pad=True) -> np.ndarray:
@@ -137,22 +134,30 @@ def avg_pool2d(x, kernel_size=3, stride=None, padding=1, count_include_pad=True)
     if (kernel_size, padding, count_include_pad) != (3, 1, True):
         raise ValueError("avg_pool2d: the kernel is a 3x3 window with padding 1, the padding counted")
     channels = padded(x.shape[1])
-    return _per_channel(x, stride, np.zeros(16, np.float32),
-                        lambda src, dst: AvgPool(src, dst, channels=channels, stride=stride))
+    return _each_image(x, _window_output(x, stride), np.zeros(16, np.float32),
+                       lambda src, dst: AvgPool(src, dst, channels=channels, stride=stride))
 
 
-def _per_channel(x: np.ndarray, stride: int, wts: np.ndarray, record) -> np.ndarray:
-    """Run a 3x3, padding 1 per-channel step (``record(src, dst)``) on each image of ``x``."""
+def _window_output(x: np.ndarray, stride: int) -> tuple[int, int, int]:
+    """(C, H', W') of a 3x3, padding 1 window op on ``x`` (N, C, H, W) with ``stride``."""
+    _, c, h, w = x.shape
+    return c, (h - 1) // stride + 1, (w - 1) // stride + 1
+
+
+def _each_image(x: np.ndarray, out_shape: tuple[int, int, int], wts: np.ndarray, record,
+                itab: np.ndarray | None = None) -> np.ndarray:
+    """Run the step ``record(src, dst)`` on each image of ``x`` (N, C, H, W): the image copied into a
+    padded NHWC buffer, the output (C', H', W') of ``out_shape`` read back from its own."""
     n, c, h, w = x.shape
-    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    out = np.empty((n, c, ho, wo), np.float32)
+    co, ho, wo = out_shape
+    out = np.empty((n, co, ho, wo), np.float32)
     for i in range(n):
         layout = Workspace()
         src = Buffer(layout.add(to_padded_nhwc(x[i])), h, w, padded(c))
-        dst = layout.buffer(c, ho, wo)
+        dst = layout.buffer(co, ho, wo)
         ws = layout.array()
-        _run(record(src, dst), ws, wts)
-        out[i] = from_padded_nhwc(ws[dst.offset:], ho, wo, dst.channel_stride, c)
+        _run(record(src, dst), ws, wts, itab)
+        out[i] = from_padded_nhwc(ws[dst.offset:], ho, wo, dst.channel_stride, co)
     return out
 
 
