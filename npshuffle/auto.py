@@ -179,6 +179,7 @@ class AutoRunner:
         self.numba_runner = None
         self.crossover = crossover  # (None: read when needed; a one-photo job never looks)
         self.photo_pixels = 0.0  # the job's photos' size, when told (expect_pixels)
+        self._measured: dict[float, Crossover] = {}  # Crossover.current per photo size, read once (a file)
         self.is_warm, self.log = is_warm, log
         self.background: BackgroundCompile | None = None
         self.stay_on_numpy = False  # numba unusable here, or a compile that failed
@@ -205,7 +206,11 @@ class AutoRunner:
             self.photo_pixels = float(pixels)
 
     def _crossover(self) -> Crossover:
-        return self.crossover or Crossover.current(self.photo_pixels)
+        if self.crossover is not None:
+            return self.crossover
+        if self.photo_pixels not in self._measured:
+            self._measured[self.photo_pixels] = Crossover.current(self.photo_pixels)
+        return self._measured[self.photo_pixels]
 
     @property
     def concurrent(self) -> bool:
