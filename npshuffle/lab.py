@@ -24,7 +24,6 @@ GPU and ARM results, the table says so: that is the finding.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,7 +32,7 @@ import numpy as np
 from kernels.channel_map import ChannelMap
 
 from .lowering import Conv, Depthwise, GlobalPool, Linear, MaxPool, Op, Pointwise, Program, Value
-from .profiling import op_rows
+from .profiling import op_rows, seconds
 
 SIZE = 56  # the experiments' feature maps, as the paper's
 BLOCKS = 10
@@ -296,9 +295,9 @@ def run(key: str, repeat: int = 20, with_torch: bool = True) -> Report:
     try:
         for _ in range(repeat + 1):  # (round 0 untimed: first calls)
             for (numba_call, torch_call), (numba_times, torch_times) in zip(calls, samples, strict=True):
-                numba_times.append(_seconds(numba_call))
+                numba_times.append(seconds(numba_call))
                 if torch_call is not None:
-                    torch_times.append(_seconds(torch_call))
+                    torch_times.append(seconds(torch_call))
     finally:
         numba.set_num_threads(threads)
         if torch_threads is not None:
@@ -308,12 +307,6 @@ def run(key: str, repeat: int = 20, with_torch: bool = True) -> Report:
         report.results.append(Result(label, m, float(np.median(numba_times[1:])),
                                      float(np.median(torch_times[1:])) if torch_times else None))
     return report
-
-
-def _seconds(call: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 def _set_torch_threads(threads: int) -> int:

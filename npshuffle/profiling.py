@@ -107,14 +107,16 @@ def merged(name: str, rows: list[Row]) -> Row:
                sum(r.params for r in rows), sum(r.macs for r in rows), sum(r.mem for r in rows) - 2 * inner)
 
 
+def seconds(call) -> float:
+    """Wall seconds of one ``call()``."""
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def _median_seconds(fn, repeat: int) -> float:
     fn()  # (untimed: caches, the first call's allocations)
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return float(np.median(samples))
+    return float(np.median([seconds(fn) for _ in range(repeat)]))
 
 
 def _numba_rows(runner, size: int, image: np.ndarray, repeat: int) -> list[Row]:
@@ -194,9 +196,8 @@ def sgemm_gflops(n: int = 1024, repeat: int = 5) -> float:
     this process has it (an environment such as OPENBLAS_CORETYPE may hold it back)."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
-    a @ b
-    best = min(_median_seconds(lambda: a @ b, 1) for _ in range(repeat))
-    return 2 * n**3 / best / 1e9
+    a @ b  # (untimed: BLAS's threads started, the pages touched)
+    return 2 * n**3 / min(seconds(lambda: a @ b) for _ in range(repeat)) / 1e9
 
 
 def profile(model: Model, batch: int = 1, size: int | None = None, repeat: int = 20) -> Profile:
