@@ -52,8 +52,9 @@ from .plan import Plan
 # bundled models at batch 1 (benchmarks/cold_start.py); numpy_s includes decoding a photo.
 DEFAULT_TIMINGS = {"numba_start_s": 0.6, "numpy_s": 0.012, "numba_s": 0.004, "compile_s": 20.0}
 # What Numba saves per photo pixel beyond that: its resampler against PIL's resize (the timings above
-# are for small photos). Measured with benchmarks/preprocess_time.py-style timings on a 12 MP photo,
-# 2-core machine: PIL 42 ms, the kernel 13 ms, so ~2.4 ns a pixel; taken as 2 ns.
+# are for small photos). On 12 MP photos, 2-core machine, one thread: PIL 42 ms against the kernel's
+# 13 ms in a quick look, 67.8 against 18.3 ms with `benchmarks/preprocess_time.py --photos
+# ~/.cache/npshuffle/bench_e2e --glob "*.jpg"`: 2.4-4.1 ns a pixel; taken as 2 ns (the lower end).
 PREPROCESS_SAVING_S_PER_PIXEL = 2e-9
 CROSSOVER_ENV = "NPSHUFFLE_AUTO_CROSSOVER"
 
