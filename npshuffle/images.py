@@ -154,7 +154,6 @@ def open_bytes(data: bytes | bytearray | memoryview, name: str, fast_decode_for:
 
 def _decode(source, name: str, fast_decode_for: int | None) -> Image.Image:
     """Open ``source`` (a path or a file object) with PIL and decode it, every failure an ImageError."""
-    path = name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -168,11 +167,11 @@ def _decode(source, name: str, fast_decode_for: int | None) -> Image.Image:
             decode_into_one_block(image)  # (so that preprocessing can read its pixels without a copy)
             image.load()
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (format not recognised)") from None
+        raise ImageError(f"{name}: not an image file (format not recognised)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path}: image too large to decode safely ({exc})") from None
+        raise ImageError(f"{name}: image too large to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{path}: broken or truncated image ({exc})") from None
+        raise ImageError(f"{name}: broken or truncated image ({exc})") from None
     return image
 
 
