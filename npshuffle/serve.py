@@ -49,7 +49,7 @@ PAGE = Path(__file__).parent / "web" / "index.html"  # the drag-and-drop page (G
 
 class Batcher:
     """Gathers preprocessed images from many threads into batches for one forward pass each, on a
-    thread of its own. :meth:`submit` returns a Future of the image's ``(logits row, network s)``."""
+    thread of its own. :meth:`submit` returns a Future of the image's ``(logits row, network s, batch size)``."""
 
     def __init__(self, model: Model, max_batch: int, max_wait_s: float):
         self.model, self.max_batch, self.max_wait_s = model, max_batch, max_wait_s
