@@ -54,3 +54,13 @@ def test_the_command_prints_the_table_and_the_verdict_and_draws(tmp_path, capsys
 def test_a_bad_repeat_is_one_line(capsys):
     assert main(["lab", "g1", "--repeat", "0"]) == 2
     assert "--repeat must be at least 1" in capsys.readouterr().err
+
+
+def test_the_verdicts_follow_the_numbers():
+    from npshuffle.lab import _verdict
+
+    assert _verdict("g2", [1.0, 1.37, 1.39, 1.92]).startswith("holds")  # (rising, one step within noise)
+    assert _verdict("g2", [1.0, 1.37, 1.20, 1.92]).startswith("does not hold")  # (g = 4 faster than g = 2)
+    assert _verdict("g2", [1.0, 0.99, 1.01, 1.0]).startswith("does not hold")  # (flat)
+    assert _verdict("g1", [1.0, 1.15, 1.26]).startswith("holds") and _verdict("g3", [1.0, 0.9, 1.2]).startswith("does")
+    assert "+9 %" in _verdict("g4", [1.0, 0.95, 0.93, 0.91])
