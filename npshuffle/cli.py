@@ -1,4 +1,4 @@
-"""The ``npshuffle`` command: predict | list | convert | warmup | profile | lab | serve | train | eval.
+"""The ``npshuffle`` command: predict | list | convert | export | warmup | profile | lab | serve | train | eval.
 
 Exit status: 0 success; 1 some inputs could not be classified (the others were, and each failure
 is named on stderr); 2 nothing could run (bad arguments, unknown or malformed model, no backend).
@@ -313,8 +313,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(run=cmd_list)
 
-    p = sub.add_parser("convert", help="convert a PyTorch checkpoint into a model file")
-    p.add_argument("checkpoint", help="torchvision-style or Megvii ShuffleNet-Series .pth/.pt/.pth.tar")
+    p = sub.add_parser("convert", help="convert a PyTorch or safetensors checkpoint into a model file")
+    p.add_argument("checkpoint", help="torchvision-style or Megvii ShuffleNet-Series .pth/.pt/.pth.tar/.safetensors")
     p.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
     p.add_argument("--classes", help="class_indices.json or a text file with one class name per line")
     p.add_argument("--resize", type=int, help="override the recipe's shorter-side resize (torchvision x1.5/x2.0: 232)")
@@ -353,6 +353,8 @@ OPTIONAL_COMMANDS = (
      "train or fine-tune a model (needs torch: pip install npshuffle[train])"),
     ("eval", "npshuffle.training.evaluate", "add_eval_arguments", "run_eval",
      "accuracy and confusion matrix of a model on a class-per-folder data set"),
+    ("export", "npshuffle.export", "add_export_arguments", "run_export",
+     "write a model as .safetensors or .onnx (ONNX needs: pip install npshuffle[onnx])"),
     ("warmup", "npshuffle.warmup", "add_warmup_arguments", "run_warmup",
      "compile and cache the Numba kernels ahead of time (Dockerfiles, cluster nodes, CI images)"),
     ("profile", "npshuffle.profiling", "add_profile_arguments", "run_profile",
