@@ -133,7 +133,7 @@ def test_random_resized_crop_is_torchvisions_algorithm():
 
 def test_tiny_training_run_writes_a_model_file_the_engine_runs(tiny_run, data_dir):
     out = tiny_run
-    for name in ("split.json", "class_indices.json", "metrics.jsonl", "last.pth", "best.pth", "model.npz"):
+    for name in ("split.json", "class_indices.json", "metrics.jsonl", "last.pth", "best.pth", "final.pth", "model.npz"):
         assert (out / name).exists(), name
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [1]
@@ -145,9 +145,9 @@ def test_tiny_training_run_writes_a_model_file_the_engine_runs(tiny_run, data_di
     assert model.metadata["trained"]["epochs"] == 1
     assert (model.recipe["resize"], model.recipe["crop"]) == (40, 32)
 
-    # the engine's logits equal the torch network's (best.pth) on the same preprocessed images
+    # the engine's logits equal the torch network's (final.pth: --select last) on the same preprocessed images
     torch_model = build_torch_model(parse_arch(TINY_V2, 3), "torchvision")
-    torch_model.load_state_dict(torch.load(out / "best.pth", weights_only=True))
+    torch_model.load_state_dict(torch.load(out / "final.pth", weights_only=True))
     torch_model.eval()
     split = read_split(out / "split.json")
     images = [Image.open(os.path.join(data_dir, p)).convert("RGB") for p in split.train[:6]]
@@ -224,3 +224,83 @@ def test_bad_init_is_a_clear_error(data_dir, tmp_path, capsys):
     assert "does not fit" in capsys.readouterr().err
     assert T.main([data_dir, "--out", str(tmp_path / "o"), "--init", str(tmp_path / "m.npz"), "--workers", "0"]) == 2
     assert "BN-folded" in capsys.readouterr().err
+
+
+def _config_of(*words: str) -> dict:
+    import argparse
+
+    from npshuffle.training.arguments import add_train_arguments, resolve_config
+
+    return resolve_config(add_train_arguments(argparse.ArgumentParser()).parse_args(["DATA", *words]))
+
+
+def test_init_switches_the_defaults_to_the_fine_tuning_recipe_and_given_options_win():
+    from npshuffle.training.arguments import FINE_TUNE_DEFAULTS, RECIPE_OPTIONS, SEED_DEFAULTS
+
+    scratch = _config_of("--arch", "shufflenet_v2_x0_5")
+    tuned = _config_of("--init", "some.pth")
+    for option in RECIPE_OPTIONS:
+        assert scratch[option] == SEED_DEFAULTS[option], option
+        assert tuned[option] == FINE_TUNE_DEFAULTS[option], option
+    assert tuned["lr"] < scratch["lr"]  # the seed's lr 0.1 wrecks pretrained features
+    mixed = _config_of("--init", "some.pth", "--lr", "0.1", "--epochs", "3", "--label-smoothing", "0")
+    assert (mixed["lr"], mixed["epochs"], mixed["label_smoothing"]) == (0.1, 3, 0.0)
+    assert mixed["batch_size"] == FINE_TUNE_DEFAULTS["batch_size"]
+
+
+def test_help_names_both_defaults():
+    import argparse
+
+    from npshuffle.training.arguments import add_train_arguments
+
+    text = add_train_arguments(argparse.ArgumentParser()).format_help()
+    assert "(default 0.1; with --init 0.02)" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("select", ["last", "val"])
+def test_select_decides_which_epoch_becomes_the_model_file(data_dir, tmp_path, select):
+    out = tmp_path / select
+    args = tiny_args(data_dir, out, "--select", select, "--augment", "strong")
+    args[args.index("--epochs") + 1] = "3"
+    assert T.main(args) == 0
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    model = Model.load(out / "model.npz")
+    trained = model.metadata
+    if select == "last":
+        expected_epoch, expected_acc = 3, rows[-1]["val_acc"]
+        state = torch.load(out / "final.pth", weights_only=True)
+    else:
+        best = max(rows, key=lambda r: r["val_acc"])  # the first of equal bests, as the loop keeps it
+        expected_epoch, expected_acc = best["epoch"], best["val_acc"]
+        state = torch.load(out / "best.pth", weights_only=True)
+    assert trained["trained"]["epoch"] == expected_epoch
+    assert trained["val_accuracy"] == pytest.approx(expected_acc)
+    assert select in ("last", "val") and ("last epoch" in trained["trained"]["selected"]) == (select == "last")
+    assert trained["trained"]["augment"] == "strong"
+    # model.npz holds the selected state's weights: its logits are that checkpoint's
+    torch_model = build_torch_model(parse_arch(TINY_V2, 3), "torchvision")
+    torch_model.load_state_dict(state)
+    torch_model.eval()
+    split = read_split(out / "split.json")
+    batch = preprocess_batch([Image.open(os.path.join(data_dir, p)).convert("RGB") for p in split.val], model.recipe)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(model.forward(batch), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_strong_augment_is_seeded_keeps_the_crop_shape_and_changes_pixels():
+    from npshuffle.training.pipeline import strong_augment
+
+    crop = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 40, 3), dtype=np.uint8))
+    torch.manual_seed(5)
+    first = [strong_augment(crop) for _ in range(20)]
+    torch.manual_seed(5)
+    again = [strong_augment(crop) for _ in range(20)]
+    original = np.asarray(crop)
+    for a, b in zip(first, again, strict=True):
+        assert a.shape == original.shape and a.dtype == np.uint8
+        np.testing.assert_array_equal(a, b)
+    changed = sum(not np.array_equal(a, original) for a in first)
+    assert changed >= 15  # jitter (p 0.8), greyscale (0.1) or erasing (0.25): most draws change the crop
+    grey = [a for a in first if np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2])]
+    assert len(grey) < 10

@@ -26,7 +26,7 @@ from torch import nn
 from ..archs import V1Spec, V2Spec, variant_name
 from ..model_file import DEFAULT_RECIPES
 from ..progress import Progress
-from .arguments import SEED_DEFAULTS, parse_arch
+from .arguments import SEED_DEFAULTS, describe_recipe, parse_arch
 from .checkpoints import (
     CLASSIFIER_PREFIXES,
     atomic_save,
@@ -77,6 +77,7 @@ def setup_run(config: dict, split: Split, resume_state: dict | None) -> Run:
     model, spec, dialect = build_student(config, len(split.classes))
     config["dialect"] = dialect
     log(f"model: {variant_name(spec)} ({dialect} dialect), {sum(p.numel() for p in model.parameters()):,} parameters")
+    log(describe_recipe(config))
     channels_last = config["channels_last"]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -153,7 +154,8 @@ def make_optimizer(model: nn.Module, config: dict) -> tuple[torch.optim.SGD, tor
 def make_loaders(config: dict, split: Split) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
     t_load = time.monotonic()
     train_set = FolderDataset(config["data_dir"], split.train, split.labels("train"), config["img_size"], True,
-                              cache=config["cache"], min_scale=config["min_scale"])
+                              cache=config["cache"], min_scale=config["min_scale"],
+                              strong=config.get("augment", "basic") == "strong")
     val_set = FolderDataset(config["data_dir"], split.val, split.labels("val"), config["val_crop"], False,
                             resize=config["val_resize"], cache=config["cache"])
     log(f"data loaded in {time.monotonic() - t_load:.1f} s")
@@ -174,6 +176,7 @@ def run_epochs(run: Run) -> int:
     (Ctrl-C, SIGTERM), after saving last.pth and saying how to resume."""
     epochs = run.config["epochs"]
     metrics_path, best_path, last_path = run.path("metrics.jsonl"), run.path("best.pth"), run.path("last.pth")
+    final_path = run.path("final.pth")
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for epoch in range(run.epoch, epochs):
@@ -184,6 +187,8 @@ def run_epochs(run: Run) -> int:
             if row["val_acc"] > run.best_acc:
                 run.best_acc, run.best_epoch = row["val_acc"], epoch + 1
                 atomic_save(run.model.state_dict(), best_path)
+            if epoch + 1 == epochs:
+                atomic_save(run.model.state_dict(), final_path)
             save_resume_state(last_path, run, epoch + 1)
             log(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}% | "
                 f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}% | lr {row['lr']:.5f} | "

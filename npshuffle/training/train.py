@@ -4,7 +4,9 @@ The default recipe is the seed project's (WZMIAOMIAO ``Test7_shufflenet/train.py
 split (see :mod:`npshuffle.training.datasets`), RandomResizedCrop + horizontal flip for training,
 Resize(256) + CenterCrop(224) for validation, SGD (momentum 0.9, weight decay 4e-5), a cosine
 learning-rate schedule from ``lr`` down to ``lr * lrf`` stepped once per epoch, 30 epochs of batch
-16, and the best-validation-accuracy weights kept. At the end the best weights become an npshuffle
+16, and the best-validation-accuracy weights kept. With ``--init`` the defaults are a fine-tuning
+recipe instead (:data:`~.arguments.FINE_TUNE_DEFAULTS`: 12 epochs of batch 32 at lr 0.02, milder crops,
+label smoothing). At the end the best weights become an npshuffle
 model file (``model.npz``) with the class names and the validation accuracy in its metadata.
 
 Output folder (``--out``)::
@@ -13,7 +15,9 @@ Output folder (``--out``)::
     metrics.jsonl                    one line per epoch: loss, accuracy, lr, time
     last.pth                         everything needed to --resume (also written on Ctrl-C)
     best.pth                         the best epoch's state_dict (torchvision/Megvii keys)
-    model.npz                        best.pth converted by weights_convert
+    final.pth                        the last epoch's state_dict
+    model.npz                        final.pth (--select last, the default) or best.pth (--select val),
+                                     converted by weights_convert
     curves.png                       loss/accuracy curves, when matplotlib is installed
 
 Input recipes differ per dialect (Megvii: BGR 0..255; torchvision: RGB normalised), so the data
@@ -38,9 +42,9 @@ from weights_convert import convert_file
 
 from ..archs import ArchError
 from .arguments import TrainError, add_train_arguments, command_line, default_out, resolve_config
-from .checkpoints import load_resume
+from .checkpoints import atomic_save, load_resume
 from .datasets import DatasetError, Split, read_split, seed_split, write_split
-from .loop import Run, log, run_epochs, setup_run
+from .loop import Run, log, read_metrics, run_epochs, setup_run
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -96,23 +100,34 @@ def prepare_split(config: dict, resuming: bool) -> tuple[Split, str]:
 
 
 def write_model_file(run: Run, split: Split, classes_path: str) -> None:
-    """best.pth -> model.npz, with the class names, the validation recipe, the best accuracy and how
-    the run was made in its metadata."""
+    """The selected epoch (``--select``: the last, or the best on validation) -> model.npz, with the
+    class names, the validation recipe, that epoch's validation accuracy and how the run was made in
+    its metadata."""
     config = run.config
     model_path = run.path("model.npz")
+    metrics = read_metrics(run.path("metrics.jsonl"))
+    if config.get("select", "val") == "last" and metrics:
+        source, epoch, accuracy = "final.pth", metrics[-1]["epoch"], metrics[-1]["val_acc"]
+        how = "the last epoch (the validation split only scores it)"
+        if not os.path.exists(run.path(source)):  # a run resumed after its last epoch: the model is that epoch's
+            atomic_save(run.model.state_dict(), run.path(source))
+    else:
+        source, epoch, accuracy = "best.pth", run.best_epoch, run.best_acc
+        how = "the best epoch on the validation split (which also scores it: optimistic)"
     trained = {
         "command": config.get("command_line") or command_line(), "resumed_with": config.get("resumed_with", []),
-        "epochs": config["epochs"], "best_epoch": run.best_epoch,
+        "epochs": config["epochs"], "epoch": epoch, "selected": how, "best_epoch": run.best_epoch,
+        "best_val_accuracy": round(run.best_acc, 6),
         "train_time_s": round(run.elapsed, 1), "data": os.path.basename(os.path.normpath(config["data_dir"])),
         "split": {"seed": config["seed"], "val_rate": config["val_rate"], "train": len(split.train),
                   "val": len(split.val)},
         "init": os.path.basename(config["init"]) if config["init"] else None,
-        "teacher": config["teacher"], "img_size": config["img_size"],
+        "teacher": config["teacher"], "img_size": config["img_size"], "augment": config.get("augment", "basic"),
     }
-    convert_file(run.path("best.pth"), model_path, classes=classes_path, resize=config["val_resize"],
-                 crop=config["val_crop"], extra={"val_accuracy": round(run.best_acc, 6), "trained": trained})
-    log(f"best val acc {100 * run.best_acc:.2f}% (epoch {run.best_epoch}); training time {run.elapsed / 60:.1f} min; "
-        f"model file: {model_path}")
+    convert_file(run.path(source), model_path, classes=classes_path, resize=config["val_resize"],
+                 crop=config["val_crop"], extra={"val_accuracy": round(accuracy, 6), "trained": trained})
+    log(f"model file: {model_path}, epoch {epoch}: {how}; val acc {100 * accuracy:.2f}% "
+        f"(best epoch {run.best_epoch}: {100 * run.best_acc:.2f}%); training time {run.elapsed / 60:.1f} min")
 
 
 def main(argv: list[str] | None = None) -> int:
