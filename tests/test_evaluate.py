@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from npshuffle.corruptions import CORRUPTIONS
 from npshuffle.images import IMAGE_EXTENSIONS
 from npshuffle.model_file import DEFAULT_RECIPES
 from npshuffle.training import evaluate as E
@@ -112,3 +113,53 @@ def test_the_seed_split_keeps_to_image_extensions_the_runtime_reads():
     # the split matches the seed's four spellings exactly; each is one npshuffle predict reads too
     assert SEED_IMAGE_EXTENSIONS == (".jpg", ".JPG", ".png", ".PNG")
     assert {ext.lower() for ext in SEED_IMAGE_EXTENSIONS} <= set(IMAGE_EXTENSIONS)
+
+
+def test_robustness_report_counts_exactly(colour_dir):
+    files = E.labelled_files(str(colour_dir), None)
+    r = E.evaluate_model(ColourModel(), str(colour_dir), files, batch_size=4, corruptions=True)
+    rob = r["robustness"]
+    assert rob["count"] == 13 and rob["clean_top1"] == r["top1"] == 12 / 13
+    assert list(rob["corruptions"]) == list(CORRUPTIONS)
+    table = {name: row["correct"] for name, row in rob["corruptions"].items()}
+    # flat colours: contrast scales deviations from the mean (there are none), brightness +51/+102
+    # keeps the brightest channel brightest, a 50 x 44 photo is under 160 px (downscale leaves it)
+    for name in ("contrast", "brightness", "downscale"):
+        assert table[name] == [12, 12], name
+    # saturation 0.5 keeps each colour's hue; 0 makes R = G = B, which after the ImageNet mean/std is
+    # largest in blue for every grey: all 13 photos 'blue', right for the 4 blue ones only
+    assert table["greyscale"] == [12, 4]
+    values = [a for row in rob["corruptions"].values() for a in row["top1"]]
+    assert len(values) == 16 and rob["mean_top1"] == pytest.approx(np.mean(values))
+    assert rob["relative"] == pytest.approx(rob["mean_top1"] / rob["clean_top1"])
+    # deterministic (seeded noise, seeded crop corners): a second run gives the same table
+    assert E.evaluate_model(ColourModel(), str(colour_dir), files, batch_size=5, corruptions=True)["robustness"] == rob
+    text = E.format_robustness(rob)
+    assert "greyscale" in text and "92.31%" in text and "30.77%" in text
+    assert f"mean corruption accuracy (unnormalised mean of the 16): {100 * rob['mean_top1']:.2f}%" in text
+
+
+@pytest.mark.parametrize("views,count", [("flip", 2), ("ten-crop", 10)])
+def test_tta_in_eval(colour_dir, views, count):
+    files = E.labelled_files(str(colour_dir), None)
+    r = E.evaluate_model(ColourModel(), str(colour_dir), files, batch_size=4, tta=views)
+    t = r["tta"]
+    # every crop and mirror of a flat colour is the same colour: TTA changes no prediction here
+    assert t["views"] == views and t["views_per_photo"] == count
+    assert t["top1"] == r["top1"] and t["confusion"] == r["confusion"]
+    assert set(t["ms_per_photo"]) == {"decode", "plain", "tta"} and all(v > 0 for v in t["ms_per_photo"].values())
+    assert "robustness" not in r
+    assert f"({views}, {count} views per photo): top-1 92.31% (12/13; plain 92.31%)" in E.format_tta(t, r["top1"])
+
+
+def test_run_eval_with_corruptions_and_tta(colour_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(E, "load_model", lambda name, backend="numpy": ColourModel())
+    args = E.add_eval_arguments(argparse.ArgumentParser()).parse_args(
+        [str(colour_dir), "--model", "stub", "--corruptions", "--tta", "--json", str(tmp_path / "r.json")])
+    assert args.tta == "flip"  # --tta alone: the flip views
+    assert E.run_eval(args) == 0
+    out = capsys.readouterr().out
+    assert "mean corruption accuracy" in out and "test-time augmentation (flip" in out
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["robustness"]["corruptions"]["greyscale"]["correct"] == [12, 4]
+    assert r["tta"]["top1"] == r["top1"]

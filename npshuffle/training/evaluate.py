@@ -8,6 +8,22 @@ confusion matrix (rows: true class, columns: predicted class), as text and optio
 
 Images: the ``val`` list of a ``split.json`` written by ``npshuffle train`` (``--split``), else
 every image of DATA_DIR.
+
+Two optional reports, on the same photos in the same pass (each photo is decoded once):
+
+* ``--corruptions``: the robustness report. Every photo again under each corruption of
+  :data:`npshuffle.corruptions.CORRUPTIONS` (8 of them) at both severities, applied to the decoded
+  photo before the model's preprocessing, the random ones seeded by the photo's relative path
+  (:func:`npshuffle.corruptions.photo_seed`): the same numbers on every run and machine. Reported:
+  top-1 per corruption and severity, and the *mean corruption accuracy*, the plain (unnormalised)
+  mean of those 16 top-1 accuracies, each over the same photos. (ImageNet-C's mCE divides each
+  corruption's error by AlexNet's; there is no reference model here, so the mean is unnormalised.)
+* ``--tta [flip|ten-crop]``: top-1/top-5 with test-time augmentation (:mod:`npshuffle.tta`:
+  probabilities averaged over the views), and the time per photo of the plain and the TTA
+  classification, measured batch by batch in the same run (decoding timed apart, done once).
+
+Corrupted photos are classified plainly (no TTA). Memory stays bounded: one batch of decoded photos
+is held at a time, and of each corrupted version of a batch only its predictions are kept.
 """
 
 from __future__ import annotations
@@ -21,9 +37,11 @@ import time
 import numpy as np
 
 from ..backends import BackendError
+from ..corruptions import CORRUPTIONS, SEVERITIES, corrupt, photo_seed
 from ..predict import load_model
 from ..preprocess import preprocess_batch
 from ..progress import Progress
+from ..tta import TTA_VIEWS, tta_probabilities
 from .datasets import DatasetError, class_of, list_dataset, load_image, read_split
 
 
@@ -41,6 +59,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--png", default=None, metavar="FILE", help="also draw the confusion matrix (matplotlib)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--corruptions", action="store_true",
+                        help="also the robustness report: top-1 under 8 corruptions at 2 severities each "
+                             "(npshuffle/corruptions.py) and their mean; 17 network passes per photo")
+    parser.add_argument("--tta", nargs="?", const="flip", default=None, choices=tuple(TTA_VIEWS),
+                        help="also top-1 with test-time augmentation, probabilities averaged over the views "
+                             "(flip, the default: centre crop + mirror; ten-crop: centre + 4 corners, each "
+                             "+ mirror), and its time per photo beside the plain one")
     return parser
 
 
@@ -137,22 +162,103 @@ def plot_confusion(result: dict, path: str, title: str = "") -> bool:
     return True
 
 
-def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32, progress=None) -> dict:
-    """Run ``model`` (an npshuffle Model) on ``files`` (relative to ``data_dir``); returns :func:`summarize`."""
+def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32, progress=None, *,
+                   corruptions: bool = False, tta: str | None = None) -> dict:
+    """Run ``model`` (an npshuffle Model) on ``files`` (relative to ``data_dir``); returns :func:`summarize`,
+    plus ``"robustness"`` (:func:`robustness_summary`) with ``corruptions``, and ``"tta"`` (the
+    :func:`summarize` of the averaged probabilities, with ``views``, ``views_per_photo`` and
+    ``ms_per_photo``: decode, plain, tta) with ``tta`` (a :data:`npshuffle.tta.TTA_VIEWS` name)."""
     names = list(model.class_names)
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted({class_of(p) for p in files} - set(index))
     if unknown:
         raise EvalError(f"folders {unknown} are not classes of the model (its classes: {', '.join(names)})")
     labels = [index[class_of(p)] for p in files]
-    logits = []
+    logits, averaged = [], []
+    predicted = {(name, s): [] for name in CORRUPTIONS for s in SEVERITIES} if corruptions else {}
+    seconds = {"decode": 0.0, "plain": 0.0, "tta": 0.0}
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        batch = preprocess_batch([load_image(os.path.join(data_dir, p)) for p in chunk], model.recipe)
+        t0 = time.perf_counter()
+        images = [load_image(os.path.join(data_dir, p)) for p in chunk]
+        t1 = time.perf_counter()
+        batch = preprocess_batch(images, model.recipe)
         logits.append(np.asarray(model.forward(batch), dtype=np.float64))
+        t2 = time.perf_counter()
+        seconds["decode"] += t1 - t0
+        seconds["plain"] += t2 - t1
+        if tta:  # timed right after the plain pass on the same photos: the two see the same machine
+            averaged.append(tta_probabilities(model, images, tta, batch_size))
+            seconds["tta"] += time.perf_counter() - t2
+        for (name, severity), out in predicted.items():
+            corrupted = [corrupt(image, name, severity, photo_seed(p)) for image, p in zip(images, chunk, strict=True)]
+            out.append(np.asarray(model.forward(preprocess_batch(corrupted, model.recipe))).argmax(axis=1))
         if progress:
             progress(len(chunk))
-    return summarize(labels, np.concatenate(logits), names)
+    result = summarize(labels, np.concatenate(logits), names)
+    if predicted:
+        result["robustness"] = robustness_summary(
+            labels, {key: np.concatenate(out) for key, out in predicted.items()}, result["top1"])
+    if tta:
+        result["tta"] = {**summarize(labels, np.concatenate(averaged), names), "views": tta,
+                         "views_per_photo": TTA_VIEWS[tta],
+                         "ms_per_photo": {k: 1000 * v / len(files) for k, v in seconds.items()}}
+    return result
+
+
+def robustness_summary(labels, predictions: dict, clean_top1: float) -> dict:
+    """The robustness report from true labels (N,) and, per ``(corruption, severity)``, the predicted
+    classes (N,). Returns ``clean_top1``, ``corruptions`` ({name: {"parameter", "levels", "correct":
+    [sev 1, sev 2], "top1": [sev 1, sev 2], "mean_top1"}}), ``mean_top1`` (the unnormalised mean of
+    every corruption-and-severity top-1; see the module docstring), ``relative`` (mean_top1 /
+    clean_top1) and ``count``."""
+    labels = np.asarray(labels)
+    table = {}
+    # every severity 1 first (a stable sort keeps the corruptions' order), so each row's lists are sev 1, sev 2
+    for (name, _), pred in sorted(predictions.items(), key=lambda item: item[0][1]):
+        row = table.setdefault(name, {"parameter": CORRUPTIONS[name].parameter,
+                                      "levels": list(CORRUPTIONS[name].levels), "correct": [], "top1": []})
+        correct = int((np.asarray(pred) == labels).sum())
+        row["correct"].append(correct)
+        row["top1"].append(correct / len(labels))
+    for row in table.values():
+        row["mean_top1"] = float(np.mean(row["top1"]))
+    mean = float(np.mean([a for row in table.values() for a in row["top1"]]))
+    return {"count": len(labels), "clean_top1": clean_top1, "corruptions": table, "mean_top1": mean,
+            "relative": mean / clean_top1 if clean_top1 else None,
+            "mean": "unnormalised mean of the top-1 of every corruption at every severity"}
+
+
+def format_robustness(robustness: dict) -> str:
+    """The robustness report as a text table (percent)."""
+    table = robustness["corruptions"]
+    width = max(len("clean"), *(len(n) for n in table))
+    lines = [f"robustness: top-1 on the same {robustness['count']} photos, corrupted before preprocessing",
+             f"  {'corruption':<{width}}  {'severity 1':>10}  {'severity 2':>10}  {'mean':>7}  parameter (sev. 1, 2)",
+             f"  {'clean':<{width}}  {100 * robustness['clean_top1']:9.2f}%"]
+    for name, row in table.items():
+        levels = ", ".join(f"{x:g}" for x in row["levels"])
+        lines.append(f"  {name:<{width}}  {100 * row['top1'][0]:9.2f}%  {100 * row['top1'][1]:9.2f}%  "
+                     f"{100 * row['mean_top1']:6.2f}%  {row['parameter']}: {levels}")
+    count = sum(len(row["top1"]) for row in table.values())
+    lines.append(f"mean corruption accuracy (unnormalised mean of the {count}): {100 * robustness['mean_top1']:.2f}% "
+                 f"(clean {100 * robustness['clean_top1']:.2f}%, relative {robustness['relative']:.3f})")
+    return "\n".join(lines)
+
+
+def format_tta(tta: dict, plain_top1: float) -> str:
+    """The TTA lines: accuracy beside the plain one, and the time per photo of each."""
+    ms = tta["ms_per_photo"]
+    correct = sum(v["correct"] for v in tta["per_class"].values())
+    line = (f"test-time augmentation ({tta['views']}, {tta['views_per_photo']} views per photo): "
+            f"top-1 {100 * tta['top1']:.2f}% ({correct}/{tta['count']}; plain {100 * plain_top1:.2f}%)")
+    if tta["top5"] is not None:
+        line += f", top-5 {100 * tta['top5']:.2f}%"
+    ratio = ms["tta"] / ms["plain"] if ms["plain"] else float("nan")
+    whole = (ms["decode"] + ms["tta"]) / (ms["decode"] + ms["plain"]) if ms["decode"] + ms["plain"] else float("nan")
+    return "\n".join([line, f"time per photo: plain {ms['plain']:.2f} ms, TTA {ms['tta']:.2f} ms ({ratio:.2f}x) "
+                            f"(preprocessing + network); decoding {ms['decode']:.2f} ms more for either "
+                            f"({whole:.2f}x with it)"])
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -163,7 +269,8 @@ def run_eval(args: argparse.Namespace) -> int:
         start = time.monotonic()
         progress = Progress(len(files), "evaluating", log=False)
         try:
-            result = evaluate_model(model, args.data_dir, files, args.batch_size, progress.update)
+            result = evaluate_model(model, args.data_dir, files, args.batch_size, progress.update,
+                                    corruptions=args.corruptions, tta=args.tta)
         finally:
             progress.close()
         seconds = time.monotonic() - start
@@ -176,6 +283,10 @@ def run_eval(args: argparse.Namespace) -> int:
         header += f" (val accuracy stored at training: {100 * stored:.2f}%)"
     print(header)
     print(format_report(result))
+    if "tta" in result:
+        print("\n" + format_tta(result["tta"], result["top1"]))
+    if "robustness" in result:
+        print("\n" + format_robustness(result["robustness"]))
     print(f"\n{result['count']} images in {seconds:.1f} s ({args.backend} backend)")
     if args.png:
         if plot_confusion(result, args.png, f"{os.path.basename(str(args.model))}: top-1 {100 * result['top1']:.2f}%"):
