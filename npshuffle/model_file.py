@@ -1,6 +1,6 @@
-"""The npshuffle model file: one ``.npz`` holding folded weights and a JSON description.
+"""The npshuffle model file: folded weights and a JSON description, in an ``.npz`` or a ``.safetensors``.
 
-Layout (an ordinary NumPy ``.npz``, read with ``allow_pickle=False``, so loading runs no code):
+Layout of the ``.npz`` (an ordinary NumPy archive, read with ``allow_pickle=False``, so loading runs no code):
 
 * one float32 array per plan tensor, named as in :meth:`npshuffle.plan.Plan.weight_shapes`
   (``stem.weight``, ``units.3.pw1.bias``, ``classifier.weight``, ...);
@@ -10,6 +10,12 @@ Layout (an ordinary NumPy ``.npz``, read with ``allow_pickle=False``, so loading
      "arch": {...V1Spec/V2Spec fields...}, "dialect": "torchvision" | "megvii",
      "variant": "shufflenet_v2_x1_0", "num_classes": 1000, "class_names": [...],
      "preprocess": {...recipe...}, "source": {"file": ..., "sha256": ...}, ...}
+
+The same model as a ``.safetensors`` file (``npshuffle export MODEL -o model.safetensors``; read
+with ``npshuffle.safetensors_file``, NumPy only): one F32 tensor per plan tensor, named as above,
+and the same JSON as one string, the header's ``__metadata__["npshuffle"]`` (safetensors metadata
+values are strings). :func:`save_model_file` writes either, by the file name's extension;
+:func:`load_model_file` reads either, by the file's first bytes.
 
 :func:`load_model_file` checks every field, every tensor's presence, shape, dtype and finiteness,
 and refuses anything else with a :class:`ModelFileError` that names the file and the problem.
@@ -31,10 +37,12 @@ import numpy as np
 from .archs import DIALECTS, MAX_PARAMETERS, ArchError, V1Spec, V2Spec, build_plan, spec_from_dict, spec_to_dict
 from .atomic import write_atomically
 from .plan import Plan
+from .safetensors_file import SafetensorsError, SafetensorsReader, looks_like_safetensors, write_safetensors
 
 FORMAT = "npshuffle-model"
 FORMAT_VERSION = 1
 METADATA_KEY = "__metadata__"
+SAFETENSORS_METADATA_KEY = "npshuffle"  # the __metadata__ entry of a .safetensors model holding the JSON
 
 # How each dialect's published weights expect their input (see npshuffle.preprocess).
 DEFAULT_RECIPES = {
@@ -138,10 +146,11 @@ def save_model_file(
     recipe: dict | None = None,
     extra: dict | None = None,
 ) -> dict:
-    """Validate and write a model file; returns the metadata written.
+    """Validate and write a model file, atomically; returns the metadata written.
 
     ``weights`` must hold exactly the plan's tensors (folded BN, see the module docstring).
-    ``extra`` adds metadata fields (source, accuracy, licence, ...).
+    ``extra`` adds metadata fields (source, accuracy, licence, ...). A ``path`` ending in
+    ``.safetensors`` gets a safetensors file, any other an ``.npz``.
     """
     from .archs import count_parameters, variant_name
 
@@ -160,12 +169,25 @@ def save_model_file(
         "macs_224": plan.macs(224),
         **(extra or {}),
     }
-    arrays = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in weights.items()}
-    _check_contents(str(path), metadata, plan, arrays)
-    arrays[METADATA_KEY] = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
-    # atomically (npshuffle.atomic): a kill mid-write leaves the previous file at ``path`` intact
-    write_atomically(path, lambda f: np.savez_compressed(f, **arrays))
+    write_model_file(path, ModelFile(spec, dialect, plan, weights, metadata))
     return metadata
+
+
+def write_model_file(path: str | os.PathLike, model: ModelFile) -> None:
+    """Write ``model`` (its metadata as it is) to ``path``, atomically: a ``.safetensors`` file
+    when ``path`` ends so, else an ``.npz``. What :func:`load_model_file` checks is checked first."""
+    arrays = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in model.weights.items()}
+    _check_contents(str(path), model.metadata, model.plan, arrays)
+    text = json.dumps(model.metadata)
+    if len(text) > MAX_METADATA_BYTES:  # (json.dumps escapes all but ASCII: characters are bytes)
+        raise ModelFileError(f"{path}: {len(text):,} bytes of metadata, more than the {MAX_METADATA_BYTES:,} a model "
+                             "file may hold")
+    # atomically (npshuffle.atomic): a kill mid-write leaves the previous file at ``path`` intact
+    if str(path).lower().endswith(".safetensors"):
+        write_safetensors(path, arrays, {SAFETENSORS_METADATA_KEY: text})
+    else:
+        arrays[METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        write_atomically(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 MAX_FILE_BYTES = 512 * 2**20  # above any file archs.MAX_PARAMETERS allows (V2 x2.0: 30 MB)
@@ -234,20 +256,36 @@ def _zip_entry_count(path: str) -> int:
 
 
 def load_model_file(path: str | os.PathLike) -> ModelFile:
-    """Read and validate a model file. Raises :class:`ModelFileError` (never a numpy traceback).
+    """Read and validate a model file, ``.npz`` or ``.safetensors`` (told by its first bytes).
+    Raises :class:`ModelFileError` (never a numpy traceback).
 
-    Nothing is allocated on the file's word: the metadata is read first (a bounded member), the
-    architecture it describes is bounded and gives every tensor's name and shape, the archive's
-    member list must hold exactly those (by name and declared size) before any is decompressed,
-    and each member's header must match before its data is read.
+    Nothing is allocated on the file's word: the metadata is read first (a bounded member, or the
+    safetensors header, checked against the file's size), the architecture it describes is
+    bounded and gives every tensor's name and shape, the file's tensor list must hold exactly
+    those (by name and declared size) before any is read or decompressed, and each member's
+    header must match before its data is read.
     """
     path = str(path)
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such model file")
-    make_one = "make one with `npshuffle convert CHECKPOINT -o MODEL.npz`"
+    if os.path.getsize(path) > MAX_FILE_BYTES:
+        raise ModelFileError(f"{path}: {os.path.getsize(path)} bytes, too large to be a model file")
     try:
-        if os.path.getsize(path) > MAX_FILE_BYTES:
-            raise ModelFileError(f"{path}: {os.path.getsize(path)} bytes, too large to be a model file")
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
+    model = _load_safetensors(path) if looks_like_safetensors(path, head) else _load_npz(path)
+    _check_contents(path, model.metadata, model.plan, model.weights)
+    return model
+
+
+_MAKE_ONE = "make one with `npshuffle convert CHECKPOINT -o MODEL.npz`"
+
+
+def _load_npz(path: str) -> ModelFile:
+    """An ``.npz`` model file, its contents not yet checked; see :func:`load_model_file`."""
+    try:
         entries = _zip_entry_count(path)
         if entries > MAX_ENTRIES:  # (zipfile would build an object per entry before we see any)
             raise ModelFileError(f"{path}: an archive of {entries} entries is not a model file")
@@ -255,7 +293,7 @@ def load_model_file(path: str | os.PathLike) -> ModelFile:
             members = {info.filename: info for info in archive.infolist()}
             meta_info = members.pop(_member_name(METADATA_KEY), None)
             if meta_info is None:
-                raise ModelFileError(f"{path}: no {METADATA_KEY} entry: not an npshuffle model file; {make_one}")
+                raise ModelFileError(f"{path}: no {METADATA_KEY} entry: not an npshuffle model file; {_MAKE_ONE}")
             metadata, spec, dialect, plan = _read_metadata(path, _read_npy(archive, meta_info, "u1", None))
             expected = plan.weight_shapes()
             unexpected = sorted(n.removesuffix(".npy") for n in set(members) - {_member_name(t) for t in expected})
@@ -275,11 +313,44 @@ def load_model_file(path: str | os.PathLike) -> ModelFile:
     except ModelFileError:
         raise
     except zipfile.BadZipFile:
-        raise ModelFileError(f"{path}: not a readable npshuffle model file (not a .npz archive); {make_one}") from None
+        raise ModelFileError(f"{path}: not a readable npshuffle model file (not a .npz archive); {_MAKE_ONE}") from None
     except _READ_ERRORS as exc:
         message = f"{type(exc).__name__}: {exc}"[:300]
-        raise ModelFileError(f"{path}: not a readable npshuffle model file, damaged ({message}); {make_one}") from None
-    _check_contents(path, metadata, plan, arrays)
+        raise ModelFileError(f"{path}: not a readable npshuffle model file, damaged ({message}); {_MAKE_ONE}") from None
+    return ModelFile(spec, dialect, plan, arrays, metadata)
+
+
+def _load_safetensors(path: str) -> ModelFile:
+    """A ``.safetensors`` model file, its contents not yet checked, with the ``.npz``'s checks: the
+    header is validated against the file (``npshuffle.safetensors_file``), the metadata read from
+    it, and the tensor list must be exactly the plan's, float32 of the plan's shapes, before any
+    tensor is read."""
+    try:
+        with SafetensorsReader(path, max_data_bytes=MAX_FILE_BYTES) as reader:
+            text = reader.metadata.get(SAFETENSORS_METADATA_KEY)
+            if text is None:
+                raise ModelFileError(
+                    f"{path}: no npshuffle metadata in its header: a state dict, not an npshuffle model file? "
+                    f"Convert it with `npshuffle convert {path} -o model.npz`"[:400])
+            raw = text.encode("utf-8", "surrogatepass")
+            if len(raw) > MAX_METADATA_BYTES:
+                raise ModelFileError(f"{path}: {len(raw):,} bytes of metadata, more than {MAX_METADATA_BYTES:,}")
+            metadata, spec, dialect, plan = _read_metadata(path, np.frombuffer(raw, np.uint8))
+            expected = plan.weight_shapes()
+            unexpected = sorted(set(reader.entries) - set(expected))
+            if unexpected:
+                raise ModelFileError(f"{path}: unexpected tensors: {', '.join(unexpected)}"[:400])
+            problems = [f"{name} has dtype {entry.dtype}, expected F32" if entry.dtype != "F32" else
+                        f"{name} has shape {entry.shape}, expected {expected[name]}"
+                        for name, entry in reader.entries.items()
+                        if entry.dtype != "F32" or entry.shape != expected[name]]
+            if problems:
+                raise ModelFileError(f"{path}: " + "; ".join(problems)[:600])
+            arrays = {name: reader.read(name) for name in expected if name in reader.entries}
+    except SafetensorsError as exc:
+        raise ModelFileError(str(exc)) from None
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
     return ModelFile(spec, dialect, plan, arrays, metadata)
 
 

@@ -12,12 +12,13 @@ from .write import convert_file
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m weights_convert",
-        description="Convert a PyTorch ShuffleNet checkpoint (.pth/.pt/.pth.tar) into an npshuffle model file.",
+        description="Convert a ShuffleNet checkpoint (.pth/.pt/.pth.tar or .safetensors) into an npshuffle model file.",
     )
     parser.add_argument("checkpoint", help="torchvision-style or Megvii ShuffleNet-Series checkpoint")
-    parser.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    parser.add_argument("-o", "--output", required=True, help="model file to write (.npz, or .safetensors)")
     parser.add_argument(
-        "--classes", help="class_indices.json ({\"0\": \"daisy\", ...}) or a text file, one name per line"
+        "--classes", help="class_indices.json ({\"0\": \"daisy\", ...}) or a text file, one name per line "
+        "(default for .safetensors: the id2label of a config.json beside it)"
     )
     parser.add_argument("--resize", type=int, help="override the shorter-side resize of the preprocessing recipe")
     parser.add_argument("--crop", type=int, help="override the centre-crop size of the preprocessing recipe")

@@ -1,6 +1,7 @@
 """Checkpoint in, folded weights out.
 
-    load (restricted unpickler, no torch) -> find the state_dict -> detect dialect and version
+    load (a torch.save file through the restricted unpickler, no torch; or a .safetensors file)
+    -> find the state_dict -> detect dialect and version
     -> infer widths/groups/classes from shapes -> build the plan -> for every plan conv: fold its
     BN, check every shape -> check every key was used -> a :class:`Converted`: the spec, the
     plan-named float32 weights, the class names, the source's digest
@@ -9,7 +10,9 @@ Nothing is guessed silently: missing keys, unexpected keys, shape mismatches and
 values are all collected and reported by name in one :class:`ConversionError`.
 
 This module knows npshuffle only through its architecture tables (``npshuffle.archs``, which
-builds an ``npshuffle.plan``); writing the result as a model file is :mod:`weights_convert.write`'s.
+builds an ``npshuffle.plan``) and the safetensors format reader (``npshuffle.safetensors_file``,
+shared with the model file loader); writing the result as a model file is
+:mod:`weights_convert.write`'s.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 from kernels.reference import shuffle_permutation
 from npshuffle.archs import ArchError, V1Spec, V2Spec, build_plan, check_spec, variant_name
+from npshuffle.safetensors_file import SafetensorsError, SafetensorsReader, looks_like_safetensors
 
 from . import megvii, torchvision
 from .fold import fold_batchnorm, permute_output_channels
@@ -36,6 +40,7 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 IGNORED_SUFFIXES = (".num_batches_tracked",)
 BN_EPS = 1e-5
 MAX_CLASS_FILE_BYTES = 16 * 2**20
+HF_CONFIG = "config.json"  # Hugging Face's model folder: the weights beside it, class names in its id2label
 _PROBLEMS_SHOWN_CHARS = 300  # a ConversionError lists its first problems, then how many more
 
 
@@ -202,16 +207,9 @@ def _move_megvii_shuffle_before_depthwise(plan, weights: dict[str, np.ndarray]) 
 
 def read_class_names(path: str, num_classes: int) -> list[str]:
     """Class names from a ``class_indices.json`` (``{"0": "daisy", ...}`` or a list) or a text file (one per line)."""
-    try:
-        with open_regular_file(path) as f:
-            raw = f.read(MAX_CLASS_FILE_BYTES + 1)
-        if len(raw) > MAX_CLASS_FILE_BYTES:
-            raise ConversionError(f"{path}: a class names file of more than {MAX_CLASS_FILE_BYTES:,} bytes")
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError, CheckpointError) as exc:
-        raise ConversionError(f"{path}: cannot read class names ({getattr(exc, 'strerror', None) or exc})") from None
+    text = _read_text(path, "class names")
     if path.endswith(".json"):
-        names = _json_class_names(text, path)
+        names = _class_names_from_json(_parse_json(text, path, _EXPECTED_NAMES), path)
     else:
         names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) != num_classes:
@@ -219,24 +217,66 @@ def read_class_names(path: str, num_classes: int) -> list[str]:
     return names
 
 
-def _json_class_names(text: str, path: str) -> list[str]:
-    """``{"0": "daisy", "1": ...}`` or ``["daisy", ...]``; names are strings (or numbers, written as strings)."""
-    expected = 'expected a JSON object {"0": "name", "1": ...} with keys 0..n-1, or a list of names'
+def config_class_names(checkpoint: str, num_classes: int) -> list[str] | None:
+    """Class names from the Hugging Face ``config.json`` beside ``checkpoint``: its ``id2label``
+    (``{"0": "daisy", ...}``). None when there is no such file, or it has no ``id2label``; a
+    ConversionError when its id2label is malformed or names another number of classes (the
+    user can then name them with ``--classes``)."""
+    path = os.path.join(os.path.dirname(checkpoint), HF_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    config = _parse_json(_read_text(path, "its id2label"), path, "expected a JSON object")
+    if not isinstance(config, dict):
+        raise ConversionError(f"{path}: expected a JSON object, not a JSON {type(config).__name__}")
+    if "id2label" not in config:
+        return None
+    instead = "; give --classes FILE to name the classes instead"
     try:
-        data = json.loads(text)
+        names = _class_names_from_json(config["id2label"], f"{path} (id2label)")
+    except ConversionError as exc:
+        raise ConversionError(f"{exc}{instead}") from None
+    if len(names) != num_classes:
+        raise ConversionError(f"{path}: id2label names {len(names)} classes, but the checkpoint has {num_classes}"
+                              f"{instead}")
+    return names
+
+
+def _read_text(path: str, what: str) -> str:
+    """A small UTF-8 text file (at most :data:`MAX_CLASS_FILE_BYTES`)."""
+    try:
+        with open_regular_file(path) as f:
+            raw = f.read(MAX_CLASS_FILE_BYTES + 1)
+        if len(raw) > MAX_CLASS_FILE_BYTES:
+            raise ConversionError(f"{path}: a file of more than {MAX_CLASS_FILE_BYTES:,} bytes; too large to read "
+                                  f"{what} from")
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError, CheckpointError) as exc:
+        raise ConversionError(f"{path}: cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+_EXPECTED_NAMES = 'expected a JSON object {"0": "name", "1": ...} with keys 0..n-1, or a list of names'
+
+
+def _parse_json(text: str, path: str, expected: str) -> object:
+    try:
+        return json.loads(text)
     except RecursionError:
         raise ConversionError(f"{path}: {expected}; this JSON is nested too deeply to read") from None
     except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
         raise ConversionError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _class_names_from_json(data: object, path: str) -> list[str]:
+    """``{"0": "daisy", "1": ...}`` or ``["daisy", ...]``; names are strings (or numbers, written as strings)."""
     if isinstance(data, dict):
         missing = next((i for i in range(len(data)) if str(i) not in data), None)
         if missing is not None:
-            raise ConversionError(f"{path}: {expected} (no key {str(missing)!r})")
+            raise ConversionError(f"{path}: {_EXPECTED_NAMES} (no key {str(missing)!r})")
         names = [data[str(i)] for i in range(len(data))]
     elif isinstance(data, list):
         names = data
     else:
-        raise ConversionError(f"{path}: {expected}, not a JSON {type(data).__name__}")
+        raise ConversionError(f"{path}: {_EXPECTED_NAMES}, not a JSON {type(data).__name__}")
     bad = next((n for n in names if type(n) not in (str, int, float)), None)
     if bad is not None:
         raise ConversionError(f"{path}: class names must be strings, found {show(bad)}")
@@ -270,26 +310,47 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def convert_checkpoint(checkpoint: str | os.PathLike, *, classes: str | os.PathLike | None = None) -> Converted:
-    """Load, check and fold ``checkpoint``. Raises ConversionError.
+def load_checkpoint(path: str) -> tuple[object, str]:
+    """(the checkpoint's object tree with its tensors as NumPy arrays, its format): a safetensors
+    file (told by its name or its first bytes) gives its tensors, a flat state dict, and
+    ``"safetensors"``; a ``torch.save`` file (zip or legacy) its tree and ``"torch"``. Raises
+    ConversionError or CheckpointError, or OSError when the file cannot be opened."""
+    with open_regular_file(path) as f:
+        head = f.read(16)
+    if not looks_like_safetensors(path, head):
+        return load_torch_checkpoint(path), "torch"
+    try:
+        with SafetensorsReader(path) as reader:
+            return reader.read_all(), "safetensors"
+    except SafetensorsError as exc:
+        raise ConversionError(str(exc)) from None
 
-    ``classes``: a class_indices.json or labels file (default: ImageNet names for 1000 classes,
+
+def convert_checkpoint(checkpoint: str | os.PathLike, *, classes: str | os.PathLike | None = None) -> Converted:
+    """Load, check and fold ``checkpoint`` (``.pth``/``.pt``/``.pth.tar`` or ``.safetensors``).
+    Raises ConversionError.
+
+    ``classes``: a class_indices.json or labels file (default: for a ``.safetensors`` file, the
+    ``id2label`` of a Hugging Face ``config.json`` beside it; else ImageNet names for 1000 classes,
     else none: the model file then names them class_0..class_{n-1}).
     """
     checkpoint = str(checkpoint)
     try:
-        obj = load_torch_checkpoint(checkpoint)
+        obj, file_format = load_checkpoint(checkpoint)
         digest = sha256_of(checkpoint)
     except CheckpointError as exc:
         raise ConversionError(str(exc)) from None
     except OSError as exc:
         raise ConversionError(f"{checkpoint}: cannot read the checkpoint ({exc.strerror or exc})") from None
     converted = convert_state_dict(find_state_dict(obj, checkpoint), path=checkpoint)
+    converted.source = {"file": os.path.basename(checkpoint), "sha256": digest}
     n = converted.spec.num_classes
     if classes:
         converted.class_names = read_class_names(str(classes), n)
+    elif file_format == "safetensors" and (names := config_class_names(checkpoint, n)) is not None:
+        converted.class_names = names
+        converted.source["class_names"] = HF_CONFIG
     elif n == 1000:
         converted.class_names = imagenet_class_names()
     converted.recipe = authors_recipe(converted)
-    converted.source = {"file": os.path.basename(checkpoint), "sha256": digest}
     return converted
