@@ -49,6 +49,9 @@ MAX_HEADER_BYTES = 32 * 2**20
 # as F64), far below what would exhaust memory, whatever size a (sparse) file claims to have.
 MAX_DATA_BYTES = 1 * 2**30
 MAX_NDIM = 32
+# elements of one tensor, counting only its non-zero dimensions: an empty tensor of shape
+# (0, 2**31, 2**31) needs no bytes, yet NumPy cannot make it
+MAX_ELEMENTS = 2**32
 
 # dtype name -> (numpy dtype of the stored bytes, little-endian). BF16 is stored as 16-bit words and
 # widened on reading; BOOL as one byte each.
@@ -214,6 +217,8 @@ class SafetensorsReader:
                 or not all(type(d) is int and d >= 0 for d in shape)):
             raise self._fail(f"{where}: shape must be a list of at most {MAX_NDIM} non-negative integers, "
                              f"got {_brief(shape)}")
+        if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+            raise self._fail(f"{where}: shape {_brief(shape)} has more than {MAX_ELEMENTS:,} elements")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             raise self._fail(f"{where}: data_offsets must be two integers [begin, end], got {_brief(offsets)}")
         begin, end = offsets

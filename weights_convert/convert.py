@@ -94,6 +94,9 @@ def detect(state_dict: dict) -> tuple[object, int]:
         version = module.detect_version(state_dict)
         if version is not None:
             return module, version
+    if "stem.weight" in state_dict and "classifier.weight" in state_dict:  # the plan's own tensor names
+        raise ConversionError("already an npshuffle model's folded weights, not a checkpoint: use the file as a "
+                              "model as it is (--model FILE), or `npshuffle export` it to another format")
     sample = ", ".join(list(state_dict)[:5])
     raise ConversionError(
         "not a ShuffleNet checkpoint this converter knows: expected torchvision keys (conv1.0.weight, "
@@ -103,7 +106,10 @@ def detect(state_dict: dict) -> tuple[object, int]:
 
 def convert_state_dict(state_dict: dict[str, np.ndarray], *, path: str = "<state_dict>") -> Converted:
     """Fold and check a state_dict; returns the plan-named weights. Raises ConversionError."""
-    module, version = detect(state_dict)
+    try:
+        module, version = detect(state_dict)
+    except ConversionError as exc:
+        raise ConversionError(f"{path}: {exc}") from None
     try:
         spec = module.infer_spec(state_dict, version)
         check_spec(spec)
