@@ -251,15 +251,15 @@ class SafetensorsReader:
         lacks: widened to float32 (exactly), and BOOL, bool."""
         entry = self.entries[name]
         self._file.seek(entry.begin)
-        data = self._file.read(entry.end - entry.begin)
-        if len(data) != entry.end - entry.begin:
+        data = bytearray(entry.end - entry.begin)  # (a size checked against the file: see _entry)
+        if self._file.readinto(data) != len(data):
             raise self._fail(f"the file shrank while tensor {_brief(name)} was being read")
-        array = np.frombuffer(data, dtype=DTYPES[entry.dtype]).reshape(entry.shape)
+        array = np.frombuffer(data, dtype=DTYPES[entry.dtype]).reshape(entry.shape)  # writable: over a bytearray
         if entry.dtype == "BF16":  # the top 16 bits of a float32
             return (array.astype(np.uint32) << 16).view(np.float32)
         if entry.dtype == "BOOL":
             return array != 0
-        return array.astype(array.dtype.newbyteorder("="))  # a copy: writable, native byte order
+        return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
     def read_all(self) -> dict[str, np.ndarray]:
         """Every tensor, by name, in the header's order (see :meth:`read`)."""
