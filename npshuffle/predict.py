@@ -77,7 +77,8 @@ _LOADED: dict[tuple, Model] = {}  # (real path, backend, threads, schedule) -> M
 
 def load_model(name_or_path: str | os.PathLike | None = None, backend: str | None = None, *,
                threads: int | None = None, schedule: str | None = None) -> Model:
-    """A ready model: a bundled name (see ``npshuffle list``) or a ``.npz`` path; None = the default.
+    """A ready model: a bundled name (see ``npshuffle list``) or a model file's path (``.npz`` or
+    ``.safetensors``); None = the default.
 
     ``backend``: ``"auto"`` (default), ``"numpy"``, ``"numba"`` or ``"cuda"``. ``threads`` /
     ``schedule``: how the Numba CPU kernels (``numba``, and ``auto`` once a job moves to Numba)
@@ -217,7 +218,8 @@ def predict(
 
     ``images``: a path, a PIL image or an RGB array — or a list/tuple of them (then a list of
     Predictions comes back, in order, with ``error`` set on any input that could not be read).
-    ``model``: a bundled model name, a ``.npz`` path, a loaded :class:`Model`, or None (default model).
+    ``model``: a bundled model name, a model file's path (.npz or .safetensors), a loaded :class:`Model`,
+    or None (default model).
     ``workers``: threads that decode and preprocess ahead of the network (see :func:`predict_stream`).
     ``fast_decode``: decode big photos straight to about twice the model's input size (opt-in: it
     changes pixels; see :func:`prepare_input`).

@@ -275,7 +275,8 @@ FORMATS = {"table": as_table, "json": as_json, "csv": as_csv}
 
 
 def add_profile_arguments(parser) -> None:
-    parser.add_argument("model", nargs="?", help="bundled model name (see `npshuffle list`) or a .npz model file "
+    parser.add_argument("model", nargs="?", help="bundled model name (see `npshuffle list`) or a model file "
+                                                 "(.npz or .safetensors) "
                                                  "(default: the default model)")
     parser.add_argument("--device", choices=["numba", "numpy"], default="numba",
                         help="the backend to time (default numba: its fused steps; numpy: op by op)")

@@ -265,7 +265,8 @@ def serve(model: Model, host: str = "127.0.0.1", port: int = 8000, ready=None, *
 
 
 def add_serve_arguments(parser) -> None:
-    parser.add_argument("--model", "-m", help="bundled model name or a .npz model file (default: the default model)")
+    parser.add_argument("--model", "-m", help="bundled model name or a model file, .npz or .safetensors "
+                                              "(default: the default model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                                                             "only; 0.0.0.0 serves the network)")
     parser.add_argument("--port", type=int, default=8000)

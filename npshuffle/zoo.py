@@ -78,12 +78,13 @@ def resolve(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
         if not os.path.isfile(path):
             raise ModelFileError(f"bundled model {text!r} is missing its file {path}: reinstall npshuffle")
         return text, path
-    if os.path.exists(text) or text.endswith(".npz") or os.sep in text:
+    if os.path.exists(text) or text.endswith((".npz", ".safetensors")) or os.sep in text:
         if not os.path.isfile(text):
             raise ModelFileError(f"{text}: no such model file")
         return os.path.basename(text), text
     names = ", ".join(e.name for e in available())
-    raise ModelFileError(f"unknown model {text!r}: use a bundled model ({names}) or a path to a .npz model file")
+    raise ModelFileError(f"unknown model {text!r}: use a bundled model ({names}) or a path to a model file "
+                         "(.npz or .safetensors)")
 
 
 def read_metadata(path: str) -> dict:
