@@ -164,6 +164,12 @@ def cmd_predict(args) -> int:
         return fail("--threads must be at least 1")
     if args.workers is not None and args.workers < 1:
         return fail("--workers must be at least 1")
+    if args.ray is not None:
+        return cmd_predict_ray(args)
+    if args.format == "parquet":
+        return fail("--format parquet writes Parquet parts with --ray --output DIR; without --ray: table, csv, json "
+                    "or jsonl")
+    args.format = args.format or "table"
     device = backend_for(args.device)
     if args.threads is not None and device not in NUMBA_CPU_BACKENDS:
         return fail(f"--threads sets the Numba CPU kernels' threads; --device {args.device} does not run them "
@@ -177,10 +183,9 @@ def cmd_predict(args) -> int:
         return fail("no images found in " + ", ".join(args.paths))
     if args.shard:
         try:
-            index, count = parse_shard(args.shard)
+            paths = this_shard(paths, args.shard)
         except ValueError as exc:
             return fail(str(exc))
-        paths = [p for p in paths if shard_of(p, count) == index]
     if args.resume and not args.output:
         return fail("--resume continues an --output file: give --output FILE too")
     if args.annotate:
@@ -235,6 +240,29 @@ def cmd_predict(args) -> int:
     return EXIT_OK
 
 
+def this_shard(paths: list[str], shard: str) -> list[str]:
+    """The paths of ``--shard I/N`` (ValueError with the reason for a malformed one)."""
+    index, count = parse_shard(shard)
+    return [p for p in paths if shard_of(p, count) == index]
+
+
+def cmd_predict_ray(args) -> int:
+    """``npshuffle predict --ray``: the inputs expanded here, the job in ``npshuffle.ray_job``."""
+    try:
+        from . import ray_job
+    except ImportError as exc:  # Ray (or pyarrow) not installed: say what to install, not a traceback
+        return fail(f"--ray needs {exc.name or 'Ray'}: pip install 'npshuffle[ray]'")
+    paths, skipped = expand_inputs(args.paths)
+    if not paths:
+        return fail("no images found in " + ", ".join(args.paths))
+    if args.shard:
+        try:
+            paths = this_shard(paths, args.shard)
+        except ValueError as exc:
+            return fail(str(exc))
+    return ray_job.run_predict(args, paths, skipped)
+
+
 def cmd_list(args) -> int:
     from .zoo import describe_models
 
@@ -285,7 +313,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
     p.add_argument("--model", "-m", help="bundled model name (see `npshuffle list`) or a .npz model file")
     p.add_argument("--top-k", "-k", type=int, default=5, help="how many classes to show per image (default 5)")
-    p.add_argument("--format", "-f", choices=sorted(WRITERS), default="table", help="output format (default table)")
+    p.add_argument("--format", "-f", choices=[*sorted(WRITERS), "parquet"],
+                   help="output format (default table; with --ray: jsonl, the default, or parquet parts)")
     p.add_argument("--annotate", metavar="DIR", help="write a copy of each image with its top-1 label drawn on it")
     p.add_argument("--overwrite", action="store_true", help="let --annotate replace files already in DIR")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
@@ -304,6 +333,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "Ctrl-C, the same command again finishes the job, every photo once)")
     p.add_argument("--shard", metavar="I/N", help="only this machine's share I of N (0 <= I < N) of the photos, "
                                                   "by a stable hash of their paths")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run the job on Ray Data: a local Ray on this machine, or the cluster at ADDRESS (auto, "
+                        "HOST:PORT, ray://...); results go to --output DIR as .jsonl or .parquet parts; --resume "
+                        "continues them; --workers sets the actor pool (default: the cluster's CPUs / threads)")
+    p.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
+                   help="with --ray: the Numba threads of each worker (default 1)")
+    p.add_argument("--rows-per-part", type=int, default=10_000, metavar="N",
+                   help="with --ray: photos per result file in DIR (default 10000; a part is also written at "
+                        "least every minute, so a kill loses at most that)")
     p.add_argument("--fast-decode", action="store_true",
                    help="decode big photos (phone JPEGs) straight to about twice the model's input size: several "
                         "times faster, not pixel-identical (see the README for its effect on accuracy)")
