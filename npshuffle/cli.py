@@ -252,6 +252,9 @@ def cmd_predict_ray(args) -> int:
         from . import ray_job
     except ImportError as exc:  # Ray (or pyarrow) not installed: say what to install, not a traceback
         return fail(f"--ray needs {exc.name or 'Ray'}: pip install 'npshuffle[ray]'")
+    if args.ray and os.path.exists(args.ray):
+        return fail(f"--ray {args.ray}: that is a file or folder, not a Ray address: give the photos before --ray "
+                    "(npshuffle predict SRC... --ray [ADDRESS])")
     paths, skipped = expand_inputs(args.paths)
     if not paths:
         return fail("no images found in " + ", ".join(args.paths))
@@ -334,9 +337,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="I/N", help="only this machine's share I of N (0 <= I < N) of the photos, "
                                                   "by a stable hash of their paths")
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="run the job on Ray Data: a local Ray on this machine, or the cluster at ADDRESS (auto, "
-                        "HOST:PORT, ray://...); results go to --output DIR as .jsonl or .parquet parts; --resume "
-                        "continues them; --workers sets the actor pool (default: the cluster's CPUs / threads)")
+                   help="run the job on Ray Data: a local Ray on this machine, or the cluster at ADDRESS (auto: the "
+                        "one `ray start` made on this machine; or HOST:PORT); results go to --output DIR as .jsonl "
+                        "or .parquet parts, --resume continues them; --workers sets the actor pool (default: the "
+                        "cluster's CPUs / --threads-per-worker)")
     p.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
                    help="with --ray: the Numba threads of each worker (default 1)")
     p.add_argument("--rows-per-part", type=int, default=10_000, metavar="N",

@@ -45,6 +45,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -124,8 +125,8 @@ class RayWorker:
             os.chdir(cwd)  # (this process is the actor's alone)
         if backend == "numba":
             warm_node_cache(model)
-        self.classifier = BatchClassifier(model, top_k=top_k, threads=threads, backend=backend,
-                                          batch_size=batch_size, fast_decode=fast_decode)
+        self.classifier = BatchClassifier(model, top_k=top_k, threads=threads if backend == "numba" else None,
+                                          backend=backend, batch_size=batch_size, fast_decode=fast_decode)
         self.worker = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"
 
     def __call__(self, batch: dict) -> pa.Table:
@@ -239,7 +240,7 @@ def classify(job: Job, results: ResultsDir, report: Report | None = None, on_row
         todo, rows, batch = [p for p in todo if p not in results.written], 1, 1
     if todo:
         take(error_rows(todo, f"{{path}}: its Ray worker died on each of {TASK_RETRIES + 1} tries to classify it "
-                              "(the decoder crashed on it?): try it alone, `npshuffle predict {{path}}`"))
+                              "(the decoder crashed on it?): try it alone, `npshuffle predict {path}`"))
     results.flush()
     report.seconds = time.monotonic() - start
     return report
@@ -376,9 +377,8 @@ def run_predict(args, paths: list[str], skipped: int) -> int:
                 classify(job, results, report, on_rows=lambda table: progress.update(table.num_rows))
             except ray.exceptions.RayError as exc:
                 progress.close()
-                first = str(exc).strip().splitlines()[0]
-                print(printable(f"npshuffle: error: the Ray job failed ({first}); see {log}; the results so far are "
-                                f"in {args.output}: run the same command with --resume to go on", stream=terminal),
+                print(printable(f"npshuffle: error: the Ray job failed ({reason(exc)}); see {log}; the results so far "
+                                f"are in {args.output}: run the same command with --resume to go on", stream=terminal),
                       file=terminal)
                 return EXIT_ERROR
             finally:
@@ -401,6 +401,15 @@ def run_predict(args, paths: list[str], skipped: int) -> int:
             print(f"  {printable(message)}", file=sys.stderr)
         return EXIT_SOME_FAILED
     return EXIT_OK
+
+
+def reason(exc: BaseException) -> str:
+    """One line for a Ray error: the error a worker raised (the last line of the traceback Ray
+    carries, ``ValueError: ...``) when there is one, else the first line; without colour codes."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if len(lines) > 1 and re.match(r"[A-Za-z_][\w.]*: ", lines[-1]) else lines[0]
 
 
 def where_of(address: str) -> str:

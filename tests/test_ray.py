@@ -241,6 +241,7 @@ def test_bad_ray_arguments_are_one_line_each_before_ray_starts(tmp_path, capsys,
         (["--ray", "-o", str(tmp_path / "e"), "--device", "cuda"], "CPU backends"),
         (["--ray", "-o", str(full)], "holds results already: add --resume"),
         (["--ray", "127.0.0.1:1", "-o", str(tmp_path / "f")], "nothing answers at 127.0.0.1:1"),
+        (["--ray", photo, "-o", str(tmp_path / "g")], "not a Ray address: give the photos before --ray"),
     ]
     for extra, message in cases:
         assert main(["predict", photo, *extra]) == 2, extra
@@ -248,6 +249,15 @@ def test_bad_ray_arguments_are_one_line_each_before_ray_starts(tmp_path, capsys,
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert main(["predict", photo, "--ray", "-o", str(full), "--resume"]) == 0  # (nothing left: Ray not started)
     assert "1 photo(s) already there, 0 to go" in capsys.readouterr().err
+
+
+def test_a_failed_ray_job_is_told_by_the_error_its_worker_raised():
+    from npshuffle.ray_job import reason
+
+    carried = ("The actor died because of an error raised in its creation task, \x1b[36mray::MapWorker()\x1b[39m "
+               "(pid=1)\n  File \"x.py\", line 8, in __init__\n    raise ValueError(...)\nValueError: no such model")
+    assert reason(RuntimeError(carried)) == "ValueError: no such model"
+    assert reason(RuntimeError("Timed out\n  waiting")) == "Timed out" and reason(RuntimeError()) == "RuntimeError"
 
 
 def test_shards_on_ray_cover_every_photo_once(photos, monkeypatch, tmp_path):
