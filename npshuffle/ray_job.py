@@ -303,7 +303,11 @@ def connect(address: str | None) -> tuple[bool, str]:
         ray.init(address="local", **options)
         return True, "a local Ray"
     ray.init(address=address, **options)
-    return True, f"the Ray cluster at {address}"
+    return True, cluster_name(address)
+
+
+def cluster_name(address: str) -> str:
+    return "the Ray cluster on this machine" if address == "auto" else f"the Ray cluster at {address}"
 
 
 def run_predict(args, paths: list[str], skipped: int) -> int:
@@ -356,7 +360,7 @@ def run_predict(args, paths: list[str], skipped: int) -> int:
     if problem:
         results.close()
         return fail(f"--ray {args.ray}: {problem}")
-    print(printable(f"{'joining the Ray cluster at ' + args.ray if args.ray else 'starting a local Ray'} "
+    print(printable(f"{'starting a local Ray' if not args.ray else 'joining ' + cluster_name(args.ray)} "
                     f"(its messages go to {log})"), file=sys.stderr)
     started, report = False, None
     try:
@@ -364,9 +368,8 @@ def run_predict(args, paths: list[str], skipped: int) -> int:
             try:
                 started, where = connect(args.ray or None)
             except Exception as exc:  # (ray.init raises ConnectionError, RuntimeError, ValueError ...)
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                print(printable(f"npshuffle: error: {where_of(args.ray)}: cannot start or join Ray ({first})",
-                                stream=terminal), file=terminal)
+                print(printable(f"npshuffle: error: {where_of(args.ray)}: cannot start or join Ray ({reason(exc)})"
+                                + token_hint(log), stream=terminal), file=terminal)
                 return EXIT_ERROR
             report = plan(job)
             print(printable(f"{where}, {report.cluster_cpus:g} CPUs: {report.pool} worker(s) x "
@@ -410,6 +413,23 @@ def reason(exc: BaseException) -> str:
     if not lines:
         return type(exc).__name__
     return lines[-1] if len(lines) > 1 and re.match(r"[A-Za-z_][\w.]*: ", lines[-1]) else lines[0]
+
+
+def token_hint(log: str) -> str:
+    """What to do when Ray's log says the cluster refused this process for want of its token (Ray
+    2.5x turns token authentication on for a cluster that ``ray start`` makes, but a driver given an
+    explicit address does not use the token unless told to)."""
+    sys.stderr.flush()
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.path.getsize(log) - 65536))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    if "InvalidAuthToken" not in tail:
+        return ""
+    return (": the cluster wants its authentication token: run with RAY_AUTH_MODE=token and the head's token in "
+            "~/.ray/auth_token or RAY_AUTH_TOKEN (or --ray auto on the head node)")
 
 
 def where_of(address: str) -> str:
