@@ -173,11 +173,18 @@ class Report:
     written: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     workers_seen: set[str] = field(default_factory=set)
+    actors_started: int = 0  # (pools' sizes, over both passes)
     retried_alone: int = 0
     seconds: float = 0.0
 
+    @property
+    def restarted(self) -> int:
+        """Workers that died and were replaced (seen to return rows, that is)."""
+        return max(0, len(self.workers_seen) - self.actors_started)
+
 
 def _dataset(paths: list[str], rows: int, batch_size: int, job: Job, pool: int, cpus: float):
+    """The Ray dataset of the job: blocks of ``rows`` paths through a pool of ``pool`` workers."""
     blocks = [pa.table({"path": pa.array(paths[i:i + rows], pa.string())}) for i in range(0, len(paths), rows)]
     constructor = {"model": job.model, "top_k": job.top_k, "threads": job.threads_per_worker,
                    "batch_size": batch_size, "fast_decode": job.fast_decode, "backend": job.backend,
@@ -234,7 +241,9 @@ def classify(job: Job, results: ResultsDir, report: Report | None = None, on_row
             break
         if attempt:
             report.retried_alone = len(todo)
-        dataset = _dataset(todo, rows, batch, job, min(report.pool, len(todo)), report.cpus_each)
+        pool = min(report.pool, len(todo))
+        report.actors_started += pool
+        dataset = _dataset(todo, rows, batch, job, pool, report.cpus_each)
         for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             take(table)
         todo, rows, batch = [p for p in todo if p not in results.written], 1, 1
@@ -392,10 +401,11 @@ def run_predict(args, paths: list[str], skipped: int) -> int:
         results.close()  # (a Ctrl-C too: the rows that came back are written)
     if skipped:
         print(f"note: skipped {skipped} file(s) without an image extension inside the folders", file=sys.stderr)
-    restarted = max(0, len(report.workers_seen) - report.pool)
+    notes = [f"{report.restarted} worker(s) died and were restarted, their photos retried"] if report.restarted else []
+    if report.retried_alone:
+        notes.append(f"{report.retried_alone} photo(s) whose batch failed every try were tried again one by one")
     print(f"{args.output}: {report.written} result(s) in {results.parts_written} new part(s), {report.seconds:.1f} s, "
-          f"{report.written / max(report.seconds, 1e-9):.0f} photos/s"
-          + (f"; {restarted} worker(s) died and were restarted, their photos retried" if restarted else ""),
+          f"{report.written / max(report.seconds, 1e-9):.0f} photos/s" + "".join(f"; {n}" for n in notes),
           file=sys.stderr)
     if report.failed:
         print(f"{len(report.failed)} of {len(paths)} input(s) could not be classified:", file=sys.stderr)
