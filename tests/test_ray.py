@@ -28,6 +28,8 @@ ray = pytest.importorskip("ray")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
+# (Ray Data's own context warns about its deprecated settings whenever it is copied: not ours to fix)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 PER_CLASS = 60
 BROKEN = {"broken.jpg": b"not a jpeg", "empty.jpg": b""}
 
