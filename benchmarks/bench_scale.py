@@ -3,7 +3,8 @@
     python benchmarks/bench_scale.py [--photos DIR] [--limit N] [--rounds 2] [--out FILE]
 
 * ``one process``: what ``npshuffle predict DIR --output FILE.jsonl --device numba`` runs (a worker
-  per core, each on its own core; the results file flushed after every batch);
+  per core, each on its own core; the results file flushed to disk after every batch);
+* ``one process, no file``: the same without the results file (``npshuffle.predict``'s own pace);
 * ``Ray, W workers``: what ``npshuffle predict DIR --ray --output DIR --workers W`` runs (a local
   Ray started for the run, W actors with one Numba thread each, JSONL parts written by the driver).
 
@@ -34,7 +35,7 @@ from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTOS = REPO.parent / "shared" / "data" / "flower_photos"
-CONFIGS = {"one process": None, "Ray, 1 worker": 1, "Ray, 2 workers": 2}
+CONFIGS = {"one process": None, "one process, no file": 0, "Ray, 1 worker": 1, "Ray, 2 workers": 2}
 BATCH = 16
 
 
@@ -46,18 +47,23 @@ def run_one(config: str, photos: str, limit: int, out: str) -> dict:
     paths = expand_inputs([photos])[0][:limit]
     stamps: list[tuple[int, float]] = []  # (results so far, seconds since START)
     workers = CONFIGS[config]
-    if workers is None:
+    if not workers:
         from npshuffle.predict import load_model, predict_stream
         from npshuffle.results_file import ResultsFile
 
         model = load_model(None, backend="numba")
-        results = ResultsFile(os.path.join(out, "results.jsonl"), 5, len(model.class_names), resume=False)
+        results = None
+        if workers is None:  # (what --output FILE.jsonl does: a line per photo, flushed to disk every batch)
+            results = ResultsFile(os.path.join(out, "results.jsonl"), 5, len(model.class_names), resume=False)
         for count, prediction in enumerate(predict_stream(paths, model, 5, BATCH), 1):
-            results.write(prediction)
+            if results is not None:
+                results.write(prediction)
             if count % BATCH == 0 or count == len(paths):
-                results.flush()
+                if results is not None:
+                    results.flush()
                 stamps.append((count, time.perf_counter() - START))
-        results.close()
+        if results is not None:
+            results.close()
     else:
         import ray
 

@@ -169,6 +169,9 @@ def cmd_predict(args) -> int:
     if args.format == "parquet":
         return fail("--format parquet writes Parquet parts with --ray --output DIR; without --ray: table, csv, json "
                     "or jsonl")
+    for option, value in (("--threads-per-worker", args.threads_per_worker), ("--rows-per-part", args.rows_per_part)):
+        if value is not None:
+            return fail(f"{option} is for --ray runs (without --ray: --threads and --workers)")
     args.format = args.format or "table"
     device = backend_for(args.device)
     if args.threads is not None and device not in NUMBA_CPU_BACKENDS:
@@ -341,9 +344,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "one `ray start` made on this machine; or HOST:PORT); results go to --output DIR as .jsonl "
                         "or .parquet parts, --resume continues them; --workers sets the actor pool (default: the "
                         "cluster's CPUs / --threads-per-worker)")
-    p.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
+    p.add_argument("--threads-per-worker", type=int, metavar="N",
                    help="with --ray: the Numba threads of each worker (default 1)")
-    p.add_argument("--rows-per-part", type=int, default=10_000, metavar="N",
+    p.add_argument("--rows-per-part", type=int, metavar="N",
                    help="with --ray: photos per result file in DIR (default 10000; a part is also written at "
                         "least every minute, so a kill loses at most that)")
     p.add_argument("--fast-decode", action="store_true",

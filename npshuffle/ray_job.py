@@ -58,7 +58,7 @@ import ray
 import ray.data
 
 from .batch import BatchClassifier
-from .results_dir import ResultsDir, fcntl
+from .results_dir import ROWS_PER_PART, ResultsDir, fcntl
 
 TASK_RETRIES = 3  # a block is tried at most 4 times (each time on a live, possibly restarted, worker)
 BATCHES_PER_BLOCK = 4  # at most: fewer when there are too few photos for 4 blocks per worker
@@ -337,9 +337,11 @@ def run_predict(args, paths: list[str], skipped: int) -> int:
         return fail("--annotate does not run with --ray: annotate with a plain `npshuffle predict`")
     if args.threads is not None:
         return fail("with --ray, give each worker's Numba threads with --threads-per-worker (default 1)")
-    if args.threads_per_worker < 1:
+    threads = 1 if args.threads_per_worker is None else args.threads_per_worker
+    rows_per_part = ROWS_PER_PART if args.rows_per_part is None else args.rows_per_part
+    if threads < 1:
         return fail("--threads-per-worker must be at least 1")
-    if args.rows_per_part < 1:
+    if rows_per_part < 1:
         return fail("--rows-per-part must be at least 1")
     backend = {"auto": "numba", "cpu": "numba"}.get(args.device, args.device)
     if backend == "cuda":
@@ -349,7 +351,7 @@ def run_predict(args, paths: list[str], skipped: int) -> int:
         model = os.path.abspath(model)  # (a model file: the workers may start in another folder)
     load_model(model, backend="numpy")  # a wrong name or a broken file: one line now, not from every worker
     try:
-        results = ResultsDir(args.output, fmt, args.resume, args.rows_per_part)
+        results = ResultsDir(args.output, fmt, args.resume, rows_per_part)
     except ResultsFileError as exc:
         return fail(str(exc))
     except OSError as exc:
@@ -362,8 +364,7 @@ def run_predict(args, paths: list[str], skipped: int) -> int:
     if not paths:
         results.close()
         return EXIT_OK
-    job = Job(paths, model, args.top_k, args.batch_size, args.workers, args.threads_per_worker,
-              args.fast_decode, backend)
+    job = Job(paths, model, args.top_k, args.batch_size, args.workers, threads, args.fast_decode, backend)
     log = os.path.join(args.output, RAY_LOG)
     problem = unreachable(args.ray) if args.ray and not ray.is_initialized() else None
     if problem:

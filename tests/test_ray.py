@@ -244,6 +244,8 @@ def test_bad_ray_arguments_are_one_line_each_before_ray_starts(tmp_path, capsys,
         (["--ray", "-o", str(full)], "holds results already: add --resume"),
         (["--ray", "127.0.0.1:1", "-o", str(tmp_path / "f")], "nothing answers at 127.0.0.1:1"),
         (["--ray", photo, "-o", str(tmp_path / "g")], "not a Ray address: give the photos before --ray"),
+        (["--threads-per-worker", "2"], "--threads-per-worker is for --ray runs"),
+        (["--ray", "-o", str(tmp_path / "h"), "--threads-per-worker", "0"], "must be at least 1"),
     ]
     for extra, message in cases:
         assert main(["predict", photo, *extra]) == 2, extra
