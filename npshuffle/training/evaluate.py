@@ -177,6 +177,8 @@ def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32,
     logits, averaged = [], []
     predicted = {(name, s): [] for name in CORRUPTIONS for s in SEVERITIES} if corruptions else {}
     seconds = {"decode": 0.0, "plain": 0.0, "tta": 0.0}
+    if tta:  # a backend's one-time setup (Numba loads its kernels on the first call) timed in neither
+        model.forward(np.zeros((1, 3, model.recipe["crop"], model.recipe["crop"]), np.float32))
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         t0 = time.perf_counter()
