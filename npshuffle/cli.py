@@ -317,7 +317,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify images (files, folders, globs)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
-    p.add_argument("--model", "-m", help="bundled model name (see `npshuffle list`) or a .npz model file")
+    p.add_argument("--model", "-m", help="bundled model name (`npshuffle list`) or a model file, .npz or .safetensors")
     p.add_argument("--top-k", "-k", type=int, default=5, help="how many classes to show per image (default 5)")
     p.add_argument("--format", "-f", choices=[*sorted(WRITERS), "parquet"],
                    help="output format (default table; with --ray: jsonl, the default, or parquet parts)")
@@ -360,7 +360,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a PyTorch or safetensors checkpoint into a model file")
     p.add_argument("checkpoint", help="torchvision-style or Megvii ShuffleNet-Series .pth/.pt/.pth.tar/.safetensors")
-    p.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.npz, or .safetensors)")
     p.add_argument("--classes", help="class_indices.json or a text file with one class name per line")
     p.add_argument("--resize", type=int, help="override the recipe's shorter-side resize (torchvision x1.5/x2.0: 232)")
     p.add_argument("--crop", type=int, help="override the recipe's centre crop")
