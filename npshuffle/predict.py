@@ -39,7 +39,9 @@ class Prediction:
     """The classification of one image.
 
     ``top``: ``(label, probability)`` pairs, best first (``top_k`` of them); ``class_index``: the
-    top-1 class; ``logits``: the raw scores for every class, shape ``(num_classes,)``;
+    top-1 class; ``logits``: the raw scores for every class, shape ``(num_classes,)`` (with
+    test-time augmentation: the log of the views' averaged probabilities, so that softmax of it
+    still gives the probabilities shown);
     ``source``: the path (or a description of the array / PIL image); ``error``: why this input
     could not be classified (then ``top`` is empty and ``class_index`` is -1).
     """
@@ -109,6 +111,21 @@ def predictions_from_logits(model: Model, logits: np.ndarray, top_k: int) -> lis
     absurd weights) comes back as an error naming the model, never as a printed probability."""
     with np.errstate(all="ignore"):
         probabilities = softmax(logits, axis=1)
+    return predictions_from_probabilities(model, probabilities, logits, top_k)
+
+
+def predictions_from_views(model: Model, logits: np.ndarray, views: int, top_k: int) -> list[Prediction]:
+    """Test-time augmentation: ``logits`` (N * views, classes), each photo's views consecutive ->
+    one Prediction per photo from the mean of its views' probabilities (``npshuffle.tta`` says why
+    probabilities); its ``logits`` are the log of that mean."""
+    with np.errstate(all="ignore"):
+        probabilities = softmax(logits, axis=1).reshape(-1, views, logits.shape[1]).mean(axis=1)
+        return predictions_from_probabilities(model, probabilities, np.log(probabilities), top_k)
+
+
+def predictions_from_probabilities(model: Model, probabilities: np.ndarray, logits: np.ndarray,
+                                   top_k: int) -> list[Prediction]:
+    """One Prediction per row of ``probabilities`` (N, classes), keeping the row of ``logits``."""
     results = []
     k = min(top_k, logits.shape[1])
     for row, probs in zip(logits, probabilities, strict=True):
@@ -153,9 +170,24 @@ def prepare_input(source: object, recipe: dict, fast_decode: bool = False, pixel
         raise ImageError(f"{name}: cannot be read as an image ({type(exc).__name__}: {exc})") from None
 
 
+def prepare_views(source: object, recipe: dict, views: str) -> np.ndarray:
+    """One input -> float32 (V, 3, crop, crop), the test-time augmentation views of
+    :func:`npshuffle.tta.tta_views`, or an ImageError that names the input, as :func:`prepare_input`."""
+    from .tta import tta_views  # (npshuffle.tta imports this module)
+
+    name = describe(source)
+    try:
+        return tta_views(load_rgb(source), recipe, views)
+    except ImageError as exc:
+        message = str(exc)
+        raise ImageError(message if message.startswith(name) else f"{name}: {message}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        raise ImageError(f"{name}: cannot be read as an image ({type(exc).__name__}: {exc})") from None
+
+
 def predict_stream(
     sources: Iterable, model: Model, top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE, *,
-    workers: int | None = None, fast_decode: bool = False,
+    workers: int | None = None, fast_decode: bool = False, tta: str | None = None,
 ) -> Iterator[Prediction]:
     """Yield one Prediction per source, in order.
 
@@ -168,10 +200,18 @@ def predict_stream(
     when the model runs concurrent calls (Numba, :attr:`Model.concurrent`), otherwise taking turns
     with the other workers and using every core. At most ``workers + 1`` batches are in flight, so
     memory stays bounded however many sources there are (``npshuffle.pipeline``). ``fast_decode``:
-    see :func:`prepare_input` (off by default: it changes pixels).
+    see :func:`prepare_input` (off by default: it changes pixels). ``tta``: ``"flip"`` or
+    ``"ten-crop"``, test-time augmentation (:mod:`npshuffle.tta`): each photo's views go through the
+    network in its batch and their probabilities are averaged (2 or 10 network passes' worth per
+    photo; ``fast_decode`` does not apply).
     """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
+    from .tta import TTA_VIEWS  # (npshuffle.tta imports this module)
+
+    if tta is not None and tta not in TTA_VIEWS:
+        raise ValueError(f"unknown TTA views {tta!r}; known: {', '.join(TTA_VIEWS)}")
+    views = TTA_VIEWS[tta] if tta else 1
     workers = default_workers(model.threads) if workers is None else workers
     recipe = model.recipe
     turns = threading.Lock()  # network calls that cannot run at the same time take turns
@@ -180,19 +220,22 @@ def predict_stream(
 
     def classify(batch: list) -> list[Prediction]:
         pixels: list[int] = []
-        rows = [(describe(source), prepare_or_error(lambda s: prepare_input(s, recipe, fast_decode, pixels), source))
-                for source in batch]
+        prepare = ((lambda s: prepare_views(s, recipe, tta)) if tta
+                   else (lambda s: prepare_input(s, recipe, fast_decode, pixels)))
+        rows = [(describe(source), prepare_or_error(prepare, source)) for source in batch]
         if pixels and not told.is_set():
             told.set()
             model.expect_pixels(float(np.median(pixels)))  # (backend "auto": big photos make Numba pay sooner)
         good = [x for _, x in rows if not isinstance(x, str)]
-        if not good:
+        inputs = (np.concatenate if tta else np.stack)(good) if good else None  # (N [* views], 3, crop, crop)
+        threads = 1 if workers > 1 and model.concurrent else None  # this worker's batch on this worker's core
+        if inputs is None:
             results = iter([])
-        elif workers > 1 and model.concurrent:  # this worker's batch on this worker's core
-            results = iter(classify_batch(model, np.stack(good), top_k, threads=1))
+        elif threads == 1:
+            results = iter(run_network(model, inputs, views, top_k, threads))
         else:
             with turns:
-                results = iter(classify_batch(model, np.stack(good), top_k))
+                results = iter(run_network(model, inputs, views, top_k, threads))
         predictions = []
         for name, x in rows:
             prediction = Prediction(name, error=x) if isinstance(x, str) else next(results)
@@ -204,6 +247,15 @@ def predict_stream(
         yield from predictions
 
 
+def run_network(model: Model, inputs: np.ndarray, views: int, top_k: int, threads: int | None) -> list[Prediction]:
+    """:func:`classify_batch`, or with ``views`` > 1 the TTA average of each photo's views."""
+    if views == 1:
+        return classify_batch(model, inputs, top_k, threads=threads)
+    with np.errstate(all="ignore"):
+        logits = model.forward(inputs, threads=threads)
+    return predictions_from_views(model, logits, views, top_k)
+
+
 def predict(
     images,
     model: str | os.PathLike | Model | None = None,
@@ -213,6 +265,7 @@ def predict(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     fast_decode: bool = False,
+    tta: str | None = None,
 ) -> Prediction | list[Prediction]:
     """Classify one image or many.
 
@@ -223,6 +276,8 @@ def predict(
     ``workers``: threads that decode and preprocess ahead of the network (see :func:`predict_stream`).
     ``fast_decode``: decode big photos straight to about twice the model's input size (opt-in: it
     changes pixels; see :func:`prepare_input`).
+    ``tta``: ``"flip"`` or ``"ten-crop"``: test-time augmentation, see :func:`predict_stream` (it
+    costs 2x / 7x the time and gained no accuracy on the flower models: ``docs/robustness.md``).
 
     >>> import npshuffle
     >>> npshuffle.predict("examples/tulip.jpg").label   # doctest: +SKIP
@@ -231,9 +286,10 @@ def predict(
     loaded = model if isinstance(model, Model) else load_model(model, backend=backend)
     if isinstance(images, (list, tuple)):
         loaded.expect(len(images))
-        return list(predict_stream(images, loaded, top_k, batch_size, workers=workers, fast_decode=fast_decode))
+        return list(predict_stream(images, loaded, top_k, batch_size, workers=workers, fast_decode=fast_decode,
+                                   tta=tta))
     loaded.expect(1)
-    (prediction,) = predict_stream([images], loaded, top_k, 1, workers=1, fast_decode=fast_decode)
+    (prediction,) = predict_stream([images], loaded, top_k, 1, workers=1, fast_decode=fast_decode, tta=tta)
     if prediction.error is not None:
         raise ImageError(prediction.error)
     return prediction

@@ -139,3 +139,37 @@ def test_real_model_on_a_path(flowers):
         p = tta_probabilities(flowers, [TULIP, TULIP], views)
         assert p.shape == (2, 5) and np.array_equal(p[0], p[1])
         assert flowers.class_names[int(p[0].argmax())] == "tulips"
+
+
+@pytest.mark.parametrize("views", ["flip", "ten-crop"])
+def test_predict_with_tta_gives_tta_probabilities_and_keeps_bad_inputs_as_error_rows(tmp_path, views):
+    import npshuffle
+    from npshuffle.predict import load_model, softmax
+    from npshuffle.tta import tta_probabilities
+
+    model = load_model("flowers", backend="numpy")
+    photos = sorted(str(p) for p in (Path(__file__).resolve().parent.parent / "examples").glob("*.jpg"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    got = npshuffle.predict([photos[0], str(broken), *photos[1:]], model, top_k=5, batch_size=2, tta=views)
+    assert got[1].error is not None and "broken.jpg" in got[1].error
+    good = [p for p in got if p.ok]
+    expected = tta_probabilities(model, photos, views)  # (N, classes)
+    for prediction, probabilities in zip(good, expected, strict=True):
+        assert prediction.class_index == int(np.argmax(probabilities))
+        shown = dict(prediction.top)
+        for i, name in enumerate(model.class_names):
+            assert shown[name] == pytest.approx(float(probabilities[i]), abs=1e-6)
+        np.testing.assert_allclose(softmax(prediction.logits), probabilities, atol=1e-6)  # logits: log of the mean
+    plain = npshuffle.predict(photos, model, top_k=5)
+    assert any(abs(p.probability - q.probability) > 1e-4 for p, q in zip(good, plain, strict=True))  # TTA did act
+
+
+def test_the_cli_takes_tta_and_refuses_it_with_fast_decode(capsys):
+    from npshuffle.cli import main
+
+    tulip = str(Path(__file__).resolve().parent.parent / "examples" / "tulip.jpg")
+    assert main(["predict", tulip, "--tta", "--device", "numpy", "-f", "json", "-k", "1"]) == 0
+    assert '"label": "tulips"' in capsys.readouterr().out
+    assert main(["predict", tulip, "--tta", "--fast-decode"]) == 2
+    assert "--tta" in capsys.readouterr().err
