@@ -304,3 +304,18 @@ def test_strong_augment_is_seeded_keeps_the_crop_shape_and_changes_pixels():
     assert changed >= 15  # jitter (p 0.8), greyscale (0.1) or erasing (0.25): most draws change the crop
     grey = [a for a in first if np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2])]
     assert len(grey) < 10
+
+
+def test_strong_blur_blurs_the_crop(monkeypatch):
+    from npshuffle.training import pipeline
+
+    for name in ("JITTER_P", "GREY_P", "ERASE_P"):
+        monkeypatch.setattr(pipeline, name, 0.0)  # only the blur acts
+    monkeypatch.setattr(pipeline, "BLUR_P", 1.0)
+    crop = Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 40, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    roughness = [np.abs(np.diff(pipeline.strong_augment(crop, blur=True).astype(float), axis=1)).mean()
+                 for _ in range(5)]
+    original = np.abs(np.diff(np.asarray(crop, dtype=float), axis=1)).mean()
+    assert max(roughness) < 0.9 * original  # each of these seeded draws (sigma in 0.1-2 px) smooths the noise
+    np.testing.assert_array_equal(pipeline.strong_augment(crop, blur=False), np.asarray(crop))

@@ -96,9 +96,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--img-size", type=int, default=224, help="training crop size (RandomResizedCrop)")
     parser.add_argument("--min-scale", type=float, default=None,
                         help="RandomResizedCrop's smallest area fraction " + _default_help("min_scale"))
-    parser.add_argument("--augment", choices=("basic", "strong"), default="basic",
+    parser.add_argument("--augment", choices=("basic", "strong", "strong-blur"), default="basic",
                         help="basic (default): random resized crop + flip; strong: also colour jitter, random "
-                             "greyscale and random erasing")
+                             "greyscale and random erasing; strong-blur: also a random Gaussian blur")
     parser.add_argument("--select", choices=("last", "val"), default="last",
                         help="which epoch becomes model.npz: last (default: its validation accuracy is an honest "
                              "estimate) or val (the best on the validation split, as the seed did: optimistic, "

@@ -155,7 +155,8 @@ def make_loaders(config: dict, split: Split) -> tuple[torch.utils.data.DataLoade
     t_load = time.monotonic()
     train_set = FolderDataset(config["data_dir"], split.train, split.labels("train"), config["img_size"], True,
                               cache=config["cache"], min_scale=config["min_scale"],
-                              strong=config.get("augment", "basic") == "strong")
+                              strong=config.get("augment", "basic") in ("strong", "strong-blur"),
+                              blur=config.get("augment", "basic") == "strong-blur")
     val_set = FolderDataset(config["data_dir"], split.val, split.labels("val"), config["val_crop"], False,
                             resize=config["val_resize"], cache=config["cache"])
     log(f"data loaded in {time.monotonic() - t_load:.1f} s")

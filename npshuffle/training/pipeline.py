@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 from torch import nn
 
 from ..preprocess import center_crop, resize_shorter_side
@@ -46,21 +46,26 @@ def random_resized_crop_params(width: int, height: int, scale=(0.08, 1.0), ratio
 
 # --augment strong: photos people bring differ in exposure, white balance and colour, and objects are
 # partly hidden; these teach the network not to lean on any one of those. Hue stays: a flower's hue
-# is much of what tells roses from tulips from sunflowers. No blur, noise or JPEG artefacts, so those
-# rows of `npshuffle eval --corruptions` stay unseen corruptions.
+# is much of what tells roses from tulips from sunflowers. No blur (but with ``strong-blur``), noise or
+# JPEG artefacts, so those rows of `npshuffle eval --corruptions` stay unseen corruptions.
 JITTER = 0.4  # brightness, contrast and saturation factors drawn from [1 - JITTER, 1 + JITTER]
 JITTER_P, GREY_P, ERASE_P = 0.8, 0.1, 0.25
 ERASE_AREA, ERASE_LOG_RATIO = (0.02, 0.2), (math.log(0.3), math.log(3.3))
+BLUR_P, BLUR_SIGMA = 0.2, (0.1, 2.0)  # strong-blur: SimCLR's Gaussian blur, sigma in px of the crop
 
 
-def strong_augment(crop: Image.Image) -> np.ndarray:
+def strong_augment(crop: Image.Image, blur: bool = False) -> np.ndarray:
     """The extra augmentations of ``--augment strong`` on one RGB training crop -> uint8 HWC RGB.
 
     With probability JITTER_P: brightness, contrast and saturation each scaled by a factor from
     [1 - JITTER, 1 + JITTER] (PIL's ImageEnhance, in that order); with GREY_P: greyscale (three equal
     channels); with ERASE_P: one rectangle of ERASE_AREA of the crop, aspect ratio in ERASE_LOG_RATIO
-    (log), filled with uniform noise (random erasing, Zhong et al. 2017). Draws come from torch's RNG,
-    so a seeded run repeats."""
+    (log), filled with uniform noise (random erasing, Zhong et al. 2017). With ``blur``, first, with
+    BLUR_P: a Gaussian blur of sigma drawn from BLUR_SIGMA (as SimCLR's augmentation). Draws come
+    from torch's RNG, so a seeded run repeats."""
+    if blur and torch.rand(1).item() < BLUR_P:
+        sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * torch.rand(1).item()
+        crop = crop.filter(ImageFilter.GaussianBlur(sigma))
     if torch.rand(1).item() < JITTER_P:
         for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
             crop = enhance(crop).enhance(1 + JITTER * (2 * torch.rand(1).item() - 1))
@@ -85,8 +90,9 @@ class FolderDataset(torch.utils.data.Dataset):
     with forked loader workers)."""
 
     def __init__(self, root: str, files: list[str], labels: list[int], size: int, train: bool,
-                 resize: int = 256, cache: bool = True, min_scale: float = 0.08, strong: bool = False):
-        self.root, self.files, self.labels, self.strong = root, files, labels, strong
+                 resize: int = 256, cache: bool = True, min_scale: float = 0.08, strong: bool = False,
+                 blur: bool = False):
+        self.root, self.files, self.labels, self.strong, self.blur = root, files, labels, strong, blur
         self.scale = (min_scale, 1.0)
         self.size, self.train, self.resize = size, train, resize
         self.images = [self._open(i) for i in range(len(files))] if cache else None
@@ -106,7 +112,7 @@ class FolderDataset(torch.utils.data.Dataset):
             if torch.rand(1).item() < 0.5:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             if self.strong:
-                return torch.from_numpy(strong_augment(image)), self.labels[index]
+                return torch.from_numpy(strong_augment(image, self.blur)), self.labels[index]
         else:
             image = center_crop(resize_shorter_side(image, self.resize), self.size)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()), self.labels[index]
