@@ -184,14 +184,9 @@ def cmd_predict(args) -> int:
         model = load_model(args.model, backend=device, threads=args.threads)
     except ValueError as exc:  # a --threads the machine cannot give
         return fail(str(exc))
-    paths, skipped = expand_inputs(args.paths)
-    if not paths:
-        return fail("no images found in " + ", ".join(args.paths))
-    if args.shard:
-        try:
-            paths = this_shard(paths, args.shard)
-        except ValueError as exc:
-            return fail(str(exc))
+    paths, skipped, problem = selected_inputs(args)
+    if problem:
+        return fail(problem)
     if args.resume and not args.output:
         return fail("--resume continues an --output file: give --output FILE too")
     if args.annotate:
@@ -247,6 +242,20 @@ def cmd_predict(args) -> int:
     return EXIT_OK
 
 
+def selected_inputs(args) -> tuple[list[str], int, str | None]:
+    """(paths, files skipped in folders, None) of the command line's inputs and ``--shard``, or
+    ``([], 0, why not)``."""
+    paths, skipped = expand_inputs(args.paths)
+    if not paths:
+        return [], 0, "no images found in " + ", ".join(args.paths)
+    if args.shard:
+        try:
+            paths = this_shard(paths, args.shard)
+        except ValueError as exc:
+            return [], 0, str(exc)
+    return paths, skipped, None
+
+
 def this_shard(paths: list[str], shard: str) -> list[str]:
     """The paths of ``--shard I/N`` (ValueError with the reason for a malformed one)."""
     index, count = parse_shard(shard)
@@ -262,14 +271,9 @@ def cmd_predict_ray(args) -> int:
     if args.ray and os.path.exists(args.ray):
         return fail(f"--ray {args.ray}: that is a file or folder, not a Ray address: give the photos before --ray "
                     "(npshuffle predict SRC... --ray [ADDRESS])")
-    paths, skipped = expand_inputs(args.paths)
-    if not paths:
-        return fail("no images found in " + ", ".join(args.paths))
-    if args.shard:
-        try:
-            paths = this_shard(paths, args.shard)
-        except ValueError as exc:
-            return fail(str(exc))
+    paths, skipped, problem = selected_inputs(args)
+    if problem:
+        return fail(problem)
     return ray_job.run_predict(args, paths, skipped)
 
 

@@ -104,14 +104,16 @@ class _Duplicate(ValueError):
     pass
 
 
-def open_regular_file(path: str) -> IO[bytes]:
-    """``path`` opened for binary reading, refused unless it is a regular file (a named pipe would
-    block forever, a device never end). ``OSError`` (missing, no permission) propagates."""
+def open_regular_file(path: str, error: type[Exception] | None = None) -> IO[bytes]:
+    """``path`` opened for binary reading, refused (with ``error``, default :class:`SafetensorsError`)
+    unless it is a regular file: a named pipe would block forever, a device never end, so the file
+    is opened without blocking and its type checked before a byte is read. ``OSError`` (missing, no
+    permission) propagates. The checkpoint reader (``weights_convert.torch_pickle``) uses it too."""
     nonblock = getattr(os, "O_NONBLOCK", 0)
     fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SafetensorsError(f"{path}: not a regular file (a folder, pipe or device)")
+            raise (error or SafetensorsError)(f"{path}: not a regular file (a folder, pipe or device)")
         if nonblock:
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")

@@ -20,9 +20,9 @@ Beyond refusing code, the reader bounds what a hostile file can cost:
 
 from __future__ import annotations
 
-import os
-import stat
 from typing import IO
+
+from npshuffle.safetensors_file import open_regular_file as _open_regular_file
 
 from ..messages import show
 from .errors import CheckpointError
@@ -92,21 +92,6 @@ class _LimitedReader:
 
 
 def open_regular_file(path: str) -> IO[bytes]:
-    """Open ``path`` for binary reading, refusing anything but a regular file.
-
-    Opening a named pipe blocks until someone writes to it, and a device
-    such as ``/dev/zero`` never ends, so the file is opened without blocking
-    and its type checked before a byte is read.  ``OSError`` (no such file,
-    permission denied) propagates.
-    """
-    nonblock = getattr(os, "O_NONBLOCK", 0)
-    fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CheckpointError(f"{path}: not a regular file (a folder, pipe or device)")
-        if nonblock:
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    """``path`` opened for binary reading, refused with :class:`CheckpointError` unless it is a
+    regular file (``npshuffle.safetensors_file.open_regular_file`` says how)."""
+    return _open_regular_file(path, CheckpointError)
