@@ -21,7 +21,7 @@ from .backends import NUMBA_CPU_BACKENDS, BackendError
 from .images import IMAGE_EXTENSIONS, ImageError
 from .model_file import ModelFileError
 from .progress import Progress
-from .results_file import CSV_HEADER, ResultsFile, ResultsFileError, csv_rows, parse_shard, shard_of
+from .results_file import CSV_HEADER, ResultsFile, ResultsFileError, csv_rows, parse_shard, shard_of, still_to_do
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 DEVICES = ("auto", "numpy", "numba", "cuda", "cpu")
@@ -201,11 +201,7 @@ def cmd_predict(args) -> int:
             return fail(str(exc))
         except OSError as exc:
             return fail(f"{args.output}: cannot write it ({exc.strerror or exc})")
-        already = len(paths)
-        paths = [p for p in paths if p not in results.done]
-        already -= len(paths)
-        if already:
-            print(f"{args.output}: {already} photo(s) already there, {len(paths)} to go", file=sys.stderr)
+        paths = still_to_do(paths, results.done, args.output)
     inputs = {os.path.realpath(p) for p in paths}  # --annotate never writes over any of these
     model.expect(len(paths))
     writer = results if results is not None else WRITERS[args.format](sys.stdout)

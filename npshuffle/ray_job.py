@@ -326,7 +326,7 @@ def run_predict(args, paths: list[str], skipped: int) -> int:
     from .predict import load_model
     from .progress import Progress
     from .results_dir import DIR_FORMATS
-    from .results_file import ResultsFileError
+    from .results_file import ResultsFileError, still_to_do
 
     fmt = args.format or "jsonl"
     if not args.output:
@@ -356,11 +356,7 @@ def run_predict(args, paths: list[str], skipped: int) -> int:
         return fail(str(exc))
     except OSError as exc:
         return fail(f"{args.output}: cannot write there ({exc.strerror or exc})")
-    already = len(paths)
-    paths = [p for p in paths if p not in results.done]
-    already -= len(paths)
-    if already:
-        print(f"{args.output}: {already} photo(s) already there, {len(paths)} to go", file=sys.stderr)
+    paths = still_to_do(paths, results.done, args.output)
     if not paths:
         results.close()
         return EXIT_OK

@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 
 FORMATS = (".jsonl", ".csv")
 CSV_HEADER = ["source", "rank", "class_index", "label", "probability", "error"]
@@ -145,3 +146,13 @@ class ResultsFile:
     def close(self) -> None:
         self.flush()
         self.file.close()
+
+
+def still_to_do(paths: list[str], done: set[str], output: str) -> list[str]:
+    """``paths`` less those an output (``--output`` file or folder, its ``done`` set) already holds,
+    in order; says on stderr how many were skipped, when any were (``--resume``)."""
+    remaining = [p for p in paths if p not in done]
+    if len(remaining) < len(paths):
+        print(f"{output}: {len(paths) - len(remaining)} photo(s) already there, {len(remaining)} to go",
+              file=sys.stderr)
+    return remaining
