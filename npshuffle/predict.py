@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,15 +155,23 @@ def prepare_input(source: object, recipe: dict, fast_decode: bool = False, pixel
     about twice the recipe's resize (JPEG draft mode, else ``Image.reduce``; see ``images.load_rgb``):
     several times faster on phone photos, not pixel-identical. ``pixels``: a list to append the
     decoded picture's pixel count to."""
-    name = describe(source)
     resampler = _exact_resampler()
-    try:
+    with _errors_named(source):
         # (the resampler turns a photo upright as it reads it: no need to turn it first)
         image = load_rgb(source, fast_decode_for=recipe["resize"] if fast_decode else None,
                          keep_orientation=resampler is not None)
         if pixels is not None:
             pixels.append(image.size[0] * image.size[1])
         return preprocess_image(image, recipe, resampler=resampler)
+
+
+@contextmanager
+def _errors_named(source: object):
+    """Any failure to read or prepare ``source`` inside the block -> an ImageError whose message
+    starts with the input's name and says why."""
+    name = describe(source)
+    try:
+        yield
     except ImageError as exc:  # (preprocessing's own, e.g. a 1x10000 strip, do not know the name)
         message = str(exc)
         raise ImageError(message if message.startswith(name) else f"{name}: {message}") from None
@@ -175,14 +184,8 @@ def prepare_views(source: object, recipe: dict, views: str) -> np.ndarray:
     :func:`npshuffle.tta.tta_views`, or an ImageError that names the input, as :func:`prepare_input`."""
     from .tta import tta_views  # (npshuffle.tta imports this module)
 
-    name = describe(source)
-    try:
+    with _errors_named(source):
         return tta_views(load_rgb(source), recipe, views)
-    except ImageError as exc:
-        message = str(exc)
-        raise ImageError(message if message.startswith(name) else f"{name}: {message}") from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        raise ImageError(f"{name}: cannot be read as an image ({type(exc).__name__}: {exc})") from None
 
 
 def predict_stream(
