@@ -185,7 +185,7 @@ def prepare_views(source: object, recipe: dict, views: str) -> np.ndarray:
     from .tta import tta_views  # (npshuffle.tta imports this module)
 
     with _errors_named(source):
-        return tta_views(load_rgb(source), recipe, views)
+        return tta_views(source, recipe, views)  # (it decodes the source itself)
 
 
 def predict_stream(
