@@ -20,6 +20,7 @@ from npshuffle.progress import Progress  # noqa: E402
 from npshuffle.training import train as T  # noqa: E402
 from npshuffle.training.arguments import parse_arch  # noqa: E402
 from npshuffle.training.datasets import read_split, seed_split, write_split  # noqa: E402
+from npshuffle.training.loop import kd_loss, teacher_log_probs  # noqa: E402
 from npshuffle.training.pipeline import Normalize, random_resized_crop_params  # noqa: E402
 from npshuffle.training.torch_ref import build_torch_model  # noqa: E402
 
@@ -204,15 +205,31 @@ def test_init_drops_a_mismatched_classifier_and_distillation_runs(tiny_run, data
     out = tmp_path / "student"
     args = [data_dir, "--out", str(out), "--init", str(tmp_path / "init.pth"), "--epochs", "1",
             "--batch-size", "4", "--img-size", "32", "--val-resize", "40", "--val-crop", "32", "--workers", "0",
-            "--threads", "1", "--freeze", "--teacher", str(tiny_run / "best.pth"), "--lr", "0.01"]
+            "--threads", "1", "--freeze", "--teacher", str(tiny_run / "best.pth"),
+            "--teacher", str(tiny_run / "final.pth"), "--lr", "0.01"]
     assert T.main(args) == 0
     model = Model.load(out / "model.npz")
+    assert model.metadata["trained"]["teacher"] == [str(tiny_run / "best.pth"), str(tiny_run / "final.pth")]
     assert model.file.dialect == "megvii" and model.file.spec == parse_arch(TINY_V1, 3)
     trained = torch.load(out / "best.pth", weights_only=True)
     for key, value in pretrained.state_dict().items():  # frozen: only the classifier changed
         if not key.startswith("classifier."):
             assert torch.equal(trained[key], value), key
     assert trained["classifier.0.weight"].shape == (3, 32)
+
+
+def test_an_ensemble_of_teachers_averages_their_softened_probabilities():
+    torch.manual_seed(0)
+    a, b, student = torch.randn(6, 5) * 3, torch.randn(6, 5) * 3, torch.randn(6, 5)
+    t = 4.0
+    assert torch.allclose(teacher_log_probs([a], t), torch.log_softmax(a / t, 1), atol=1e-6)
+    mean_probs = (torch.softmax(a / t, 1) + torch.softmax(b / t, 1)) / 2
+    ensemble = teacher_log_probs([a, b], t)
+    assert torch.allclose(ensemble.exp(), mean_probs, atol=1e-6)
+    # the loss is T^2 * KL(p_teacher || p_student), zero when the student agrees with the ensemble
+    expected = (mean_probs * (mean_probs.log() - torch.log_softmax(student / t, 1))).sum(1).mean() * t * t
+    assert torch.allclose(kd_loss(student, ensemble, t), expected, atol=1e-5)
+    assert kd_loss(ensemble * t, ensemble, t).abs() < 1e-5
 
 
 def test_bad_init_is_a_clear_error(data_dir, tmp_path, capsys):

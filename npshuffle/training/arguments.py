@@ -113,8 +113,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="decode images from disk every epoch instead of once into memory")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="NCHW instead of channels-last tensors (channels-last is faster on CPU here)")
-    parser.add_argument("--teacher", default=None, metavar="CKPT",
-                        help="distil from this trained checkpoint (e.g. runs/flowers/best.pth)")
+    parser.add_argument("--teacher", action="append", default=None, metavar="CKPT",
+                        help="distil from this trained checkpoint (e.g. runs/flowers/best.pth); give it more than "
+                             "once to distil from the ensemble (the teachers' softened probabilities averaged)")
     parser.add_argument("--kd-alpha", type=float, default=0.7, help="weight of the distillation loss")
     parser.add_argument("--kd-temperature", type=float, default=4.0)
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="LAST_PTH",

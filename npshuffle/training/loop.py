@@ -1,7 +1,7 @@
 """A training run (torch): its networks, optimiser and data loaders, and its epochs.
 
 Every epoch trains on each batch (cross-entropy, with label smoothing when asked, mixed with
-Hinton's distillation loss when a teacher is given), steps the cosine schedule once, validates,
+Hinton's distillation loss when teachers are given: one, or an ensemble), steps the cosine schedule once, validates,
 appends a line to ``metrics.jsonl``, keeps the best weights (``best.pth``), saves what ``--resume``
 needs (``last.pth``, also on Ctrl-C and SIGTERM) and redraws ``curves.png``.
 """
@@ -16,7 +16,7 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -54,8 +54,7 @@ class Run:
     normalize: Normalize
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    teacher: nn.Module | None = None
-    teacher_norm: Normalize | None = None
+    teachers: list[tuple[nn.Module, Normalize]] = field(default_factory=list)  # (network, its input normalisation)
     train_loader: torch.utils.data.DataLoader | None = None
     val_loader: torch.utils.data.DataLoader | None = None
     epoch: int = 0  # epochs completed when the current one began (before the loop: the first to run)
@@ -83,8 +82,9 @@ def setup_run(config: dict, split: Split, resume_state: dict | None) -> Run:
         model = model.to(memory_format=torch.channels_last)
     normalize = Normalize(DEFAULT_RECIPES[dialect], channels_last)
     run = Run(config, model, normalize, *make_optimizer(model, config))
-    if config["teacher"]:
-        run.teacher, run.teacher_norm, _ = build_teacher(config["teacher"], channels_last)
+    for path in teacher_paths(config):
+        teacher, teacher_norm, _ = build_teacher(path, channels_last)
+        run.teachers.append((teacher, teacher_norm))
     if resume_state is not None:
         restore_resume_state(run, resume_state)
         log(f"resumed from epoch {run.epoch} (best val acc so far {100 * run.best_acc:.2f}% "
@@ -118,6 +118,12 @@ def build_student(config: dict, num_classes: int) -> tuple[nn.Module, V1Spec | V
         dropped = init_from_checkpoint(model, init_sd, config["init"])
         log(f"initialised from {config['init']}" + (f" (re-initialised {', '.join(dropped)})" if dropped else ""))
     return model, spec, dialect
+
+
+def teacher_paths(config: dict) -> list[str]:
+    """The --teacher checkpoints: a list (a run saved before --teacher could repeat holds one string)."""
+    teachers = config.get("teacher") or []
+    return [teachers] if isinstance(teachers, str) else list(teachers)
 
 
 def build_teacher(path: str, channels_last: bool) -> tuple[nn.Module, Normalize, V1Spec | V2Spec]:
@@ -222,11 +228,12 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
     for images, labels in loader:
         logits = model(run.normalize(images))
         loss = F.cross_entropy(logits, labels, label_smoothing=config["label_smoothing"])
-        if run.teacher is not None:
+        if run.teachers:
             with torch.no_grad():
-                t_logits = run.teacher(run.teacher_norm(images))
+                t_log_probs = teacher_log_probs([t(norm(images)) for t, norm in run.teachers],
+                                                config["kd_temperature"])
             loss = (1 - config["kd_alpha"]) * loss + config["kd_alpha"] * kd_loss(
-                logits, t_logits, config["kd_temperature"])
+                logits, t_log_probs, config["kd_temperature"])
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
@@ -258,10 +265,20 @@ def evaluate_torch(model: nn.Module, normalize: Normalize, loader) -> tuple[floa
     return loss_sum / max(count, 1), correct / max(count, 1), count
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton et al.'s distillation loss: T^2 * KL(softmax(t / T) || softmax(s / T))."""
+def teacher_log_probs(teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """log of the teachers' softened probabilities, averaged: log(mean_i softmax(logits_i / T)), (N, classes).
+
+    Probabilities, not logits, are averaged, as an ensemble's prediction is; one teacher gives
+    exactly log_softmax(logits / T)."""
+    log_probs = torch.stack([F.log_softmax(t / temperature, 1) for t in teacher_logits])
+    return torch.logsumexp(log_probs, 0) - math.log(len(teacher_logits))
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s distillation loss: T^2 * KL(p_teacher || softmax(s / T)), with
+    ``teacher_log_probs`` = log p_teacher from :func:`teacher_log_probs` at the same temperature T."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+    return F.kl_div(F.log_softmax(student_logits / t, 1), teacher_log_probs,
                     reduction="batchmean", log_target=True) * t * t
 
 

@@ -44,7 +44,7 @@ from ..archs import ArchError
 from .arguments import TrainError, add_train_arguments, command_line, default_out, resolve_config
 from .checkpoints import atomic_save, load_resume
 from .datasets import DatasetError, Split, read_split, seed_split, write_split
-from .loop import Run, log, read_metrics, run_epochs, setup_run
+from .loop import Run, log, read_metrics, run_epochs, setup_run, teacher_paths
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -122,7 +122,8 @@ def write_model_file(run: Run, split: Split, classes_path: str) -> None:
         "split": {"seed": config["seed"], "val_rate": config["val_rate"], "train": len(split.train),
                   "val": len(split.val)},
         "init": os.path.basename(config["init"]) if config["init"] else None,
-        "teacher": config["teacher"], "img_size": config["img_size"], "augment": config.get("augment", "basic"),
+        "teacher": teacher_paths(config) or None, "img_size": config["img_size"],
+        "augment": config.get("augment", "basic"),
     }
     convert_file(run.path(source), model_path, classes=classes_path, resize=config["val_resize"],
                  crop=config["val_crop"], extra={"val_accuracy": round(accuracy, 6), "trained": trained})
