@@ -184,7 +184,13 @@ def write_model_file(path: str | os.PathLike, model: ModelFile) -> None:
                              "file may hold")
     # atomically (npshuffle.atomic): a kill mid-write leaves the previous file at ``path`` intact
     if str(path).lower().endswith(".safetensors"):
-        write_safetensors(path, arrays, {SAFETENSORS_METADATA_KEY: text})
+        try:
+            write_safetensors(path, arrays, {SAFETENSORS_METADATA_KEY: text})
+        except ValueError as exc:
+            # The header stores the JSON as a JSON string: every backslash and quote of it is escaped
+            # once more, so metadata within MAX_METADATA_BYTES can still overflow the header's limit.
+            raise ModelFileError(f"{path}: cannot be written as safetensors: {exc} (the model's {len(text):,} "
+                                 "bytes of metadata, escaped again in the header); write an .npz instead") from None
     else:
         arrays[METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
         write_atomically(path, lambda f: np.savez_compressed(f, **arrays))

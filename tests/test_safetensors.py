@@ -315,6 +315,27 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
     assert "unknown model 'no_such_model'" in capsys.readouterr().err
 
 
+
+def test_metadata_too_large_for_a_safetensors_header_is_one_line_not_a_traceback(tmp_path, capsys):
+    """The model file's JSON may hold 16 MiB; the safetensors header escapes it once more, so 16 MiB
+    of backslashes (or quotes) need 32 MiB there, more than a header may have: export and convert
+    to ``.safetensors`` say so and write nothing (they raised ValueError with a traceback)."""
+    from npshuffle.model_file import MAX_METADATA_BYTES
+
+    original = load_model_file(bundled_path(ENTRIES[0]))
+    room = MAX_METADATA_BYTES - len(json.dumps(original.metadata)) - 100
+    model = tmp_path / "notes.npz"
+    npshuffle.model_file.save_model_file(model, original.spec, original.dialect, original.weights,
+                                         class_names=original.class_names, recipe=original.recipe,
+                                         extra={"notes": "\\" * (room // 2)})
+    out = tmp_path / "notes.safetensors"
+    assert cli(["export", str(model), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"npshuffle: error: {out}: ") and err.count("\n") == 1, err[:500]
+    assert "safetensors header" in err and ".npz" in err
+    assert not out.exists() and os.listdir(tmp_path) == ["notes.npz"]  # no temporary file left either
+    assert cli(["export", str(model), "-o", str(tmp_path / "copy.npz")]) == 0  # an .npz holds it
+
 # --------------------------------------------------------------------------------------------------
 # malformed files: one line each, naming the file and the problem
 

@@ -51,7 +51,8 @@ def convert_file(
             output, converted.spec, converted.dialect, converted.weights,
             class_names=converted.class_names, recipe=recipe, extra={"source": converted.source, **(extra or {})},
         )
-    except ModelFileError as exc:  # not expected: convert_state_dict checks what save_model_file checks
+    except ModelFileError as exc:  # the weights were checked by convert_state_dict; class names or metadata too
+        # large for a .safetensors header (escaped twice there) are refused here
         raise ConversionError(str(exc)) from None
     except OSError as exc:
         raise ConversionError(f"{output}: cannot write the model file ({exc.strerror or exc})") from None
