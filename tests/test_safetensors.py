@@ -165,9 +165,12 @@ def test_content_not_the_name_tells_the_format(tmp_path):
 
 
 def write_checkpoint_with_config(folder, config: object | None, dtype=torch.float32):
+    """A checkpoint with a config.json beside it: ``config`` as JSON, or as it is if bytes."""
     folder.mkdir(exist_ok=True)
     safetensors_torch.save_file(state_dict(SMALL_V2, "torchvision", dtype), folder / "model.safetensors")
-    if config is not None:
+    if isinstance(config, bytes):
+        (folder / "config.json").write_bytes(config)
+    elif config is not None:
         (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return folder / "model.safetensors"
 
@@ -194,14 +197,14 @@ def test_a_config_json_without_id2label_is_ignored(tmp_path):
     ({"id2label": {"1": "a", "2": "b", "3": "c", "4": "d", "5": "e"}}, "no key '0'"),
     ({"id2label": "daisy"}, "not a JSON str"),
     ([1, 2], "expected a JSON object"),
+    # a null is no class name (it became the class "None")
+    ({"id2label": {"0": None, "1": "b", "2": "c", "3": "d", "4": "e"}}, "class names must be strings, found None"),
 ])
 def test_a_bad_config_json_is_named_with_what_to_do(tmp_path, config, problem):
     path = write_checkpoint_with_config(tmp_path / "hf", config)
     with pytest.raises(ConversionError, match="config.json") as info:
         convert_file(path, tmp_path / "out.npz")
-    assert problem in str(info.value)
-    if "id2label" in problem or "key" in problem or "str" in problem:
-        assert "--classes" in str(info.value)
+    assert problem in str(info.value) and "--classes" in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -231,13 +231,13 @@ def config_class_names(checkpoint: str, num_classes: int) -> list[str] | None:
     path = os.path.join(os.path.dirname(checkpoint), HF_CONFIG)
     if not os.path.isfile(path):
         return None
-    config = _parse_json(_read_text(path, "its id2label"), path, "expected a JSON object")
-    if not isinstance(config, dict):
-        raise ConversionError(f"{path}: expected a JSON object, not a JSON {type(config).__name__}")
-    if "id2label" not in config:
-        return None
-    instead = "; give --classes FILE to name the classes instead"
+    instead = "; give --classes FILE to name the classes instead"  # (config.json is then not read at all)
     try:
+        config = _parse_json(_read_text(path, "its id2label"), path, "expected a JSON object")
+        if not isinstance(config, dict):
+            raise ConversionError(f"{path}: expected a JSON object, not a JSON {type(config).__name__}")
+        if "id2label" not in config:
+            return None
         names = _class_names_from_json(config["id2label"], f"{path} (id2label)")
     except ConversionError as exc:
         raise ConversionError(f"{exc}{instead}") from None
@@ -283,9 +283,9 @@ def _class_names_from_json(data: object, path: str) -> list[str]:
         names = data
     else:
         raise ConversionError(f"{path}: {_EXPECTED_NAMES}, not a JSON {type(data).__name__}")
-    bad = next((n for n in names if type(n) not in (str, int, float)), None)
-    if bad is not None:
-        raise ConversionError(f"{path}: class names must be strings, found {show(bad)}")
+    for name in names:
+        if type(name) not in (str, int, float):  # (a null too: it is no name, not the class "None")
+            raise ConversionError(f"{path}: class names must be strings, found {show(name)}")
     return [str(n) for n in names]
 
 
