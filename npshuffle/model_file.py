@@ -390,6 +390,18 @@ def _read_metadata(path: str, raw: np.ndarray) -> tuple[dict, V1Spec | V2Spec, s
     return metadata, spec, dialect, plan
 
 
+def _surrogate_problems(names: list[str]) -> list[str]:
+    """The first class name holding a lone surrogate, as a problem (or none). JSON can spell one
+    (``"\\ud800"``), but it is no text: no UTF-8 output can hold it (``predict -o results.csv``
+    failed on it mid-run). Control characters are text, escaped where shown (``npshuffle.cli``)."""
+    for index, name in enumerate(names):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            return [f"class name {index} ({ascii(name[:40])}) holds a lone surrogate, which is not text"]
+    return []
+
+
 def _check_contents(path: str, metadata: dict, plan: Plan, arrays: dict[str, np.ndarray]) -> None:
     expected = plan.weight_shapes()
     problems = []
@@ -398,6 +410,8 @@ def _check_contents(path: str, metadata: dict, plan: Plan, arrays: dict[str, np.
         isinstance(n, str) for n in names
     ):
         problems.append(f"class_names must be a list of {plan.classifier.num_classes} strings")
+    else:
+        problems.extend(_surrogate_problems(names))
     missing = sorted(set(expected) - set(arrays))
     unexpected = sorted(set(arrays) - set(expected))
     if missing:

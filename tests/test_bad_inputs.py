@@ -174,7 +174,7 @@ def test_absurd_weights_are_an_error_naming_the_model_not_nan_percent(tmp_path, 
 
 
 def test_class_names_cannot_send_escape_sequences_to_the_terminal(tmp_path, capsys):
-    names = ["\x1b[2J\x1b[31mdaisy", "dandelion\ud800", "roses", "sunflowers", "tulips\x07"]
+    names = ["\x1b[2J\x1b[31mdaisy", "dandelion\x85", "roses", "sunflowers", "tulips\x07"]
     path = doctored_model(tmp_path, class_names=names)
     assert cli.main(["predict", TULIP, "--model", path]) == cli.EXIT_OK
     out = capsys.readouterr().out
@@ -182,10 +182,30 @@ def test_class_names_cannot_send_escape_sequences_to_the_terminal(tmp_path, caps
     for fmt in ("json", "jsonl"):  # JSON escapes control characters itself
         assert cli.main(["predict", TULIP, "--model", path, "-f", fmt]) == cli.EXIT_OK
         assert "\x1b" not in capsys.readouterr().out
-    # CSV is data, usually for a file: the names as they are (but for the unencodable surrogate)
+    # CSV is data, usually for a file: the names as they are
     assert cli.main(["predict", TULIP, "--model", path, "-f", "csv"]) == cli.EXIT_OK
     out = capsys.readouterr().out
-    assert "\x1b[2J\x1b[31mdaisy" in out and "dandelion\\ud800" in out
+    assert "\x1b[2J\x1b[31mdaisy" in out and "dandelion\x85" in out
+
+
+def test_a_class_name_with_a_lone_surrogate_is_refused_with_the_model_file(tmp_path, capsys):
+    """JSON can spell a lone surrogate (``"\\ud800"``), which no UTF-8 output can hold: such a
+    model file made ``predict -o out.csv`` end in a UnicodeEncodeError traceback after the header,
+    its rows lost. Now the model file is refused when it is loaded, in one line."""
+    from npshuffle.zoo import ZOO, bundled_path
+
+    original = load_model_file(bundled_path(ZOO["flowers"]))
+    metadata = {**original.metadata, "class_names": ["daisy", "dandelion\ud800", "roses", "sunflowers", "tulips"]}
+    path = tmp_path / "surrogate.npz"
+    np.savez(path, **original.weights, __metadata__=np.frombuffer(json.dumps(metadata).encode(), np.uint8))
+    out = tmp_path / "out.csv"
+    assert cli.main(["predict", TULIP, "--model", str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"npshuffle: error: {path}: ") and err.count("\n") == 1, err
+    assert "class name 1" in err and "surrogate" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="surrogate"):  # nor can one be saved
+        save_model_file(tmp_path / "again.npz", original.spec, original.dialect, original.weights,
+                        class_names=metadata["class_names"], recipe=original.recipe)
 
 
 def test_printable_survives_a_strict_terminal_encoding(monkeypatch):

@@ -199,6 +199,8 @@ def test_a_config_json_without_id2label_is_ignored(tmp_path):
     ([1, 2], "expected a JSON object"),
     # a null is no class name (it became the class "None")
     ({"id2label": {"0": None, "1": "b", "2": "c", "3": "d", "4": "e"}}, "class names must be strings, found None"),
+    # JSON can spell a lone surrogate, which is no text: no UTF-8 output could hold the class name
+    ({"id2label": {"0": "a", "1": "b\ud800", "2": "c", "3": "d", "4": "e"}}, "holds a lone surrogate"),
     # a key given twice: which name is meant? (the last one was kept, silently)
     (b'{"id2label": {"0": "a", "0": "z", "1": "b", "2": "c", "3": "d", "4": "e"}}', "key '0' twice"),
     (b'{"id2label": {"0": "x"}, "id2label": {"0": "a", "1": "b", "2": "c", "3": "d", "4": "e"}}',

@@ -301,10 +301,22 @@ def _class_names_from_json(data: object, path: str) -> list[str]:
         names = data
     else:
         raise ConversionError(f"{path}: {_EXPECTED_NAMES}, not a JSON {type(data).__name__}")
-    for name in names:
+    for index, name in enumerate(names):
         if type(name) not in (str, int, float):  # (a null too: it is no name, not the class "None")
             raise ConversionError(f"{path}: class names must be strings, found {show(name)}")
+        if type(name) is str and not _is_text(name):  # (the model file would refuse it too, naming no source)
+            raise ConversionError(f"{path}: class name {index} ({show(name)}) holds a lone surrogate (a \\ud800 "
+                                  "escape), which is not text")
     return [str(n) for n in names]
+
+
+def _is_text(name: str) -> bool:
+    """Whether ``name`` can be written as UTF-8: JSON can spell a lone surrogate, which is not text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def imagenet_class_names() -> list[str]:
