@@ -61,6 +61,8 @@ DTYPES: dict[str, np.dtype] = {
     "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
     "BOOL": np.dtype("u1"),
 }
+# BF16 elements widened per step (SafetensorsReader._read_bf16): a 2 MiB read buffer
+_BF16_BLOCK = 2**20
 # dtypes of the format that NumPy cannot hold, or that make no sense for these weights
 UNSUPPORTED_DTYPES = ("F8_E5M2", "F8_E4M3", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64")
 # numpy dtype -> the name written (the inverse of DTYPES, for :func:`write_safetensors`)
@@ -253,15 +255,32 @@ class SafetensorsReader:
         lacks: widened to float32 (exactly), and BOOL, bool."""
         entry = self.entries[name]
         self._file.seek(entry.begin)
+        if entry.dtype == "BF16":
+            return self._read_bf16(entry)
         data = bytearray(entry.end - entry.begin)  # (a size checked against the file: see _entry)
         if self._file.readinto(data) != len(data):
             raise self._fail(f"the file shrank while tensor {_brief(name)} was being read")
         array = np.frombuffer(data, dtype=DTYPES[entry.dtype]).reshape(entry.shape)  # writable: over a bytearray
-        if entry.dtype == "BF16":  # the top 16 bits of a float32
-            return (array.astype(np.uint32) << 16).view(np.float32)
         if entry.dtype == "BOOL":
             return array != 0
         return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+
+    def _read_bf16(self, entry: TensorEntry) -> np.ndarray:
+        """A BF16 tensor (the file positioned at its bytes) widened to float32: a bfloat16 is the
+        top 16 bits of a float32. Read a block at a time into the result, so that memory is the
+        result (twice the stored bytes) and one block: widening the whole stored tensor at once held
+        it, a uint32 copy and a shifted copy together, five times its bytes."""
+        words = np.empty(entry.shape, np.uint32)
+        flat = words.reshape(-1)  # (a view: C-contiguous)
+        block = bytearray(2 * _BF16_BLOCK)
+        for start in range(0, flat.size, _BF16_BLOCK):
+            part = memoryview(block)[: 2 * min(_BF16_BLOCK, flat.size - start)]
+            if self._file.readinto(part) != len(part):
+                raise self._fail(f"the file shrank while tensor {_brief(entry.name)} was being read")
+            target = flat[start:start + len(part) // 2]
+            target[...] = np.frombuffer(part, DTYPES["BF16"])
+            target <<= 16
+        return words.view(np.float32)
 
     def read_all(self) -> dict[str, np.ndarray]:
         """Every tensor, by name, in the header's order (see :meth:`read`)."""

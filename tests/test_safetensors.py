@@ -99,6 +99,34 @@ def test_the_package_reads_what_npshuffle_writes(tmp_path):
     assert struct.unpack("<Q", path.read_bytes()[:8])[0] % 8 == 0  # the data start aligned, as the package writes
 
 
+
+def test_bf16_is_widened_without_holding_the_tensor_three_times(tmp_path):
+    """Reading BF16 needs the float32 result, twice the stored bytes, and not much more: a
+    file within the reader's data limit (1 GiB) must not cost five times that in memory (the
+    whole stored tensor, then a uint32 copy, then a shifted one: 5x, all at once)."""
+    import tracemalloc
+
+    count = 4 * 2**20
+    path = tmp_path / "bf16.safetensors"
+    path.write_bytes(raw_file({"w": entry("BF16", (count,), (0, 2 * count))}))
+    with open(path, "r+b") as f:  # (a sparse file of zeros)
+        f.truncate(os.path.getsize(path) + 2 * count)
+    values = np.array([1.5, -2.0, 3.140625], np.float32)  # exact in bfloat16
+    with open(path, "r+b") as f:
+        f.seek(-6, os.SEEK_END)
+        f.write((values.view(np.uint32) >> 16).astype("<u2").tobytes())
+    with SafetensorsReader(path) as reader:
+        tracemalloc.start()
+        try:
+            array = reader.read("w")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert array.dtype == np.float32 and array.shape == (count,) and array.flags.writeable
+    np.testing.assert_array_equal(array[-3:], values)
+    assert not array[:-3].any()
+    assert peak < 2.5 * 2 * count, f"peak {peak:,} bytes to read {2 * count:,} stored bytes"
+
 # --------------------------------------------------------------------------------------------------
 # safetensors in: the same conversion as from .pth
 
