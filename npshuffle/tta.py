@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .images import load_rgb, upright
-from .predict import softmax
+from .predict import prepare_views, softmax
 from .preprocess import center_crop, normalise, resize_shorter_side
 
 TTA_VIEWS = {"flip": 2, "ten-crop": 10}  # name -> views per photo
@@ -65,8 +65,8 @@ def tta_probabilities(model, images: list, views: str = "flip", batch_size: int 
     ``softmax(logits)`` (see the module docstring for why probabilities), so each row sums to 1.
 
     Photos go through in groups of ``batch_size // V`` (at least one), all views of a group in one
-    network pass: memory stays bounded however many photos there are. An unreadable photo raises
-    ``npshuffle.ImageError``.
+    network pass: memory stays bounded however many photos there are. An unusable photo raises
+    ``npshuffle.ImageError``, its message starting with the photo's name.
     """
     count = TTA_VIEWS.get(views)
     if count is None:
@@ -77,7 +77,8 @@ def tta_probabilities(model, images: list, views: str = "flip", batch_size: int 
     group = max(1, batch_size // count)
     for start in range(0, len(images), group):
         chunk = images[start:start + group]
-        stacked = np.concatenate([tta_views(image, model.recipe, views) for image in chunk])  # (n * V, 3, c, c)
+        # (prepare_views: tta_views with every failure an ImageError that names the photo)
+        stacked = np.concatenate([prepare_views(image, model.recipe, views) for image in chunk])  # (n * V, 3, c, c)
         probabilities = softmax(model.forward(stacked), axis=1)  # (n * V, classes)
         out[start:start + len(chunk)] = probabilities.reshape(len(chunk), count, -1).mean(axis=1)
     return out

@@ -115,6 +115,22 @@ def test_bad_arguments():
         tta_probabilities(SideModel(), random_photo(50, 44))
 
 
+
+def test_an_unusable_photo_raises_an_image_error_naming_it(tmp_path):
+    """The photo a message is about is named, and every failure is an ImageError, as the docstring
+    says: a 1x300 strip's said only "image of 1x300 pixels" (which of the list?), and a PIL image
+    of a mode PIL cannot convert raised a bare ValueError."""
+    from npshuffle.images import ImageError
+
+    strip = tmp_path / "strip.png"
+    random_photo(1, 300).save(strip)
+    cases = [(str(strip), str(strip), "aspect ratio"), (Image.new("La", (40, 40)), "<PIL La image 40x40>", "La")]
+    for bad, name, problem in cases:
+        with pytest.raises(ImageError) as info:
+            tta_probabilities(SideModel(), [random_photo(50, 44), bad], "flip")
+        assert str(info.value).startswith(f"{name}: ") and problem in str(info.value), str(info.value)
+
+
 @pytest.fixture(scope="module")
 def flowers():
     return load_model("flowers", backend="numpy")
