@@ -7,6 +7,7 @@ inputs there are). A broken input never stops the others: in a list, it comes ba
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 import threading
@@ -210,6 +211,9 @@ def predict_stream(
     """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
+    # (0 would make no batch at all: every photo silently left out of the results)
+    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number, at least 1, got {batch_size!r}")
     from .tta import TTA_VIEWS  # (npshuffle.tta imports this module)
 
     if tta is not None and tta not in TTA_VIEWS:

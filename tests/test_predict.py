@@ -92,6 +92,17 @@ def test_top_k_is_validated_and_capped(model):
     assert len(npshuffle.predict(DAISY, model=model, top_k=5000).top) == 1000
 
 
+
+@pytest.mark.parametrize("tta", [None, "flip"])
+def test_batch_size_is_validated(model, tta):
+    """batch_size=0 made no batches at all: a list of photos came back as an empty list, with no
+    error (and -1 gave islice's message); it is checked now, as top_k is."""
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be a whole number, at least 1"):
+            npshuffle.predict([DAISY, TULIP], model=model, batch_size=bad, tta=tta)
+    assert len(npshuffle.predict([DAISY, TULIP], model=model, batch_size=np.int64(1), tta=tta)) == 2
+
+
 def test_stream_keeps_order_and_bounded_batches(model, tmp_path):
     seen = []
 
