@@ -315,6 +315,23 @@ def test_output_into_a_missing_folder_or_onto_a_folder(tmp_path):
         convert_file(path, tmp_path)
 
 
+
+@pytest.mark.parametrize("output, problem", [
+    ("model.onnx", "for ONNX, convert to an .npz and `npshuffle export` it"),
+    ("model.pt", "writes .npz or .safetensors"),
+    ("model", "writes .npz or .safetensors"),
+])
+def test_an_output_name_of_another_format_is_refused(tmp_path, output, problem):
+    """-o model.onnx wrote an .npz archive under the .onnx name, exit 0: a file that no ONNX tool
+    can open. Only the two formats convert writes are taken; nothing is written otherwise."""
+    path = save(tmp_path, small_state_dict())
+    with pytest.raises(ConversionError, match="model") as info:
+        convert_file(path, tmp_path / output)
+    assert str(info.value).startswith(str(tmp_path / output)) and problem in str(info.value)
+    assert not (tmp_path / output).exists()
+    convert_file(path, tmp_path / "MODEL.NPZ")  # (the extension in any case)
+
+
 def test_unwritable_output_folder_is_one_line(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root can write anywhere")

@@ -59,9 +59,16 @@ def convert_file(
 
 
 def _check_output_path(output: str) -> None:
-    """Refuse an output that is a folder or lies in a missing folder before any work is done."""
+    """Refuse an output that is a folder, lies in a missing folder or is named for a format that
+    is not written (any name but ``.safetensors`` gets an .npz archive: ``-o model.onnx`` wrote
+    a zip under that name) before any work is done."""
     if os.path.isdir(output):
         raise ConversionError(f"{output}: is a folder; give the model file to write, e.g. {output}/model.npz")
+    suffix = os.path.splitext(output)[1].lower()
+    if suffix not in (".npz", ".safetensors"):
+        named = f"a {suffix} name" if suffix else "no extension"
+        onnx = "; for ONNX, convert to an .npz and `npshuffle export` it to .onnx" if suffix == ".onnx" else ""
+        raise ConversionError(f"{output}: {named}, but convert writes .npz or .safetensors model files{onnx}")
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise ConversionError(f"{output}: the folder {folder} does not exist")
