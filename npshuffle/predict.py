@@ -119,10 +119,19 @@ def predictions_from_logits(model: Model, logits: np.ndarray, top_k: int) -> lis
 def predictions_from_views(model: Model, logits: np.ndarray, views: int, top_k: int) -> list[Prediction]:
     """Test-time augmentation: ``logits`` (N * views, classes), each photo's views consecutive ->
     one Prediction per photo from the mean of its views' probabilities (``npshuffle.tta`` says why
-    probabilities); its ``logits`` are the log of that mean."""
+    probabilities); its ``logits`` are the log of that mean.
+
+    A class whose probability underflows to 0 in every view (a confident model: scores 100 apart)
+    would have log 0 = -inf there, and the photo would be taken for a broken model's: the mean is
+    floored at float32's smallest normal number first (its softmax differs by at most 1e-38). A
+    photo is an error row when its views' own scores are not all finite, as in plain prediction."""
+    classes = logits.shape[1]
     with np.errstate(all="ignore"):
-        probabilities = softmax(logits, axis=1).reshape(-1, views, logits.shape[1]).mean(axis=1)
-        return predictions_from_probabilities(model, probabilities, np.log(probabilities), top_k)
+        probabilities = softmax(logits, axis=1).reshape(-1, views, classes).mean(axis=1)
+        averaged_logits = np.log(np.maximum(probabilities, np.finfo(np.float32).tiny))  # (NaN stays NaN)
+    broken = ~np.isfinite(logits).reshape(-1, views * classes).all(axis=1)
+    averaged_logits[broken] = np.nan  # (reported as an error by predictions_from_probabilities)
+    return predictions_from_probabilities(model, probabilities, averaged_logits, top_k)
 
 
 def predictions_from_probabilities(model: Model, probabilities: np.ndarray, logits: np.ndarray,

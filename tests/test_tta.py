@@ -181,6 +181,31 @@ def test_predict_with_tta_gives_tta_probabilities_and_keeps_bad_inputs_as_error_
     assert any(abs(p.probability - q.probability) > 1e-4 for p, q in zip(good, plain, strict=True))  # TTA did act
 
 
+
+@pytest.mark.parametrize("views", ["flip", "ten-crop"])
+def test_a_confident_model_is_not_called_broken_under_tta(tmp_path, views):
+    """A class whose probability underflows to 0 in every view (logits 100+ apart: a confident
+    model, finite scores) made log(mean) -inf, and each photo an error row saying the model file
+    is broken, while plain prediction classified it. Only non-finite view scores are an error."""
+    import npshuffle
+    from npshuffle.model_file import save_model_file
+    from npshuffle.predict import softmax
+    from npshuffle.zoo import ZOO, bundled_path
+
+    original = npshuffle.model_file.load_model_file(bundled_path(ZOO["flowers"]))
+    weights = dict(original.weights)
+    weights["classifier.weight"] = weights["classifier.weight"] * np.float32(300)
+    path = tmp_path / "confident.npz"
+    save_model_file(path, original.spec, original.dialect, weights, class_names=original.class_names,
+                    recipe=original.recipe)
+    model = load_model(str(path), backend="numpy")
+    plain = npshuffle.predict(TULIP, model)
+    assert plain.label == "tulips" and min(p for _, p in plain.top) == 0.0  # (some class underflows)
+    got = npshuffle.predict([TULIP], model, tta=views)[0]
+    assert got.ok and got.label == "tulips" and np.isfinite(got.logits).all(), got.error
+    np.testing.assert_allclose(softmax(got.logits), tta_probabilities(model, [TULIP], views)[0], atol=1e-6)
+
+
 def test_the_cli_takes_tta_and_refuses_it_with_fast_decode(capsys):
     from npshuffle.cli import main
 
