@@ -216,7 +216,9 @@ def predict_stream(
     see :func:`prepare_input` (off by default: it changes pixels). ``tta``: ``"flip"`` or
     ``"ten-crop"``, test-time augmentation (:mod:`npshuffle.tta`): each photo's views go through the
     network in its batch and their probabilities are averaged (2 or 10 network passes' worth per
-    photo; ``fast_decode`` does not apply).
+    photo; ``fast_decode`` does not apply). A batch then holds ``batch_size // V`` photos (one at
+    least), so that a network pass still takes at most ``batch_size`` images, as in
+    :func:`npshuffle.tta.tta_probabilities`.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -228,6 +230,8 @@ def predict_stream(
     if tta is not None and tta not in TTA_VIEWS:
         raise ValueError(f"unknown TTA views {tta!r}; known: {', '.join(TTA_VIEWS)}")
     views = TTA_VIEWS[tta] if tta else 1
+    # (batch_size photos of V views each would be V times the images per pass, and the memory)
+    photos_per_batch = max(1, batch_size // views)
     workers = default_workers(model.threads) if workers is None else workers
     recipe = model.recipe
     turns = threading.Lock()  # network calls that cannot run at the same time take turns
@@ -259,7 +263,7 @@ def predict_stream(
             predictions.append(prediction)
         return predictions
 
-    for predictions in in_order(batches(sources, batch_size), classify, workers, workers + 1):
+    for predictions in in_order(batches(sources, photos_per_batch), classify, workers, workers + 1):
         yield from predictions
 
 

@@ -206,6 +206,24 @@ def test_a_confident_model_is_not_called_broken_under_tta(tmp_path, views):
     np.testing.assert_allclose(softmax(got.logits), tta_probabilities(model, [TULIP], views)[0], atol=1e-6)
 
 
+
+@pytest.mark.parametrize("views, batch_size, most", [("flip", 4, 4), ("ten-crop", 16, 10), ("ten-crop", 4, 10)])
+def test_predict_with_tta_keeps_batch_size_network_inputs_per_pass(views, batch_size, most):
+    """--batch-size is the images per network pass: with TTA a batch of 16 photos went through as
+    160 views at once (ten-crop: 7x plain prediction's memory, 16 GB with a 2048 px recipe). Now a
+    batch holds batch_size // V photos, one photo's views at least, as in tta_probabilities."""
+    import npshuffle
+    from npshuffle.model import Model
+    from npshuffle.zoo import ZOO, bundled_path
+
+    model = Model.load(bundled_path(ZOO["flowers"]), backend="numpy")
+    sizes, forward = [], model.forward
+    model.forward = lambda x, **kw: sizes.append(len(x)) or forward(x, **kw)
+    got = npshuffle.predict([TULIP] * 5, model, batch_size=batch_size, tta=views, workers=1)
+    assert [p.label for p in got] == ["tulips"] * 5
+    assert sum(sizes) == 5 * TTA_VIEWS[views] and max(sizes) == most, sizes
+
+
 def test_the_cli_takes_tta_and_refuses_it_with_fast_decode(capsys):
     from npshuffle.cli import main
 
