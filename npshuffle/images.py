@@ -230,9 +230,7 @@ def to_rgb(image: Image.Image, name: str = "image", keep_orientation: bool = Fal
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode
     if mode in ("RGBA", "LA", "RGBa", "La", "PA"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return _over_white(image)
     if mode.startswith("I") or mode == "F":
         return Image.fromarray(_scale_to_uint8(np.asarray(image), mode), mode="L").convert("RGB")
     try:
@@ -241,15 +239,47 @@ def to_rgb(image: Image.Image, name: str = "image", keep_orientation: bool = Fal
         raise ImageError(f"{name}: cannot convert PIL mode {mode!r} to RGB ({exc})") from None
 
 
+# Pixels per strip when converting a picture piece by piece: the temporaries of a conversion (RGBA
+# copies, float64 values) then cost a few MB whatever the picture's size, instead of 4-20 bytes for
+# every pixel of, say, an 88-megapixel PNG that is a few hundred KB on disk.
+STRIP_PIXELS = 1 << 20
+
+
+def _strips(height: int, width: int):
+    """(top, bottom) row ranges of about STRIP_PIXELS pixels each, covering ``height`` rows."""
+    rows = max(1, STRIP_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        yield top, min(height, top + rows)
+
+
+def _over_white(image: Image.Image) -> Image.Image:
+    """An image with transparency (RGBA, LA, RGBa, La, PA) composited over white, as RGB; strip by
+    strip, which gives the same pixels as compositing the whole picture at once (each pixel is
+    composited on its own)."""
+    width, height = image.size
+    out = Image.new("RGB", image.size)
+    for top, bottom in _strips(height, width):
+        rgba = image.crop((0, top, width, bottom)).convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        out.paste(Image.alpha_composite(background, rgba).convert("RGB"), (0, top))
+    return out
+
+
 def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    values = values.astype(np.float64)
-    if mode.startswith("I;16"):
-        values = values / 257.0
-    else:
+    """16/32-bit greyscale (H, W) -> uint8 (H, W): I;16 divided by 257, I and F stretched from their
+    range to 0..255 when it goes outside it; computed strip by strip in float64."""
+    out = np.empty(values.shape, np.uint8)
+    low = high = 0.0
+    if not mode.startswith("I;16"):
         low, high = float(values.min()), float(values.max())
-        if low < 0 or high > 255:
-            values = (values - low) * (255.0 / max(high - low, 1e-12))
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    for top, bottom in _strips(*values.shape[:2]):
+        strip = values[top:bottom].astype(np.float64)
+        if mode.startswith("I;16"):
+            strip /= 257.0
+        elif low < 0 or high > 255:
+            strip = (strip - low) * (255.0 / max(high - low, 1e-12))
+        out[top:bottom] = np.clip(np.rint(strip, out=strip), 0, 255, out=strip)
+    return out
 
 
 def array_to_image(array: np.ndarray) -> Image.Image:

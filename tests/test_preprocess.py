@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from npshuffle import images
 from npshuffle.images import ImageError, load_rgb, open_image
 from npshuffle.model_file import DEFAULT_RECIPES, check_recipe
 from npshuffle.preprocess import center_crop, preprocess_batch, preprocess_image, resize_shorter_side
@@ -86,6 +87,39 @@ def test_transparency_is_composited_over_white():
     palette = Image.fromarray(rgba[:, :, :3]).convert("P")
     palette.info["transparency"] = palette.getpixel((9, 9))
     assert (np.asarray(load_rgb(palette))[:, 5:] == 255).all()
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "RGBa", "PA", "I;16", "I", "F"])
+def test_pictures_converted_strip_by_strip_equal_the_whole_picture_converted_at_once(monkeypatch, mode):
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (37, 29, 4), dtype=np.uint8)
+    if mode in ("I;16", "I", "F"):
+        values = rng.integers(0, 65536, (37, 29)).astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode])
+        picture = Image.fromarray(values)
+        assert picture.mode == mode
+    else:
+        picture = Image.fromarray(rgba, "RGBA").convert(mode)
+    whole = np.asarray(load_rgb(picture))
+    monkeypatch.setattr(images, "STRIP_PIXELS", 29 * 4)  # 4 rows a strip, the last strip 1 row
+    np.testing.assert_array_equal(np.asarray(load_rgb(picture)), whole)
+    assert whole.std() > 10  # a real picture, not all white or black
+
+
+def test_16_bit_greyscale_is_scaled_without_float64_copies_of_the_whole_picture(monkeypatch):
+    import tracemalloc
+
+    monkeypatch.setattr(images, "STRIP_PIXELS", 1 << 16, raising=False)  # 64 K pixels: a strip's float64s are 0.5 MB
+    sixteen = Image.fromarray(np.full((2000, 2000), 40000, np.uint16))  # 4 MP: 32 MB as float64
+    tracemalloc.start()
+    try:
+        rgb = load_rgb(sixteen)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.asarray(rgb)[0, 0, 0] == round(40000 / 257)
+    # NumPy's copy of PIL's 16-bit pixels (at its peak ~4 bytes a pixel: the bytes and the array), the
+    # uint8 result (1 byte) and one strip's float64s; a float64 copy of the picture alone is 8 bytes a pixel
+    assert peak < 5.5 * 2000 * 2000, f"peak {peak / 2**20:.1f} MiB"
 
 
 @pytest.mark.parametrize("orientation,expected_size", [(1, (40, 20)), (3, (40, 20)), (6, (20, 40)), (8, (20, 40))])
