@@ -261,6 +261,15 @@ def _zip_entry_count(path: str) -> int:
     return record[zipfile._ECD_ENTRIES_TOTAL]
 
 
+def not_a_model_file(path: str) -> str:
+    """The message for a model path that is not a regular file: missing, a folder, or a pipe/device."""
+    if not os.path.exists(path):
+        return f"{path}: no such model file"
+    if os.path.isdir(path):
+        return f"{path}: a folder, not a model file (give the .npz or .safetensors file inside it)"
+    return f"{path}: not a regular file (a pipe or device?); a model must be an .npz or .safetensors file"
+
+
 def load_model_file(path: str | os.PathLike) -> ModelFile:
     """Read and validate a model file, ``.npz`` or ``.safetensors`` (told by its first bytes).
     Raises :class:`ModelFileError` (never a numpy traceback).
@@ -273,7 +282,7 @@ def load_model_file(path: str | os.PathLike) -> ModelFile:
     """
     path = str(path)
     if not os.path.isfile(path):
-        raise ModelFileError(f"{path}: no such model file")
+        raise ModelFileError(not_a_model_file(path))
     if os.path.getsize(path) > MAX_FILE_BYTES:
         raise ModelFileError(f"{path}: {os.path.getsize(path)} bytes, too large to be a model file")
     try:

@@ -14,7 +14,7 @@ from importlib import resources
 
 import numpy as np
 
-from .model_file import METADATA_KEY, ModelFileError
+from .model_file import METADATA_KEY, ModelFileError, not_a_model_file
 
 MEGVII_SOURCE = "megvii-model/ShuffleNet-Series (MIT licence), converted with weights_convert"
 
@@ -80,7 +80,7 @@ def resolve(name_or_path: str | os.PathLike | None) -> tuple[str, str]:
         return text, path
     if os.path.exists(text) or text.endswith((".npz", ".safetensors")) or os.sep in text:
         if not os.path.isfile(text):
-            raise ModelFileError(f"{text}: no such model file")
+            raise ModelFileError(not_a_model_file(text))
         return os.path.basename(text), text
     names = ", ".join(e.name for e in available())
     raise ModelFileError(f"unknown model {text!r}: use a bundled model ({names}) or a path to a model file "

@@ -92,6 +92,8 @@ def test_annotate_writes_labelled_copies(tmp_path):
     [
         (["--model", "no_such_model"], "unknown model 'no_such_model'"),
         (["--model", "missing.npz"], "missing.npz: no such model file"),
+        (["--model", str(EXAMPLES)], "a folder, not a model file"),
+        (["--model", "/dev/null"], "/dev/null: not a regular file"),
         (["--top-k", "0"], "--top-k must be at least 1"),
     ],
 )
