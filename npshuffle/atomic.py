@@ -1,8 +1,10 @@
 """Writing a file so that it is either complete or not there: never half-written.
 
 The data go to a temporary file in the target's folder, which is renamed over the target only
-once fully written (a rename within one file system is atomic). A kill or a full disk mid-write
-leaves the previous file at the target untouched and no temporary file behind.
+once fully written (a rename within one file system is atomic). An error, a full disk, Ctrl-C or
+(through the CLI, which turns SIGTERM into an exception) ``kill PID`` mid-write leaves the previous
+file at the target untouched and no temporary file behind. SIGKILL cannot be caught: it also
+leaves the target untouched, but may leave the hidden ``.NAME.*.tmp`` beside it.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ is named on stderr); 2 nothing could run (bad arguments, unknown or malformed mo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import importlib
@@ -14,6 +15,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import signal
 import sys
 
 from .annotate import annotate, check_output_folder
@@ -419,14 +421,44 @@ OPTIONAL_COMMANDS = (
 )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a scheduler stopping a job), raised in the main thread so that the
+    same clean-up as Ctrl-C runs: temporary files removed, results on disk closed cleanly."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_exception():
+    """While the command runs, SIGTERM raises :class:`Terminated` instead of ending the process on
+    the spot (Python's default), which would skip every ``finally``. Commands that handle SIGTERM
+    themselves (``serve``, ``train``) install their own handler inside this one. Outside the main
+    thread (e.g. ``main`` called from a test's thread) signals cannot be handled: nothing changes."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     try:
-        return args.run(args)
+        with sigterm_as_exception():
+            return args.run(args)
     except (ModelFileError, BackendError, ImageError) as exc:
         return fail(str(exc))
+    except Terminated:
+        print("\nterminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

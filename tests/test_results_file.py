@@ -86,6 +86,32 @@ def test_a_run_killed_mid_way_and_resumed_has_every_photo_exactly_once(tmp_path)
     assert again.returncode == 0 and sorted(jsonl_sources(out)) == paths  # (nothing left to do)
 
 
+def test_sigterm_stops_a_run_cleanly_and_it_resumes(tmp_path):
+    """`kill PID` (what schedulers send) ends the command like Ctrl-C: exit 143, one line on stderr,
+    every line on disk whole, no temporary file left beside the output, and --resume finishes the job."""
+    folder, paths = photo_folder(tmp_path, 100)
+    out = tmp_path / "results.jsonl"
+    command = [sys.executable, "-m", "npshuffle", "predict", str(folder), "--device", "numpy", "--batch-size", "4",
+               "--output", str(out), "-k", "1"]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:
+        if out.exists() and out.stat().st_size > 2000:
+            first.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.01)
+    err = first.communicate(timeout=60)[1]
+    if first.returncode not in (0, 1):  # (0/1: the run finished before the signal came)
+        assert first.returncode == 128 + signal.SIGTERM, err
+        assert "terminated" in err and "Traceback" not in err
+        lines = out.read_text().splitlines()
+        assert all(json.loads(line)["source"] for line in lines) and len(lines) < len(paths)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    done = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 1), done.stderr
+    assert sorted(jsonl_sources(out)) == paths
+
+
 def test_csv_resume_cuts_a_half_written_photo(tmp_path):
     out = tmp_path / "results.csv"
     assert main(["predict", *PHOTOS, "--device", "numpy", "--output", str(out), "-k", "3"]) == 0
