@@ -37,6 +37,7 @@ from typing import IO
 import numpy as np
 
 from .atomic import write_atomically
+from .strict_json import DuplicateKeyError, refuse_duplicate_keys
 
 METADATA = "__metadata__"
 
@@ -89,21 +90,6 @@ def _brief(value: object, limit: int = 60) -> str:
     text = repr(value)[: 4 * limit]
     text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    """``json.loads``'s object hook: a key given twice is refused (a reader keeping the first and
-    one keeping the last would see different tensors)."""
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise _Duplicate(key)
-        result[key] = value
-    return result
-
-
-class _Duplicate(ValueError):
-    pass
 
 
 def open_regular_file(path: str, error: type[Exception] | None = None) -> IO[bytes]:
@@ -194,10 +180,10 @@ class SafetensorsReader:
 
     def _parse_json(self, raw: bytes) -> dict:
         try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=refuse_duplicate_keys)
         except UnicodeDecodeError:
             raise self._fail("its header is not UTF-8 text") from None
-        except _Duplicate as exc:
+        except DuplicateKeyError as exc:
             raise self._fail(f"its header names {_brief(exc.args[0])} twice") from None
         except RecursionError:
             raise self._fail("its header's JSON is nested too deeply") from None

@@ -11,8 +11,9 @@ import cycle somewhere else:
 (b) kernels imports nothing from npshuffle or weights_convert;
 (c) weights_convert imports from npshuffle only its architecture tables (npshuffle.archs and the
     npshuffle.plan it builds) and the safetensors format reader (npshuffle.safetensors_file, which
-    imports only NumPy and npshuffle.atomic: the converter reads checkpoints with it and the model
-    file loader model files, so it lives in the package both may import), except
+    imports only NumPy, npshuffle.atomic and npshuffle.strict_json: the converter reads checkpoints
+    with it and the model file loader model files, so it lives in the package both may import), and
+    npshuffle.strict_json (JSON that refuses a key given twice, for config.json and class names), except
     weights_convert/write.py, the layer that writes the model file, which uses npshuffle.model_file too;
 (d) the module-level imports of the three packages have no cycle;
 (e) the runtime uses none of kernels.reference's test-only definitions (softmax, the unfolded
@@ -45,7 +46,8 @@ TULIP = str(REPO / "examples" / "tulip.jpg")
 RUNTIME_MAY_NAME_TRAINING = {"npshuffle.cli"}  # its train and eval commands load it when asked
 RUNTIME_MAY_IMPORT_TORCH_INSIDE = {"npshuffle.lab"}  # `npshuffle lab`'s torch eager column, in its functions
 RUNTIME_CONVERT_COMMAND = ("npshuffle.cli", "cmd_convert")  # the one place the runtime imports weights_convert
-WEIGHTS_CONVERT_MAY_IMPORT = {"npshuffle.archs", "npshuffle.plan", "npshuffle.safetensors_file"}
+WEIGHTS_CONVERT_MAY_IMPORT = {"npshuffle.archs", "npshuffle.plan", "npshuffle.safetensors_file",
+                              "npshuffle.strict_json"}
 MODEL_FILE_WRITER = "weights_convert.write"  # ... and this module npshuffle.model_file too
 TEST_ONLY_REFERENCE = {"softmax", "batch_norm"}  # kernels.reference definitions the runtime must not use
 

@@ -28,6 +28,7 @@ import numpy as np
 from kernels.reference import shuffle_permutation
 from npshuffle.archs import ArchError, V1Spec, V2Spec, build_plan, check_spec, variant_name
 from npshuffle.safetensors_file import SafetensorsError, SafetensorsReader, looks_like_safetensors
+from npshuffle.strict_json import DuplicateKeyError, refuse_duplicate_keys
 
 from . import megvii, torchvision
 from .fold import fold_batchnorm, permute_output_channels
@@ -263,25 +264,10 @@ def _read_text(path: str, what: str) -> str:
 _EXPECTED_NAMES = 'expected a JSON object {"0": "name", "1": ...} with keys 0..n-1, or a list of names'
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    """``json.loads``'s object hook: a key given twice in one object is refused. ``json`` would keep
-    the last, another reader the first: ``{"0": "cat", "0": "dog"}`` names no class for sure."""
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
-
-
 def _parse_json(text: str, path: str, expected: str) -> object:
     try:
-        return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
-    except _DuplicateKey as exc:
+        return json.loads(text, object_pairs_hook=refuse_duplicate_keys)
+    except DuplicateKeyError as exc:
         raise ConversionError(f"{path}: names key {show(exc.args[0])} twice in one JSON object: which one is "
                               "meant is ambiguous") from None
     except RecursionError:
