@@ -37,7 +37,13 @@ import numpy as np
 from .archs import DIALECTS, MAX_PARAMETERS, ArchError, V1Spec, V2Spec, build_plan, spec_from_dict, spec_to_dict
 from .atomic import write_atomically
 from .plan import Plan
-from .safetensors_file import SafetensorsError, SafetensorsReader, looks_like_safetensors, write_safetensors
+from .safetensors_file import (
+    HeaderTooLargeError,
+    SafetensorsError,
+    SafetensorsReader,
+    looks_like_safetensors,
+    write_safetensors,
+)
 
 FORMAT = "npshuffle-model"
 FORMAT_VERSION = 1
@@ -186,7 +192,7 @@ def write_model_file(path: str | os.PathLike, model: ModelFile) -> None:
     if str(path).lower().endswith(".safetensors"):
         try:
             write_safetensors(path, arrays, {SAFETENSORS_METADATA_KEY: text})
-        except ValueError as exc:
+        except HeaderTooLargeError as exc:
             # The header stores the JSON as a JSON string: every backslash and quote of it is escaped
             # once more, so metadata within MAX_METADATA_BYTES can still overflow the header's limit.
             raise ModelFileError(f"{path}: cannot be written as safetensors: {exc} (the model's {len(text):,} "

@@ -74,6 +74,11 @@ class SafetensorsError(ValueError):
     """Not a readable safetensors file: the message (one line) names the file and the problem."""
 
 
+class HeaderTooLargeError(ValueError):
+    """What :func:`write_safetensors` was given needs a header over MAX_HEADER_BYTES, more than
+    this module (and so npshuffle) would read back."""
+
+
 @dataclass(frozen=True)
 class TensorEntry:
     """One tensor as the header declares it: ``begin``/``end`` are offsets into the *file*."""
@@ -299,7 +304,7 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
     encoded = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
     if len(encoded) > MAX_HEADER_BYTES:
-        raise ValueError(f"a safetensors header of {len(encoded):,} bytes, more than {MAX_HEADER_BYTES:,}")
+        raise HeaderTooLargeError(f"a safetensors header of {len(encoded):,} bytes, more than {MAX_HEADER_BYTES:,}")
 
     def write(f) -> None:
         f.write(struct.pack("<Q", len(encoded)))
