@@ -44,6 +44,7 @@ from .safetensors_file import (
     looks_like_safetensors,
     write_safetensors,
 )
+from .strict_json import is_text
 
 FORMAT = "npshuffle-model"
 FORMAT_VERSION = 1
@@ -410,9 +411,7 @@ def _surrogate_problems(names: list[str]) -> list[str]:
     (``"\\ud800"``), but it is no text: no UTF-8 output can hold it (``predict -o results.csv``
     failed on it mid-run). Control characters are text, escaped where shown (``npshuffle.cli``)."""
     for index, name in enumerate(names):
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
+        if not is_text(name):
             return [f"class name {index} ({ascii(name[:40])}) holds a lone surrogate, which is not text"]
     return []
 

@@ -28,7 +28,7 @@ import numpy as np
 from kernels.reference import shuffle_permutation
 from npshuffle.archs import ArchError, V1Spec, V2Spec, build_plan, check_spec, variant_name
 from npshuffle.safetensors_file import SafetensorsError, SafetensorsReader, looks_like_safetensors
-from npshuffle.strict_json import DuplicateKeyError, refuse_duplicate_keys
+from npshuffle.strict_json import DuplicateKeyError, is_text, refuse_duplicate_keys
 
 from . import megvii, torchvision
 from .fold import fold_batchnorm, permute_output_channels
@@ -290,19 +290,10 @@ def _class_names_from_json(data: object, path: str) -> list[str]:
     for index, name in enumerate(names):
         if type(name) not in (str, int, float):  # (a null too: it is no name, not the class "None")
             raise ConversionError(f"{path}: class names must be strings, found {show(name)}")
-        if type(name) is str and not _is_text(name):  # (the model file would refuse it too, naming no source)
+        if type(name) is str and not is_text(name):  # (the model file would refuse it too, naming no source)
             raise ConversionError(f"{path}: class name {index} ({show(name)}) holds a lone surrogate (a \\ud800 "
                                   "escape), which is not text")
     return [str(n) for n in names]
-
-
-def _is_text(name: str) -> bool:
-    """Whether ``name`` can be written as UTF-8: JSON can spell a lone surrogate, which is not text."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def imagenet_class_names() -> list[str]:
