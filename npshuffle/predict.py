@@ -36,6 +36,13 @@ def softmax(logits, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def mean_view_probabilities(logits: np.ndarray, views: int) -> np.ndarray:
+    """Test-time augmentation's average: ``logits`` (N * views, classes), each photo's views
+    consecutive -> float32 (N, classes), the mean of each photo's views' softmax probabilities
+    (``npshuffle.tta`` says why probabilities, not logits)."""
+    return softmax(logits, axis=1).reshape(-1, views, logits.shape[1]).mean(axis=1)
+
+
 @dataclass
 class Prediction:
     """The classification of one image.
@@ -125,11 +132,10 @@ def predictions_from_views(model: Model, logits: np.ndarray, views: int, top_k: 
     would have log 0 = -inf there, and the photo would be taken for a broken model's: the mean is
     floored at float32's smallest normal number first (its softmax differs by at most 1e-38). A
     photo is an error row when its views' own scores are not all finite, as in plain prediction."""
-    classes = logits.shape[1]
     with np.errstate(all="ignore"):
-        probabilities = softmax(logits, axis=1).reshape(-1, views, classes).mean(axis=1)
+        probabilities = mean_view_probabilities(logits, views)
         averaged_logits = np.log(np.maximum(probabilities, np.finfo(np.float32).tiny))  # (NaN stays NaN)
-    broken = ~np.isfinite(logits).reshape(-1, views * classes).all(axis=1)
+    broken = ~np.isfinite(logits).reshape(len(probabilities), -1).all(axis=1)
     averaged_logits[broken] = np.nan  # (reported as an error by predictions_from_probabilities)
     return predictions_from_probabilities(model, probabilities, averaged_logits, top_k)
 
@@ -225,13 +231,9 @@ def predict_stream(
     # (0 would make no batch at all: every photo silently left out of the results)
     if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number, at least 1, got {batch_size!r}")
-    from .tta import TTA_VIEWS  # (npshuffle.tta imports this module)
+    from .tta import photos_per_pass, view_count  # (npshuffle.tta imports this module)
 
-    if tta is not None and tta not in TTA_VIEWS:
-        raise ValueError(f"unknown TTA views {tta!r}; known: {', '.join(TTA_VIEWS)}")
-    views = TTA_VIEWS[tta] if tta else 1
-    # (batch_size photos of V views each would be V times the images per pass, and the memory)
-    photos_per_batch = max(1, batch_size // views)
+    views = view_count(tta) if tta is not None else 1
     workers = default_workers(model.threads) if workers is None else workers
     recipe = model.recipe
     turns = threading.Lock()  # network calls that cannot run at the same time take turns
@@ -263,7 +265,7 @@ def predict_stream(
             predictions.append(prediction)
         return predictions
 
-    for predictions in in_order(batches(sources, photos_per_batch), classify, workers, workers + 1):
+    for predictions in in_order(batches(sources, photos_per_pass(batch_size, views)), classify, workers, workers + 1):
         yield from predictions
 
 

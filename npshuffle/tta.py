@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .images import load_rgb, upright
-from .predict import prepare_views, softmax
+from .predict import mean_view_probabilities, prepare_views
 from .preprocess import center_crop, normalise, resize_shorter_side
 
 TTA_VIEWS = {"flip": 2, "ten-crop": 10}  # name -> views per photo
@@ -68,17 +68,27 @@ def tta_probabilities(model, images: list, views: str = "flip", batch_size: int 
     network pass: memory stays bounded however many photos there are. An unusable photo raises
     ``npshuffle.ImageError``, its message starting with the photo's name.
     """
-    count = TTA_VIEWS.get(views)
-    if count is None:
-        raise ValueError(f"unknown TTA views {views!r}; known: {', '.join(TTA_VIEWS)}")
+    count = view_count(views)
     if isinstance(images, (str, Image.Image, np.ndarray)):
         raise TypeError("tta_probabilities takes a list of images")
     out = np.empty((len(images), len(model.class_names)), np.float32)
-    group = max(1, batch_size // count)
+    group = photos_per_pass(batch_size, count)
     for start in range(0, len(images), group):
         chunk = images[start:start + group]
         # (prepare_views: tta_views with every failure an ImageError that names the photo)
         stacked = np.concatenate([prepare_views(image, model.recipe, views) for image in chunk])  # (n * V, 3, c, c)
-        probabilities = softmax(model.forward(stacked), axis=1)  # (n * V, classes)
-        out[start:start + len(chunk)] = probabilities.reshape(len(chunk), count, -1).mean(axis=1)
+        out[start:start + len(chunk)] = mean_view_probabilities(model.forward(stacked), count)
     return out
+
+
+def view_count(views: str) -> int:
+    """Views per photo of a TTA name (:data:`TTA_VIEWS`); ValueError for an unknown name."""
+    if views not in TTA_VIEWS:
+        raise ValueError(f"unknown TTA views {views!r}; known: {', '.join(TTA_VIEWS)}")
+    return TTA_VIEWS[views]
+
+
+def photos_per_pass(batch_size: int, views: int) -> int:
+    """Photos per network pass when each has ``views`` views: ``batch_size // views``, one at least,
+    so that a pass takes at most ``batch_size`` images (and memory) whether or not TTA is on."""
+    return max(1, batch_size // views)
