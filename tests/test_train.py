@@ -336,3 +336,17 @@ def test_strong_blur_blurs_the_crop(monkeypatch):
     original = np.abs(np.diff(np.asarray(crop, dtype=float), axis=1)).mean()
     assert max(roughness) < 0.9 * original  # each of these seeded draws (sigma in 0.1-2 px) smooths the noise
     np.testing.assert_array_equal(pipeline.strong_augment(crop, blur=False), np.asarray(crop))
+
+
+@pytest.mark.parametrize("mix", ["mixup", "cutmix"])
+def test_mix_trains_with_a_teacher_and_is_recorded(tiny_run, data_dir, tmp_path, mix):
+    out = tmp_path / mix
+    assert T.main(tiny_args(data_dir, out, "--mix", mix, "--teacher", str(tiny_run / "final.pth"))) == 0
+    trained = Model.load(out / "model.npz").metadata["trained"]
+    assert trained["mix"] == mix and trained["mix_alpha"] == {"mixup": 0.2, "cutmix": 1.0}[mix]
+    row = json.loads(open(out / "metrics.jsonl").readline())
+    assert 0 <= row["train_acc"] <= 1 and np.isfinite(row["train_loss"])
+
+
+def test_a_mix_alpha_of_zero_is_refused(data_dir, tmp_path):
+    assert T.main(tiny_args(data_dir, tmp_path / "o", "--mix", "mixup", "--mix-alpha", "0")) == 2

@@ -26,6 +26,10 @@ FINE_TUNE_DEFAULTS = dict(SEED_DEFAULTS, epochs=12, batch_size=32, lr=0.02, lrf=
 RECIPE_OPTIONS = ("epochs", "batch_size", "lr", "lrf", "weight_decay", "min_scale", "label_smoothing")
 # Options that --resume takes from the command line when given (everything else from the checkpoint).
 RESUME_OVERRIDABLE = ("epochs", "workers", "threads")
+# --mix (``mixing.py``) and its Beta(alpha, alpha) parameter when --mix-alpha is not given: the papers'
+# ImageNet settings (mixup: Zhang et al. 2018; CutMix: Yun et al. 2019)
+MIX_KINDS = ("none", "mixup", "cutmix")
+MIX_DEFAULT_ALPHA = {"mixup": 0.2, "cutmix": 1.0}
 
 
 class TrainError(RuntimeError):
@@ -99,6 +103,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--augment", choices=("basic", "strong", "strong-blur"), default="basic",
                         help="basic (default): random resized crop + flip; strong: also colour jitter, random "
                              "greyscale and random erasing; strong-blur: also a random Gaussian blur")
+    parser.add_argument("--mix", choices=MIX_KINDS, default="none",
+                        help="blend each batch with a shuffled copy of itself: mixup (whole images) or cutmix (a "
+                             "pasted rectangle), the targets weighted alike; a --teacher sees the blended images")
+    parser.add_argument("--mix-alpha", type=float, default=None,
+                        help="the blend weight's Beta(alpha, alpha) (default: mixup "
+                             f"{MIX_DEFAULT_ALPHA['mixup']}, cutmix {MIX_DEFAULT_ALPHA['cutmix']})")
     parser.add_argument("--select", choices=("last", "val"), default="last",
                         help="which epoch becomes model.npz: last (default: its validation accuracy is an honest "
                              "estimate) or val (the best on the validation split, as the seed did: optimistic, "
@@ -132,6 +142,10 @@ def resolve_config(args: argparse.Namespace) -> dict:
     for option in RECIPE_OPTIONS:
         if config.get(option) is None:
             config[option] = defaults[option]
+    if config.get("mix", "none") != "none" and config.get("mix_alpha") is None:
+        config["mix_alpha"] = MIX_DEFAULT_ALPHA[config["mix"]]
+    if config.get("mix_alpha") is not None and not config["mix_alpha"] > 0:
+        raise TrainError(f"--mix-alpha must be above 0 (got {config['mix_alpha']})")
     config["workers"] = config["workers"] if config["workers"] is not None else 1
     config["threads"] = config["threads"] if config["threads"] is not None else 2
     return config

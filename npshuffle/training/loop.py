@@ -37,6 +37,7 @@ from .checkpoints import (
     save_resume_state,
 )
 from .datasets import Split
+from .mixing import mix_batch, mixed_correct, mixed_cross_entropy
 from .pipeline import FolderDataset, Normalize
 from .torch_ref import build_torch_model
 
@@ -77,6 +78,8 @@ def setup_run(config: dict, split: Split, resume_state: dict | None) -> Run:
     config["dialect"] = dialect
     log(f"model: {variant_name(spec)} ({dialect} dialect), {sum(p.numel() for p in model.parameters()):,} parameters")
     log(describe_recipe(config))
+    if config.get("mix", "none") != "none":
+        log(f"mix: {config['mix']}, blend weight from Beta({config['mix_alpha']}, {config['mix_alpha']})")
     channels_last = config["channels_last"]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -225,9 +228,16 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
     bar = Progress(len(loader.dataset) if not loader.drop_last else len(loader) * config["batch_size"],
                    f"epoch {epoch + 1}/{config['epochs']}")
     loss_sum, correct, count = 0.0, 0, 0
+    mix = config.get("mix", "none")  # (runs saved before --mix existed have no such key)
     for images, labels in loader:
+        if mix != "none":
+            mixed = mix_batch(images, labels, mix, config["mix_alpha"])
+            images = mixed.images
         logits = model(run.normalize(images))
-        loss = F.cross_entropy(logits, labels, label_smoothing=config["label_smoothing"])
+        if mix != "none":
+            loss = mixed_cross_entropy(logits, mixed, config["label_smoothing"])
+        else:
+            loss = F.cross_entropy(logits, labels, label_smoothing=config["label_smoothing"])
         if run.teachers:
             with torch.no_grad():
                 t_log_probs = teacher_log_probs([t(norm(images)) for t, norm in run.teachers],
@@ -239,7 +249,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
         run.optimizer.step()
         n = len(labels)
         loss_sum += loss.item() * n
-        correct += (logits.argmax(1) == labels).sum().item()
+        correct += mixed_correct(logits, mixed) if mix != "none" else (logits.argmax(1) == labels).sum().item()
         count += n
         bar.update(n, loss=f"{loss_sum / count:.3f}", acc=f"{100 * correct / count:.1f}%")
     run.scheduler.step()

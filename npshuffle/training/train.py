@@ -123,7 +123,8 @@ def write_model_file(run: Run, split: Split, classes_path: str) -> None:
                   "val": len(split.val)},
         "init": os.path.basename(config["init"]) if config["init"] else None,
         "teacher": teacher_paths(config) or None, "img_size": config["img_size"],
-        "augment": config.get("augment", "basic"),
+        "augment": config.get("augment", "basic"), "mix": config.get("mix", "none"),
+        "mix_alpha": config.get("mix_alpha"),
     }
     convert_file(run.path(source), model_path, classes=classes_path, resize=config["val_resize"],
                  crop=config["val_crop"], extra={"val_accuracy": round(accuracy, 6), "trained": trained})
