@@ -33,7 +33,9 @@ the methods interleaved within each repeat):
 5. the network alone: ``model.forward`` (Numba backend) on the same batches, already preprocessed (the ceiling).
 
 Plus where ``npshuffle.predict``'s time goes: ``images.load_rgb`` (decode), ``preprocess.preprocess_image``
-(resize, crop, normalise) and ``model.forward`` timed separately over the same photos.
+(resize, crop, normalise) and ``model.forward`` timed separately over the same photos, each on one
+thread as one of predict's per-core workers runs them; and the bound those set: cores / (their sum),
+the rate of workers that never slow each other down.
 ``--peak-memory``: a fresh process runs ``npshuffle.predict`` over 2,000 photos (the small set's paths
 repeated) and reports its peak RSS.
 """
@@ -223,7 +225,9 @@ def run_cli(model_arg: str, folder: Path, photos: int, fast: bool) -> float:
 
 
 def breakdown(model, paths: list[str]) -> dict[str, float]:
-    """Seconds in decode, preprocess and network over ``paths`` in batches of 16, as npshuffle.predict does them."""
+    """Seconds in decode, preprocess and network over ``paths`` in batches of 16, each on one thread, as
+    each of npshuffle.predict's per-core workers does them (the network on one thread where the backend
+    runs concurrent calls, else on all of them, as predict's workers take turns)."""
     from npshuffle.images import load_rgb
     from npshuffle.preprocess import preprocess_image
 
@@ -233,18 +237,23 @@ def breakdown(model, paths: list[str]) -> dict[str, float]:
     # versions before it have no such function)
     resampler = getattr(sys.modules["npshuffle.predict"], "_exact_resampler", lambda: None)()
     options = {"resampler": resampler} if resampler is not None else {}
-    total = {"decode": 0.0, "preprocess": 0.0, "network": 0.0}
+    # worker_network: on one worker's thread(s); network: on every thread (row 5, the network alone)
+    total = {"decode": 0.0, "preprocess": 0.0, "worker_network": 0.0, "network": 0.0}
+    threads = 1 if getattr(model, "concurrent", False) else None
     for i in range(0, len(paths), BATCH):
         t0 = time.perf_counter()
         images = [load_rgb(p) for p in paths[i:i + BATCH]]
         t1 = time.perf_counter()
         batch = np.stack([preprocess_image(im, recipe, **options) for im in images])
         t2 = time.perf_counter()
-        model.forward(batch)
+        model.forward(batch, threads=threads)
         t3 = time.perf_counter()
+        model.forward(batch)
+        t4 = time.perf_counter()
         total["decode"] += t1 - t0
         total["preprocess"] += t2 - t1
-        total["network"] += t3 - t2
+        total["worker_network"] += t3 - t2
+        total["network"] += t4 - t3
     return total
 
 
@@ -362,17 +371,26 @@ def table(title: str, cases: list[Case], measured: dict, fast: dict[str, bool]) 
             wall = m["walls"][method]
             lines.append(f"| {LABELS[method]} | {case.name} | {n} | {wall:.2f} | {n / wall:.1f} | "
                          f"{n / wall / ort_rate:.2f}x |")
+    from npshuffle.pipeline import default_workers
+
+    cores = default_workers()  # predict's workers by default: one per core
     lines += ["", "Where `npshuffle.predict`'s time goes (load_rgb / preprocess_image / model.forward timed apart, "
-              "same photos, batches of 16):", "",
-              "| model | decode ms/photo | preprocess ms/photo | network ms/photo | decode | preprocess | network | "
-              "predict's backend |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+              "same photos, batches of 16, each on one thread as one of predict's per-core workers runs them). "
+              f"\"Bound\": {cores} cores / (decode + preprocess + network), the rate if the {cores} workers never "
+              "slowed each other, as a ratio to the ONNX Runtime script's rate in the same run:", "",
+              "| model | decode ms/photo | preprocess ms/photo | network ms/photo (1 thread) | decode | preprocess | "
+              "network | bound photos/s | bound / ONNX Runtime | predict's backend |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for case in cases:
         m = measured[case.name]
         n, p = m["photos"], m["parts"]
-        total = sum(p.values())
+        net = p.get("worker_network", p["network"])
+        total = p["decode"] + p["preprocess"] + net
+        bound = cores * n / total
         lines.append(f"| {case.name} | {p['decode'] / n * 1e3:.2f} | {p['preprocess'] / n * 1e3:.2f} | "
-                     f"{p['network'] / n * 1e3:.2f} | {p['decode'] / total:.0%} | {p['preprocess'] / total:.0%} | "
-                     f"{p['network'] / total:.0%} | {m['status']} |")
+                     f"{net / n * 1e3:.2f} | {p['decode'] / total:.0%} | {p['preprocess'] / total:.0%} | "
+                     f"{net / total:.0%} | {bound:.0f} | {bound / (n / m['walls']['ort']):.2f}x | "
+                     f"{m['status']} |")
     return lines + [""]
 
 
