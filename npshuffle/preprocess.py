@@ -82,19 +82,18 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 def _resample_in_one_pass(image: Image.Image, recipe: dict, resampler) -> np.ndarray | None:
     """Resize, crop and normalise with ``resampler`` (see ``npshuffle.backend_numba.exact_resampler``),
     which computes only the crop's pixels, each exactly as PIL's resize does, reading them where PIL
-    keeps them (``npshuffle.pixels.rgbx_view``). None where it would not give PIL's pixels: the crop
+    keeps them (``npshuffle.pixels.rgbx_view``); a photo already at the resize size is only cropped and
+    normalised there, without PIL's copy of it. None where it would not give PIL's pixels: the crop
     not inside the resized image (PIL pads it), an interpolation it lacks, or a resize that newer
     Pillows run vertical pass first (a height shrinking more than twice as many pixels as the
     width: never for a photo under 2:1, whose resize shrinks the longer side most); and None where
-    there is nothing to resize, or the pixels cannot be read without a copy (which would cost more
-    than PIL's resize of a big photo: see ``pixels.py``)."""
+    the pixels cannot be read without a copy (which would cost more than PIL's resize of a big
+    photo: see ``pixels.py``)."""
     crop = recipe["crop"]
     new_size, box = _resize_geometry(image, recipe["resize"])
     (w, h), (new_w, new_h) = upright_size(image), new_size
     if min(new_w, new_h) < crop or (h - new_h > 0 and h - new_h > 2 * (w - new_w)):
         return None
-    if box is None and new_size == (w, h):
-        return None  # nothing to resize: a crop and a lookup are all there is
     words = rgbx_view(image)
     if words is None:
         return None

@@ -204,6 +204,27 @@ def _across_columns(words, flip_r, first, rows, x_start, x_taps, x_w, crop, half
                     dst[c, j] = _clip8(acc[c, k])
 
 
+@njit(inline="always")
+def _crop_only(words, swap, flip_r, flip_x, left, top, tables, order, out):
+    """No resize (the size is the upright picture's and the box all of it: PIL's resize then copies
+    the picture): the crop's pixels read as they are, upright, and normalised."""
+    stored_h, stored_w = words.shape[0], words.shape[1]
+    crop = out.shape[1]
+    shifts = np.empty(3, np.int64)
+    for c in range(3):
+        shifts[c] = 8 * order[c]
+    for i in range(crop):
+        r = top + i
+        for j in range(crop):
+            x = left + j
+            if swap:  # U[r, x] = W[x', r'] (see _TURNS)
+                v = words[stored_h - 1 - x if flip_x else x, stored_w - 1 - r if flip_r else r]
+            else:
+                v = words[stored_h - 1 - r if flip_r else r, stored_w - 1 - x if flip_x else x]
+            for c in range(3):
+                out[c, i, j] = tables[c, (np.int64(v) >> shifts[c]) & 255]
+
+
 @njit(cache=True, nogil=True)
 def resize_crop_normalise(words, orientation, box, size_w, size_h, left, top, kind, tables, order, out):
     """PIL's ``upright.resize((size_w, size_h), filter, box).crop((left, top, left + C, top + C))``,
@@ -221,6 +242,9 @@ def resize_crop_normalise(words, orientation, box, size_w, size_h, left, top, ki
     swap, flip_r, flip_x = _TURNS[orientation]
     height, width = (words.shape[1], words.shape[0]) if swap else (words.shape[0], words.shape[1])  # upright
     crop = out.shape[1]
+    if size_w == width and size_h == height and box[0] == 0 and box[1] == 0 and box[2] == width and box[3] == height:
+        _crop_only(words, swap, flip_r, flip_x, left, top, tables, order, out)
+        return
     half = np.int32(1 << (PRECISION_BITS - 1))
     x_start, x_taps, x_w = _weights(kind, width, box[0], box[2], size_w, left, crop)
     y_start, y_taps, y_w = _weights(kind, height, box[1], box[3], size_h, top, crop)
