@@ -246,7 +246,7 @@ def breakdown(model, paths: list[str]) -> dict[str, float]:
         t1 = time.perf_counter()
         batch = np.stack([preprocess_image(im, recipe, **options) for im in images])
         t2 = time.perf_counter()
-        model.forward(batch, threads=threads)
+        model.forward(batch, **({"threads": threads} if threads is not None else {}))
         t3 = time.perf_counter()
         model.forward(batch)
         t4 = time.perf_counter()

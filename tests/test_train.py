@@ -339,14 +339,30 @@ def test_strong_blur_blurs_the_crop(monkeypatch):
 
 
 @pytest.mark.parametrize("mix", ["mixup", "cutmix"])
-def test_mix_trains_with_a_teacher_and_is_recorded(tiny_run, data_dir, tmp_path, mix):
+def test_mix_trains_with_a_teacher_and_is_recorded(tiny_run, data_dir, tmp_path, mix, monkeypatch):
+    from npshuffle.training import loop, mixing
+
+    kinds = []
+
+    def counting(images, labels, kind, alpha):
+        kinds.append(kind)
+        return mixing.mix_batch(images, labels, kind, alpha)
+
+    monkeypatch.setattr(loop, "mix_batch", counting)
     out = tmp_path / mix
     assert T.main(tiny_args(data_dir, out, "--mix", mix, "--teacher", str(tiny_run / "final.pth"))) == 0
+    assert kinds and set(kinds) == {mix}  # every training batch was blended
     trained = Model.load(out / "model.npz").metadata["trained"]
     assert trained["mix"] == mix and trained["mix_alpha"] == {"mixup": 0.2, "cutmix": 1.0}[mix]
     row = json.loads(open(out / "metrics.jsonl").readline())
     assert 0 <= row["train_acc"] <= 1 and np.isfinite(row["train_loss"])
 
 
-def test_a_mix_alpha_of_zero_is_refused(data_dir, tmp_path):
-    assert T.main(tiny_args(data_dir, tmp_path / "o", "--mix", "mixup", "--mix-alpha", "0")) == 2
+@pytest.mark.parametrize("options, message", [
+    (["--mix", "mixup", "--mix-alpha", "0"], "--mix-alpha must be a number above 0"),
+    (["--mix", "cutmix", "--mix-alpha", "inf"], "--mix-alpha must be a number above 0"),
+    (["--mix-alpha", "0.5"], "--mix-alpha needs --mix mixup or --mix cutmix"),
+])
+def test_a_mix_alpha_that_cannot_work_is_refused(data_dir, tmp_path, capsys, options, message):
+    assert T.main(tiny_args(data_dir, tmp_path / "o", *options)) == 2
+    assert message in capsys.readouterr().err

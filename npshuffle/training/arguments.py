@@ -10,6 +10,7 @@ given on the command line wins over both."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shlex
@@ -105,7 +106,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              "greyscale and random erasing; strong-blur: also a random Gaussian blur")
     parser.add_argument("--mix", choices=MIX_KINDS, default="none",
                         help="blend each batch with a shuffled copy of itself: mixup (whole images) or cutmix (a "
-                             "pasted rectangle), the targets weighted alike; a --teacher sees the blended images")
+                             "pasted rectangle), the two labels weighted by the blend's shares; a --teacher sees "
+                             "the blended images (the train accuracy becomes that weighted score)")
     parser.add_argument("--mix-alpha", type=float, default=None,
                         help="the blend weight's Beta(alpha, alpha) (default: mixup "
                              f"{MIX_DEFAULT_ALPHA['mixup']}, cutmix {MIX_DEFAULT_ALPHA['cutmix']})")
@@ -142,10 +144,13 @@ def resolve_config(args: argparse.Namespace) -> dict:
     for option in RECIPE_OPTIONS:
         if config.get(option) is None:
             config[option] = defaults[option]
-    if config.get("mix", "none") != "none" and config.get("mix_alpha") is None:
+    if config.get("mix_alpha") is not None:
+        if config.get("mix", "none") == "none":
+            raise TrainError("--mix-alpha needs --mix mixup or --mix cutmix")
+        if not (math.isfinite(config["mix_alpha"]) and config["mix_alpha"] > 0):
+            raise TrainError(f"--mix-alpha must be a number above 0 (got {config['mix_alpha']})")
+    elif config.get("mix", "none") != "none":
         config["mix_alpha"] = MIX_DEFAULT_ALPHA[config["mix"]]
-    if config.get("mix_alpha") is not None and not config["mix_alpha"] > 0:
-        raise TrainError(f"--mix-alpha must be above 0 (got {config['mix_alpha']})")
     config["workers"] = config["workers"] if config["workers"] is not None else 1
     config["threads"] = config["threads"] if config["threads"] is not None else 2
     return config

@@ -1,7 +1,8 @@
 """A training run (torch): its networks, optimiser and data loaders, and its epochs.
 
-Every epoch trains on each batch (cross-entropy, with label smoothing when asked, mixed with
-Hinton's distillation loss when teachers are given: one, or an ensemble), steps the cosine schedule once, validates,
+Every epoch trains on each batch (blended with a shuffled copy of itself first with ``--mix``: see
+``mixing.py``; cross-entropy, with label smoothing when asked, mixed with Hinton's distillation loss
+when teachers are given: one, or an ensemble), steps the cosine schedule once, validates,
 appends a line to ``metrics.jsonl``, keeps the best weights (``best.pth``), saves what ``--resume``
 needs (``last.pth``, also on Ctrl-C and SIGTERM) and redraws ``curves.png``.
 """
@@ -37,7 +38,7 @@ from .checkpoints import (
     save_resume_state,
 )
 from .datasets import Split
-from .mixing import mix_batch, mixed_correct, mixed_cross_entropy
+from .mixing import MixedBatch, mix_batch, mixed_correct, mixed_cross_entropy
 from .pipeline import FolderDataset, Normalize
 from .torch_ref import build_torch_model
 
@@ -230,14 +231,12 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
     loss_sum, correct, count = 0.0, 0, 0
     mix = config.get("mix", "none")  # (runs saved before --mix existed have no such key)
     for images, labels in loader:
-        if mix != "none":
-            mixed = mix_batch(images, labels, mix, config["mix_alpha"])
-            images = mixed.images
+        # unmixed, a batch is its own blend with weight 1: the same loss and accuracy as plain ones
+        batch = mix_batch(images, labels, mix, config["mix_alpha"]) if mix != "none" else MixedBatch(
+            images, labels, labels, 1.0)
+        images = batch.images
         logits = model(run.normalize(images))
-        if mix != "none":
-            loss = mixed_cross_entropy(logits, mixed, config["label_smoothing"])
-        else:
-            loss = F.cross_entropy(logits, labels, label_smoothing=config["label_smoothing"])
+        loss = mixed_cross_entropy(logits, batch, config["label_smoothing"])
         if run.teachers:
             with torch.no_grad():
                 t_log_probs = teacher_log_probs([t(norm(images)) for t, norm in run.teachers],
@@ -249,7 +248,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
         run.optimizer.step()
         n = len(labels)
         loss_sum += loss.item() * n
-        correct += mixed_correct(logits, mixed) if mix != "none" else (logits.argmax(1) == labels).sum().item()
+        correct += mixed_correct(logits, batch)
         count += n
         bar.update(n, loss=f"{loss_sum / count:.3f}", acc=f"{100 * correct / count:.1f}%")
     run.scheduler.step()

@@ -22,7 +22,8 @@ from .arguments import MIX_KINDS
 
 
 class MixedBatch(NamedTuple):
-    """A blended batch: ``images`` float32 (N, H, W, 3) in 0..255, RGB, like the uint8 input;
+    """A blended batch: ``images`` (N, H, W, 3) RGB 0..255 (float32 when blended; an unblended batch,
+    ``MixedBatch(images, labels, labels, 1.0)``, keeps its uint8);
     ``labels_a`` the images' own labels, ``labels_b`` those of the images blended in; ``lam`` the weight
     of ``labels_a`` (for CutMix the share of the image that is still the original)."""
     images: torch.Tensor
@@ -34,7 +35,7 @@ class MixedBatch(NamedTuple):
 def mix_batch(images: torch.Tensor, labels: torch.Tensor, kind: str, alpha: float) -> MixedBatch:
     """Blend a uint8 (N, H, W, 3) batch with a random permutation of itself (``kind``: mixup or cutmix)."""
     if kind not in ("mixup", "cutmix"):
-        raise ValueError(f"unknown mix {kind!r}: use one of {', '.join(MIX_KINDS)}")
+        raise ValueError(f"unknown mix {kind!r}: use one of {', '.join(MIX_KINDS[1:])}")
     x = images.float()
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = torch.randperm(x.shape[0])
@@ -66,7 +67,8 @@ def mixed_cross_entropy(logits: torch.Tensor, batch: MixedBatch, label_smoothing
 
 
 def mixed_correct(logits: torch.Tensor, batch: MixedBatch) -> float:
-    """Training "accuracy" on a blended batch: a prediction of label a counts ``lam``, of label b ``1 - lam``."""
+    """Training "accuracy" on a blended batch: a prediction of label a counts ``lam``, of label b ``1 - lam``
+    (so with --mix the train accuracy of ``metrics.jsonl`` is this score, lower than a plain run's)."""
     predicted = logits.argmax(1)
     return (batch.lam * (predicted == batch.labels_a).sum().item()
             + (1 - batch.lam) * (predicted == batch.labels_b).sum().item())
