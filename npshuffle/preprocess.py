@@ -24,6 +24,8 @@ CenterCrop then follow, so the result is close to, not identical with, torchvisi
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image
 
@@ -79,7 +81,8 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def _resample_in_one_pass(image: Image.Image, recipe: dict, resampler) -> np.ndarray | None:
+def _resample_in_one_pass(image: Image.Image, recipe: dict, resampler, out: np.ndarray | None = None
+                          ) -> np.ndarray | None:
     """Resize, crop and normalise with ``resampler`` (see ``npshuffle.backend_numba.exact_resampler``),
     which computes only the crop's pixels, each exactly as PIL's resize does, reading them where PIL
     keeps them (``npshuffle.pixels.rgbx_view``); a photo already at the resize size is only cropped and
@@ -98,7 +101,7 @@ def _resample_in_one_pass(image: Image.Image, recipe: dict, resampler) -> np.nda
     words = rgbx_view(image)
     if words is None:
         return None
-    out = np.empty((3, crop, crop), np.float32)
+    out = np.empty((3, crop, crop), np.float32) if out is None else out
     box = np.array(box if box is not None else (0, 0, w, h), np.float32)
     order = np.array(_channel_order(recipe), np.int64)
     orientation = image.info.get(PENDING_ORIENTATION, 1)
@@ -107,7 +110,8 @@ def _resample_in_one_pass(image: Image.Image, recipe: dict, resampler) -> np.nda
     return out if done else None
 
 
-def preprocess_image(image: Image.Image, recipe: dict, *, fast_decode: bool = False, resampler=None) -> np.ndarray:
+def preprocess_image(image: Image.Image, recipe: dict, *, fast_decode: bool = False, resampler=None,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """One RGB PIL image -> float32 (3, crop, crop), per ``recipe``.
 
     ``fast_decode``: box-average (``Image.reduce``) a big image to no less than twice ``resize`` on
@@ -115,18 +119,23 @@ def preprocess_image(image: Image.Image, recipe: dict, *, fast_decode: bool = Fa
     recipe["resize"])`` instead (JPEG draft decoding, much cheaper); an image already shrunk that
     way is not shrunk again. ``resampler``: the Numba kernels' one-pass resize + crop + normalise
     (``npshuffle.backend_numba.exact_resampler()``; same numbers, computed only for the crop).
+    ``out``: a C-contiguous float32 (3, crop, crop) array to write the result into (and return).
     """
     if image.mode != "RGB":
         image = load_rgb(image)
     if fast_decode and FAST_DECODE_GEOMETRY not in image.info:
         image = load_rgb(upright(image), fast_decode_for=recipe["resize"])
     if resampler is not None:
-        out = _resample_in_one_pass(image, recipe, resampler)
-        if out is not None:
-            return out
+        done = _resample_in_one_pass(image, recipe, resampler, out)
+        if done is not None:
+            return done
     image = upright(image)  # (one that load_rgb left as stored, keep_orientation=True)
     image = center_crop(resize_shorter_side(image, recipe["resize"], recipe["interpolation"]), recipe["crop"])
-    return normalise(np.asarray(image), recipe)
+    result = normalise(np.asarray(image), recipe)
+    if out is None:
+        return result
+    out[...] = result
+    return out
 
 
 def _channel_order(recipe: dict) -> tuple[int, int, int]:
@@ -135,20 +144,28 @@ def _channel_order(recipe: dict) -> tuple[int, int, int]:
 
 
 def channel_tables(recipe: dict) -> np.ndarray:
-    """(3, 256) float32: row c maps an 8-bit value of the network's input channel c to its
-    normalised value, ``(value * scale - mean[c]) / std[c]``, computed in float32 exactly as the
-    formula would on each pixel (so a table lookup gives the very same numbers)."""
+    """(3, 256) float32, shared (not to be written to): row c maps an 8-bit value of the network's input channel c to
+    its normalised value, ``(value * scale - mean[c]) / std[c]``, computed in float32 exactly as the
+    formula would on each pixel (so a table lookup gives the very same numbers). Made once per
+    (scale, mean, std): making them cost more per photo than the lookups of a small photo."""
+    return _tables(float(recipe["scale"]), tuple(float(m) for m in recipe["mean"]),
+                   tuple(float(s) for s in recipe["std"]))
+
+
+@functools.lru_cache(maxsize=16)
+def _tables(scale: float, mean: tuple, std: tuple) -> np.ndarray:
     values = np.arange(256, dtype=np.float32)
-    mean = np.asarray(recipe["mean"], dtype=np.float32)
-    std = np.asarray(recipe["std"], dtype=np.float32)
-    return (values[None, :] * np.float32(recipe["scale"]) - mean[:, None]) / std[:, None]
+    mean_, std_ = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    # (left writeable: the Numba resampler is compiled for writeable arrays, and a read-only one
+    # would make it compile another version on the first photo)
+    return (values[None, :] * np.float32(scale) - mean_[:, None]) / std_[:, None]
 
 
 def normalise(pixels: np.ndarray, recipe: dict) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> float32 (3, H, W): channel order, scale, mean/std and the CHW layout
     in one pass, one table lookup per value (instead of a float copy, three arithmetic passes with
     their temporaries and a transposing copy)."""
-    tables = channel_tables(recipe)  # (3 x 256 floats: cheaper to make than to cache per recipe)
+    tables = channel_tables(recipe)
     order = _channel_order(recipe)
     out = np.empty((3, *pixels.shape[:2]), np.float32)
     for c, source in enumerate(order):

@@ -123,3 +123,16 @@ def test_list_models_describes_the_bundled_zoo():
     assert sum("(default)" in n for n in names) == 1
     for r in rows:
         assert r["params"] > 0 and r["MACs"] > 0 and r["size"] > 0 and r["licence"]
+
+
+def test_top_classes_is_the_stable_full_sort_without_it():
+    from npshuffle.predict import top_classes
+
+    rng = np.random.default_rng(0)
+    for n, k in [(1000, 5), (1000, 1), (5, 5), (5, 3), (7, 9)]:
+        for ties in (False, True):
+            p = rng.random(n).astype(np.float32)
+            if ties:  # many equal values, around the k-th largest too
+                p = np.round(p * 4) / 4
+            expected = np.argsort(-p, kind="stable")[:k]
+            np.testing.assert_array_equal(top_classes(p, min(k, n)), expected)

@@ -269,3 +269,17 @@ def test_a_turned_photo_file_is_read_turned_by_the_kernel_and_matches_the_pil_pa
     np.testing.assert_array_equal(preprocess_image(kept, recipe, resampler=resampler), expected)
     np.testing.assert_array_equal(preprocess_image(load_rgb(path, keep_orientation=True), recipe), expected)  # PIL
     np.testing.assert_array_equal(prepare_input(str(path), recipe), expected)
+
+
+@pytest.mark.parametrize("size", [(341, 250), (256, 300), (300, 900)])  # resize, crop only, PIL's own path
+def test_preprocess_writes_into_a_given_row(resampler, size):
+    """predict prepares each photo straight into its row of the batch: the same numbers as a new array."""
+    recipe = check_recipe(DEFAULT_RECIPES["torchvision"])
+    image = Image.fromarray(synthetic(*size, 5))
+    batch = np.full((2, 3, recipe["crop"], recipe["crop"]), np.nan, np.float32)
+    row = batch[1]
+    for use in (resampler, None):
+        row[...] = np.nan
+        assert preprocess_image(image, recipe, resampler=use, out=row) is row
+        np.testing.assert_array_equal(batch[1], preprocess_image(image, recipe))
+        assert np.isnan(batch[0]).all()
