@@ -34,8 +34,9 @@ the methods interleaved within each repeat):
 
 Plus where ``npshuffle.predict``'s time goes: ``images.load_rgb`` (decode), ``preprocess.preprocess_image``
 (resize, crop, normalise) and ``model.forward`` timed separately over the same photos, each on one
-thread as one of predict's per-core workers runs them; and the bound those set: cores / (their sum),
-the rate of workers that never slow each other down.
+thread as one of predict's per-core workers runs them; and the rate those parts predict for predict:
+cores / (their sum), as if the workers never slowed each other down (an estimate, not a ceiling:
+timed apart, on a machine otherwise idle, the parts do not run at the speed they have in predict).
 ``--peak-memory``: a fresh process runs ``npshuffle.predict`` over 2,000 photos (the small set's paths
 repeated) and reports its peak RSS.
 """
@@ -376,20 +377,21 @@ def table(title: str, cases: list[Case], measured: dict, fast: dict[str, bool]) 
     cores = default_workers()  # predict's workers by default: one per core
     lines += ["", "Where `npshuffle.predict`'s time goes (load_rgb / preprocess_image / model.forward timed apart, "
               "same photos, batches of 16, each on one thread as one of predict's per-core workers runs them). "
-              f"\"Bound\": {cores} cores / (decode + preprocess + network), the rate if the {cores} workers never "
-              "slowed each other, as a ratio to the ONNX Runtime script's rate in the same run:", "",
+              f"\"Estimate\": {cores} cores / (decode + preprocess + network), the rate if the {cores} workers never "
+              "slowed each other (an estimate, not a ceiling: predict can beat it), and as a ratio to the ONNX "
+              "Runtime script's rate in the same run:", "",
               "| model | decode ms/photo | preprocess ms/photo | network ms/photo (1 thread) | decode | preprocess | "
-              "network | bound photos/s | bound / ONNX Runtime | predict's backend |",
+              "network | estimate photos/s | estimate / ONNX Runtime | predict's backend |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for case in cases:
         m = measured[case.name]
         n, p = m["photos"], m["parts"]
         net = p.get("worker_network", p["network"])
         total = p["decode"] + p["preprocess"] + net
-        bound = cores * n / total
+        estimate = cores * n / total
         lines.append(f"| {case.name} | {p['decode'] / n * 1e3:.2f} | {p['preprocess'] / n * 1e3:.2f} | "
                      f"{net / n * 1e3:.2f} | {p['decode'] / total:.0%} | {p['preprocess'] / total:.0%} | "
-                     f"{net / total:.0%} | {bound:.0f} | {bound / (n / m['walls']['ort']):.2f}x | "
+                     f"{net / total:.0%} | {estimate:.0f} | {estimate / (n / m['walls']['ort']):.2f}x | "
                      f"{m['status']} |")
     return lines + [""]
 
