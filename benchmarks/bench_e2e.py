@@ -238,12 +238,15 @@ def breakdown(model, paths: list[str]) -> dict[str, float]:
     # versions before it have no such function)
     resampler = getattr(sys.modules["npshuffle.predict"], "_exact_resampler", lambda: None)()
     options = {"resampler": resampler} if resampler is not None else {}
+    # as predict decodes for the resampler: a turned photo left as stored (the resampler reads it turned)
+    keep = ({"keep_orientation": True} if resampler is not None
+            and "keep_orientation" in inspect.signature(load_rgb).parameters else {})
     # worker_network: on one worker's thread(s); network: on every thread (row 5, the network alone)
     total = {"decode": 0.0, "preprocess": 0.0, "worker_network": 0.0, "network": 0.0}
     threads = 1 if getattr(model, "concurrent", False) else None
     for i in range(0, len(paths), BATCH):
         t0 = time.perf_counter()
-        images = [load_rgb(p) for p in paths[i:i + BATCH]]
+        images = [load_rgb(p, **keep) for p in paths[i:i + BATCH]]
         t1 = time.perf_counter()
         batch = np.stack([preprocess_image(im, recipe, **options) for im in images])
         t2 = time.perf_counter()
