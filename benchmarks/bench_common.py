@@ -7,8 +7,9 @@
   never count against the next and every runtime sees the same drift of a shared machine;
 * :func:`peak_memory` and :func:`predict_timings`: measurements in fresh processes
   (:func:`child_env` is their environment);
-* :func:`versions` (the machine and the libraries, for a report's header), :func:`fmt_ms`, and
-  :func:`paused_processes`, which stops a background job (e.g. a training run) while timing.
+* :func:`versions` (the machine and the libraries, for a report's header), :func:`fmt_ms`,
+  :func:`paused_processes`, which stops a background job (e.g. a training run) while timing, and
+  :func:`publish`, which prints a report and writes it to its file atomically.
 
 Importing this module puts the repository on ``sys.path``, so a script run from ``benchmarks/``
 imports ``npshuffle`` without installing it.
@@ -274,3 +275,15 @@ def paused_processes(pattern: str | None) -> Iterator[list[int]]:
                 os.kill(pid, signal.SIGCONT)
             except OSError:
                 pass
+
+
+def publish(report: str, out: str | os.PathLike | None) -> None:
+    """Print a benchmark's markdown report and, with ``out``, write it there atomically (a temporary
+    file beside it, then renamed over it: an interrupted run never leaves half a report)."""
+    print(report)
+    if out:
+        path = Path(out)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp",
+                                         delete=False, encoding="utf-8") as tmp:
+            tmp.write(report)
+        os.replace(tmp.name, path)

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, child_env, onnx_bytes, versions  # noqa: E402
+from bench_common import REPO, child_env, onnx_bytes, publish, versions  # noqa: E402
 from e2e_onnx_script import classify as ort_classify  # noqa: E402
 
 FLOWERS = REPO.parent / "shared" / "data" / "flower_photos"
@@ -490,9 +490,7 @@ def main() -> int:
                          f"{p['vmhwm_kib'] / 1024:.0f} |")
         lines.append("")
     report = "\n".join(lines)
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report)
+    publish(report, args.out)
     return 0
 
 

@@ -143,9 +143,9 @@ def main() -> None:
                      f"{statistics.median(r['first_s'] for r in results):.1f} | "
                      f"{statistics.median(r['steady'] for r in results):.0f} | {steady_ratio:.2f} | {wall_ratio:.2f} |")
     report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report)
+    from bench_common import publish  # (here: a --run process times its own imports)
+
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_common import publish  # noqa: E402
+
 from npshuffle.predict import load_model  # noqa: E402
 from npshuffle.serve import Server, Service  # noqa: E402
 
@@ -94,9 +96,7 @@ def main() -> None:
              "| batching | clients | requests/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {b} | {c} | {r:.0f} | {p50:.1f} | {p99:.1f} |" for b, c, r, p50, p99 in rows]
     report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report)
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

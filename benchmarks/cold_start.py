@@ -173,9 +173,9 @@ def main() -> int:
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args()
     report = run(args)
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report)
+    from bench_common import publish
+
+    publish(report, args.out)
     return 0
 
 

@@ -33,6 +33,8 @@ import numpy as np
 from numba import njit, types
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_common import publish  # noqa: E402
+
 from kernels.cpu.driver import compile_settings  # noqa: E402
 from kernels.cpu.tricks import FASTMATH, _at, _caller, _stack_floats, _wide_vectors  # noqa: E402
 
@@ -171,9 +173,7 @@ def main() -> int:
         lines.append(f"| {name} (M {m}, K {k}, N {n}) | " + " | ".join(cells) + " |")
         print(lines[-1], file=sys.stderr, flush=True)
     report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report)
+    publish(report, args.out)
     return 0
 
 
