@@ -131,11 +131,7 @@ def preprocess_image(image: Image.Image, recipe: dict, *, fast_decode: bool = Fa
             return done
     image = upright(image)  # (one that load_rgb left as stored, keep_orientation=True)
     image = center_crop(resize_shorter_side(image, recipe["resize"], recipe["interpolation"]), recipe["crop"])
-    result = normalise(np.asarray(image), recipe)
-    if out is None:
-        return result
-    out[...] = result
-    return out
+    return normalise(np.asarray(image), recipe, out)
 
 
 def _channel_order(recipe: dict) -> tuple[int, int, int]:
@@ -144,10 +140,11 @@ def _channel_order(recipe: dict) -> tuple[int, int, int]:
 
 
 def channel_tables(recipe: dict) -> np.ndarray:
-    """(3, 256) float32, shared (not to be written to): row c maps an 8-bit value of the network's input channel c to
-    its normalised value, ``(value * scale - mean[c]) / std[c]``, computed in float32 exactly as the
-    formula would on each pixel (so a table lookup gives the very same numbers). Made once per
-    (scale, mean, std): making them cost more per photo than the lookups of a small photo."""
+    """(3, 256) float32, shared (not to be written to): row c maps an 8-bit value of the network's
+    input channel c to its normalised value, ``(value * scale - mean[c]) / std[c]``, computed in
+    float32 exactly as the formula would on each pixel (so a table lookup gives the very same
+    numbers). Made once per (scale, mean, std): making them cost more per photo than the lookups of
+    a small photo."""
     return _tables(float(recipe["scale"]), tuple(float(m) for m in recipe["mean"]),
                    tuple(float(s) for s in recipe["std"]))
 
@@ -161,13 +158,13 @@ def _tables(scale: float, mean: tuple, std: tuple) -> np.ndarray:
     return (values[None, :] * np.float32(scale) - mean_[:, None]) / std_[:, None]
 
 
-def normalise(pixels: np.ndarray, recipe: dict) -> np.ndarray:
+def normalise(pixels: np.ndarray, recipe: dict, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> float32 (3, H, W): channel order, scale, mean/std and the CHW layout
     in one pass, one table lookup per value (instead of a float copy, three arithmetic passes with
-    their temporaries and a transposing copy)."""
+    their temporaries and a transposing copy), into ``out`` when given (and returned)."""
     tables = channel_tables(recipe)
     order = _channel_order(recipe)
-    out = np.empty((3, *pixels.shape[:2]), np.float32)
+    out = np.empty((3, *pixels.shape[:2]), np.float32) if out is None else out
     for c, source in enumerate(order):
         np.take(tables[c], pixels[:, :, source], out=out[c])
     return out
