@@ -241,6 +241,8 @@ def breakdown(model, paths: list[str]) -> dict[str, float]:
     # as predict decodes for the resampler: a turned photo left as stored (the resampler reads it turned)
     keep = ({"keep_orientation": True} if resampler is not None
             and "keep_orientation" in inspect.signature(load_rgb).parameters else {})
+    into_rows = "out" in inspect.signature(preprocess_image).parameters  # (as predict: no stacking copy)
+    crop = recipe["crop"]
     # worker_network: on one worker's thread(s); network: on every thread (row 5, the network alone)
     total = {"decode": 0.0, "preprocess": 0.0, "worker_network": 0.0, "network": 0.0}
     threads = 1 if getattr(model, "concurrent", False) else None
@@ -248,7 +250,12 @@ def breakdown(model, paths: list[str]) -> dict[str, float]:
         t0 = time.perf_counter()
         images = [load_rgb(p, **keep) for p in paths[i:i + BATCH]]
         t1 = time.perf_counter()
-        batch = np.stack([preprocess_image(im, recipe, **options) for im in images])
+        if into_rows:
+            batch = np.empty((len(images), 3, crop, crop), np.float32)
+            for row, im in zip(batch, images, strict=True):
+                preprocess_image(im, recipe, out=row, **options)
+        else:
+            batch = np.stack([preprocess_image(im, recipe, **options) for im in images])
         t2 = time.perf_counter()
         model.forward(batch, **({"threads": threads} if threads is not None else {}))
         t3 = time.perf_counter()
@@ -389,7 +396,7 @@ def table(title: str, cases: list[Case], measured: dict, fast: dict[str, bool]) 
     for case in cases:
         m = measured[case.name]
         n, p = m["photos"], m["parts"]
-        net = p.get("worker_network", p["network"])
+        net = p["worker_network"]
         total = p["decode"] + p["preprocess"] + net
         estimate = cores * n / total
         lines.append(f"| {case.name} | {p['decode'] / n * 1e3:.2f} | {p['preprocess'] / n * 1e3:.2f} | "
