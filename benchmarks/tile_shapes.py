@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_common import publish  # noqa: E402
 
 from kernels.cpu.driver import compile_settings  # noqa: E402
+from kernels.cpu.layout import aligned_zeros  # noqa: E402
 from kernels.cpu.tricks import FASTMATH, _at, _caller, _stack_floats, _wide_vectors  # noqa: E402
 
 PTR, IPTR = types.CPointer(types.float32), types.CPointer(types.int64)
@@ -114,10 +115,8 @@ def pack(w: np.ndarray, b: np.ndarray, nr: int) -> np.ndarray:
 
 
 def aligned(values: np.ndarray) -> np.ndarray:
-    """A float32 copy on a 64-byte boundary."""
-    buf = np.empty(values.size + 16, np.float32)
-    start = (-buf.ctypes.data % 64) // 4
-    out = buf[start:start + values.size]
+    """A flat float32 copy on a 64-byte boundary (``layout.aligned_zeros``, as the project's arrays)."""
+    out = aligned_zeros(values.size, np.float32)
     out[:] = values.ravel()
     return out
 
