@@ -225,11 +225,12 @@ def measure(args) -> Measurements:
 
 def peak_note(threads: int, ceiling: float) -> str:
     """The CPU's arithmetic peak for scale (``sgemm_ceiling.arithmetic_peak``), as a parenthesis."""
-    peak, ghz = arithmetic_peak(threads)
+    peak, ghz, lanes = arithmetic_peak(threads)
     if not peak:
         return ""
-    return (f" (the arithmetic peak, {threads} cores x 2 FMA units x 16 lanes x 2 flops at the {ghz:.2f} GHz "
-            f"the kernel reports, is {peak:.0f} GFLOP/s: the SGEMM reaches {ceiling / peak:.0%} of it)")
+    above = ": the cores run above the clock the kernel reports" if ceiling > peak else ""
+    return (f" (the arithmetic peak, {threads} cores x 2 FMA units x {lanes} lanes x 2 flops at the {ghz:.2f} GHz "
+            f"the kernel reports, is {peak:.0f} GFLOP/s: the SGEMM reaches {ceiling / peak:.0%} of it{above})")
 
 
 def report_lines(args, paused: list[int], measured: Measurements) -> list[str]:
@@ -300,7 +301,36 @@ def report_lines(args, paused: list[int], measured: Measurements) -> list[str]:
         notice = predict["cold stderr"].replace("\n", " / ") or "(nothing)"
         lines += [f"- empty Numba cache (compiles): {predict['cold']:.2f} s wall; stderr: {notice}",
                   f"- warm cache: {predict['warm']:.2f} s, again {predict['warm again']:.2f} s"]
-    return lines + ["", "Bars (issue 4):", "", *bar_lines(measured), ""]
+    return lines + ["", "Bars (issue 15; each with the GFLOP/s it needs as a share of this run's SGEMM ceiling):", "",
+                    *speed_bar_lines(measured), "", "Bars (issue 4):", "", *bar_lines(measured), ""]
+
+
+# issue 15's bars: (runtime, lower bound on npshuffle-numba's speed as a multiple of that runtime's)
+TORCH_SPEEDUP = {1: 4.0, 32: 3.5}
+ORT_SPEEDUP = {("V2 x1.0", 1): 2.0, ("V2 x2.0", 32): 1.5}  # batch 1: latency <= 0.5x ONNX Runtime's
+ORT_SPEEDUP_BATCH32 = 2.0
+
+
+def speed_bar_lines(measured: Measurements) -> list[str]:
+    """Issue 15's speed bars, one line per row and bar: met ([x]) or not, the measured speed-up, and
+    what the bar needs in useful GFLOP/s and as a share of the SGEMM ceiling (above 100 %: out of
+    reach of any runtime computing every multiply-add in float32 on this machine)."""
+    results, ceiling, gflops = measured.results, measured.ceiling, measured.gflops
+    lines = []
+    for key in sorted(results):
+        name, batch = key
+        targets = [("torch eager", "torch", TORCH_SPEEDUP[batch])]
+        if key in ORT_SPEEDUP or batch == 32:
+            targets.append(("ONNX Runtime", "onnxruntime", ORT_SPEEDUP.get(key, ORT_SPEEDUP_BATCH32)))
+        for label, runtime, factor in targets:
+            speedup = results[key][runtime] / results[key]["numba"]
+            needs = factor * gflops(key, runtime)
+            bar = f">= {factor:g}x {label}" if batch == 32 or runtime == "torch" else \
+                f"latency <= {1 / factor:g}x {label}'s (a {factor:g}x speed-up)"
+            lines.append(f"- [{'x' if speedup >= factor else ' '}] {name} batch {batch} {bar}: "
+                         f"{speedup:.2f}x ({gflops(key, 'numba'):.0f} GFLOP/s; {factor:g}x needs {needs:.0f} "
+                         f"GFLOP/s, {needs / ceiling:.0%} of the ceiling)")
+    return lines
 
 
 def bar_lines(measured: Measurements) -> list[str]:

@@ -14,9 +14,13 @@ GFLOP/s on 2 Zen 5 cores). They are taken out for this one subprocess only, neve
 for npshuffle, which does not use the BLAS for its kernels.
 
 For scale, :func:`arithmetic_peak` states the peak the CPU's own figures give: cores x 2 FMA
-units x 16 float32 lanes (AVX-512) x 2 flops x clock. It assumes two 512-bit FMA units per core
-(Ice Lake server and Zen 5 have them) and takes the clock the kernel reports (``cpu MHz``, often
-the nominal one in a VM: turbo may run above it).
+units x the float32 lanes each unit completes per cycle x 2 flops x clock. The lanes depend on the
+FMA datapath, not on the instruction set (:func:`fma_lanes`): Intel's AVX-512 server cores (Ice
+Lake, Sapphire and Emerald Rapids) and Zen 5 have two 512-bit units (16 lanes each); Zen 4 runs
+AVX-512 on two 256-bit units, each 512-bit FMA taking two passes (8 lanes each), so its peak is
+the same as with AVX2. The clock is the one the kernel reports (``cpu MHz``), in a VM often the
+nominal one: boost clocks run above it, so a measured SGEMM can exceed the figure (it did on the
+Zen 4 machine: 209 GFLOP/s on 2 threads against 166 at 2.6 GHz).
 """
 
 from __future__ import annotations
@@ -66,15 +70,43 @@ def ceiling(threads: int, size: int = 2048) -> float:
     return ceiling_and_kernel(threads, size)[0]
 
 
-def arithmetic_peak(cores: int) -> tuple[float, float]:
-    """(GFLOP/s, GHz): ``cores`` x 2 FMA units x 16 lanes x 2 flops x the clock of ``cpu MHz`` in
-    /proc/cpuinfo (0, 0 where there is none)."""
+def cpu_fields() -> dict[str, str]:
+    """The first processor's ``key: value`` lines of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            mhz = next(float(line.split(":")[1]) for line in f if line.startswith("cpu MHz"))
-    except (OSError, StopIteration, ValueError):
-        return 0.0, 0.0
-    return cores * 2 * 16 * 2 * mhz / 1e3, mhz / 1e3
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def fma_lanes(fields: dict[str, str]) -> int:
+    """float32 lanes one FMA unit completes per cycle: 16 for a 512-bit datapath, 8 for a 256-bit
+    one (AVX2, and AMD family 0x19, Zen 3 / Zen 4, which splits each AVX-512 op into two 256-bit
+    halves), 4 without AVX2."""
+    flags = set(fields.get("flags", "").split())
+    amd_zen4_or_older = fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family", "0").isdigit() \
+        and int(fields["cpu family"]) <= 0x19
+    if "avx512f" in flags and not amd_zen4_or_older:
+        return 16
+    return 8 if "avx2" in flags else 4
+
+
+def arithmetic_peak(cores: int) -> tuple[float, float, int]:
+    """(GFLOP/s, GHz, lanes): ``cores`` x 2 FMA units x :func:`fma_lanes` x 2 flops x the clock of
+    ``cpu MHz`` in /proc/cpuinfo ((0, 0, 0) where it is missing)."""
+    fields = cpu_fields()
+    try:
+        mhz = float(fields["cpu MHz"])
+    except (KeyError, ValueError):
+        return 0.0, 0.0, 0
+    lanes = fma_lanes(fields)
+    return cores * 2 * lanes * 2 * mhz / 1e3, mhz / 1e3, lanes
 
 
 def main() -> None:
@@ -84,9 +116,10 @@ def main() -> None:
     args = parser.parse_args()
     for threads in args.threads:
         gflops, kernel = ceiling_and_kernel(threads, args.size)
-        peak, ghz = arithmetic_peak(threads)
-        print(f"{threads} thread(s): {gflops:.1f} GFLOP/s (SGEMM {args.size}x{args.size}, OpenBLAS kernel {kernel}); "
-              f"arithmetic peak {peak:.0f} GFLOP/s at {ghz:.2f} GHz ({gflops / peak:.0%} of it)" if peak else "")
+        peak, ghz, lanes = arithmetic_peak(threads)
+        print(f"{threads} thread(s): {gflops:.1f} GFLOP/s (SGEMM {args.size}x{args.size}, OpenBLAS kernel {kernel})"
+              + (f"; arithmetic peak {peak:.0f} GFLOP/s ({lanes} lanes per FMA unit) at {ghz:.2f} GHz "
+                 f"({gflops / peak:.0%} of it)" if peak else ""))
 
 
 if __name__ == "__main__":
