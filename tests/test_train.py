@@ -366,3 +366,17 @@ def test_mix_trains_with_a_teacher_and_is_recorded(tiny_run, data_dir, tmp_path,
 def test_a_mix_alpha_that_cannot_work_is_refused(data_dir, tmp_path, capsys, options, message):
     assert T.main(tiny_args(data_dir, tmp_path / "o", *options)) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--kd-alpha", "0.5"], "--kd-alpha needs --teacher"),
+    (["--kd-temperature", "2"], "--kd-temperature needs --teacher"),
+    (["--teacher", "t.pth", "--kd-alpha", "1.5"], "--kd-alpha must be a number from 0 to 1"),
+    (["--teacher", "t.pth", "--kd-alpha", "nan"], "--kd-alpha must be a number from 0 to 1"),
+    (["--teacher", "t.pth", "--kd-temperature", "0"], "--kd-temperature must be a number above 0"),
+])
+def test_distillation_settings_that_cannot_work_are_refused(data_dir, tmp_path, capsys, options, message):
+    assert T.main(tiny_args(data_dir, tmp_path / "o", *options)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # refused before anything was written

@@ -128,8 +128,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--teacher", action="append", default=None, metavar="CKPT",
                         help="distil from this trained checkpoint (e.g. runs/flowers/best.pth); give it more than "
                              "once to distil from the ensemble (the teachers' softened probabilities averaged)")
-    parser.add_argument("--kd-alpha", type=float, default=0.7, help="weight of the distillation loss")
-    parser.add_argument("--kd-temperature", type=float, default=4.0)
+    parser.add_argument("--kd-alpha", type=float, default=None,
+                        help="weight of the distillation loss, the labels' loss taking the rest (default 0.7; 1: "
+                             "the teacher alone)")
+    parser.add_argument("--kd-temperature", type=float, default=None,
+                        help="softmax temperature of the teacher's and the student's distilled logits (default 4)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="LAST_PTH",
                         help="continue an interrupted run (default: OUT/last.pth); --epochs may extend it")
     parser.add_argument("--max-images", type=int, default=None, help=argparse.SUPPRESS)  # tests: subsample
@@ -151,9 +154,29 @@ def resolve_config(args: argparse.Namespace) -> dict:
             raise TrainError(f"--mix-alpha must be a number above 0 (got {config['mix_alpha']})")
     elif config.get("mix", "none") != "none":
         config["mix_alpha"] = MIX_DEFAULT_ALPHA[config["mix"]]
+    resolve_distillation(config)
     config["workers"] = config["workers"] if config["workers"] is not None else 1
     config["threads"] = config["threads"] if config["threads"] is not None else 2
     return config
+
+
+KD_DEFAULTS = {"kd_alpha": 0.7, "kd_temperature": 4.0}
+
+
+def resolve_distillation(config: dict) -> None:
+    """Check --kd-alpha (0..1) and --kd-temperature (above 0), which only mean something with a
+    --teacher, and fill in their defaults."""
+    given = [name for name in KD_DEFAULTS if config.get(name) is not None]
+    if given and not config.get("teacher"):
+        raise TrainError(f"--{given[0].replace('_', '-')} needs --teacher (it weighs the distillation from one)")
+    alpha, temperature = config.get("kd_alpha"), config.get("kd_temperature")
+    if alpha is not None and not (math.isfinite(alpha) and 0 <= alpha <= 1):
+        raise TrainError(f"--kd-alpha must be a number from 0 to 1 (got {alpha})")
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        raise TrainError(f"--kd-temperature must be a number above 0 (got {temperature})")
+    for name, value in KD_DEFAULTS.items():
+        if config.get(name) is None:
+            config[name] = value
 
 
 def recipe_defaults(config: dict) -> dict:
