@@ -38,10 +38,12 @@ b = a.copy()
 a @ b
 best = min((lambda t: (a @ b, time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(5))
 print(f"{{2 * n ** 3 / best / 1e9:.1f}}")
+"""
+KERNEL_PROBE = """
 # the kernel OpenBLAS chose (numpy's wheels bundle it as scipy_openblas; older ones as plain openblas)
 import ctypes
 kernel = "unknown"
-for lib in sorted({{line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line}}):
+for lib in sorted({line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line}):
     for symbol in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename"):
         fn = getattr(ctypes.CDLL(lib), symbol, None)
         if fn is not None:
@@ -53,14 +55,20 @@ print(kernel)
 UNSET_FOR_PROBE = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
-def ceiling_and_kernel(threads: int, size: int = 2048) -> tuple[float, str]:
-    """(GFLOP/s of the best of 5 float32 ``size`` x ``size`` products on ``threads`` BLAS threads,
-    the BLAS kernel that ran), in a fresh process without the variables of ``UNSET_FOR_PROBE``."""
+def probe_env(threads: int) -> dict[str, str]:
+    """This process's environment without the variables of ``UNSET_FOR_PROBE``, the BLAS limited to
+    ``threads`` threads: for a fresh probe process."""
     limits = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
     env = {name: value for name, value in os.environ.items() if name not in UNSET_FOR_PROBE}
     env.update({name: str(threads) for name in limits})
-    out = subprocess.run([sys.executable, "-c", PROBE.format(n=size)], env=env, capture_output=True,
-                         text=True, check=True)
+    return env
+
+
+def ceiling_and_kernel(threads: int, size: int = 2048) -> tuple[float, str]:
+    """(GFLOP/s of the best of 5 float32 ``size`` x ``size`` products on ``threads`` BLAS threads,
+    the BLAS kernel that ran), in a fresh process without the variables of ``UNSET_FOR_PROBE``."""
+    out = subprocess.run([sys.executable, "-c", PROBE.format(n=size) + KERNEL_PROBE], env=probe_env(threads),
+                         capture_output=True, text=True, check=True)
     gflops, kernel = out.stdout.split()
     return float(gflops), kernel
 
