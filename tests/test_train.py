@@ -169,7 +169,22 @@ def test_normalize_matches_each_dialects_recipe():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=dialect)
 
 
-def test_resume_after_interrupt_continues_at_the_right_epoch(data_dir, tmp_path, monkeypatch):
+def cli_train(argv: list[str]) -> int:
+    """``npshuffle train ARGV`` as the console command runs it (its parser adds the handler ``run``;
+    the command recorded in the model file is read from ``sys.argv``)."""
+    import sys
+
+    from npshuffle.cli import main
+
+    saved, sys.argv = sys.argv, ["npshuffle", "train", *argv]
+    try:
+        return main(["train", *argv])
+    finally:
+        sys.argv = saved
+
+
+@pytest.mark.parametrize("train", [T.main, cli_train], ids=["train.main", "npshuffle train"])
+def test_resume_after_interrupt_continues_at_the_right_epoch(train, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     original = Progress.update
 
@@ -181,12 +196,12 @@ def test_resume_after_interrupt_continues_at_the_right_epoch(data_dir, tmp_path,
     monkeypatch.setattr(Progress, "update", interrupt_in_epoch_2)
     args = tiny_args(data_dir, out)
     args[args.index("--epochs") + 1] = "3"
-    assert T.main(args) == 130
-    state = torch.load(out / "last.pth", weights_only=True)
+    assert train(args) == 130
+    state = torch.load(out / "last.pth", weights_only=True)  # data alone: no function of the CLI's in it
     assert state["epoch"] == 1 and not (out / "model.npz").exists()
 
     monkeypatch.setattr(Progress, "update", original)
-    assert T.main([data_dir, "--out", str(out), "--resume"]) == 0
+    assert train([data_dir, "--out", str(out), "--resume"]) == 0
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 3
@@ -195,6 +210,36 @@ def test_resume_after_interrupt_continues_at_the_right_epoch(data_dir, tmp_path,
     assert rows[2]["lr"] == pytest.approx(0.05 * lf)
     trained = Model.load(out / "model.npz").metadata["trained"]
     assert trained["epochs"] == 3 and trained["resumed_with"][0].endswith("--resume")
+
+
+def test_resume_reads_a_last_pth_that_holds_the_cli_handler_and_nothing_else(data_dir, tmp_path, monkeypatch,
+                                                                           capsys):
+    """Runs of `npshuffle train` before the fix stored its handler, run_train, in last.pth: --resume
+    takes them (the one global of ours let through) and drops it; any other global is refused."""
+    out = tmp_path / "run"
+    original = Progress.update
+
+    def interrupt_in_epoch_2(self, n, **stats):
+        if self.label.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+        return original(self, n, **stats)
+
+    monkeypatch.setattr(Progress, "update", interrupt_in_epoch_2)
+    args = tiny_args(data_dir, out)
+    args[args.index("--epochs") + 1] = "2"
+    assert T.main(args) == 130
+    state = torch.load(out / "last.pth", weights_only=True)
+    state["config"]["run"] = T.run_train  # as the earlier versions' CLI runs saved it
+    torch.save(state, out / "last.pth")
+    monkeypatch.setattr(Progress, "update", original)
+    assert T.main([data_dir, "--out", str(out), "--resume"]) == 0
+    assert [json.loads(line)["epoch"] for line in open(out / "metrics.jsonl")] == [1, 2]
+
+    state["config"]["run"] = os.system  # anything else is not loaded
+    torch.save(state, tmp_path / "hostile.pth")
+    capsys.readouterr()
+    assert T.main([data_dir, "--out", str(out), "--resume", str(tmp_path / "hostile.pth")]) != 0
+    assert "cannot load the resume checkpoint" in capsys.readouterr().err
 
 
 def test_init_drops_a_mismatched_classifier_and_distillation_runs(tiny_run, data_dir, tmp_path):

@@ -142,7 +142,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def resolve_config(args: argparse.Namespace) -> dict:
     """The run's configuration from the parsed options, defaults filled in; ``out`` stays None when
     not given (see :func:`default_out`)."""
-    config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    # (the CLI's handler, ``run``, is a function: kept out, so that last.pth holds data alone and
+    # --resume can read it with torch's weights-only loader)
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "command") and not callable(v)}
     defaults = recipe_defaults(config)
     for option in RECIPE_OPTIONS:
         if config.get(option) is None:

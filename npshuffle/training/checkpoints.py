@@ -98,11 +98,17 @@ def load_resume(resume: str, out: str, args: argparse.Namespace) -> tuple[dict, 
     resume_path = os.path.join(out, "last.pth") if resume == "auto" else resume
     if not os.path.exists(resume_path):
         raise TrainError(f"{resume_path}: nothing to resume (no such file)")
+    from .train import run_train
+
     try:
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        # Runs started with `npshuffle train` before this version stored the CLI's handler
+        # (npshuffle.training.train.run_train) in their configuration: that one name of ours is let
+        # through (the loader only looks it up; nothing is called), then dropped with any other.
+        with torch.serialization.safe_globals([run_train]):
+            state = torch.load(resume_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
         raise TrainError(f"{resume_path}: cannot load the resume checkpoint ({exc})") from None
-    config = state["config"]
+    config = {k: v for k, v in state["config"].items() if not callable(v)}
     for key in RESUME_OVERRIDABLE:
         if getattr(args, key, None) is not None:
             config[key] = getattr(args, key)
