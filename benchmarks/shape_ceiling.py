@@ -192,8 +192,10 @@ class Row:
 
     @property
     def blas_net_s(self) -> float:
-        """The BLAS total less Python's dispatch (one 1x1x1 call per product and group)."""
-        return self.blas_total_s - self.dispatch_s * sum(p.groups for p in self.products)
+        """The BLAS total less Python's dispatch (one 1x1x1 call per call made: per group, and per
+        image where the products went image by image)."""
+        calls = sum(p.groups * (p.batch if p.blas_how == "per image" else 1) for p in self.products)
+        return self.blas_total_s - self.dispatch_s * calls
 
 
 def report_lines(rows: list[Row], machine: str, threads: int, kernel: str, ceiling: float | None,
