@@ -20,7 +20,7 @@ from npshuffle.progress import Progress  # noqa: E402
 from npshuffle.training import train as T  # noqa: E402
 from npshuffle.training.arguments import parse_arch  # noqa: E402
 from npshuffle.training.datasets import read_split, seed_split, write_split  # noqa: E402
-from npshuffle.training.loop import kd_loss, teacher_log_probs  # noqa: E402
+from npshuffle.training.loop import build_engine_teacher, build_teacher, kd_loss, teacher_log_probs  # noqa: E402
 from npshuffle.training.pipeline import Normalize, random_resized_crop_params  # noqa: E402
 from npshuffle.training.torch_ref import build_torch_model  # noqa: E402
 
@@ -261,6 +261,34 @@ def test_init_drops_a_mismatched_classifier_and_distillation_runs(tiny_run, data
         if not key.startswith("classifier."):
             assert torch.equal(trained[key], value), key
     assert trained["classifier.0.weight"].shape == (3, 32)
+
+
+def test_a_model_file_teaches_as_its_checkpoint_does(tiny_run, data_dir, tmp_path):
+    # the run's model.npz (its last epoch, BN folded) on the Numba engine gives the logits its
+    # final.pth gives in torch, so either can be the teacher; then a run distils from the .npz
+    classes = json.loads((tiny_run / "split.json").read_text())["classes"]
+    engine, engine_norm = build_engine_teacher(str(tiny_run / "model.npz"), classes, threads=1)
+    torch_teacher, torch_norm, _ = build_teacher(str(tiny_run / "final.pth"), False, len(classes))
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 36, 44, 3), dtype=np.uint8))
+    expected = torch_teacher(torch_norm(images))
+    assert torch.allclose(engine(engine_norm(images)), expected, rtol=1e-4, atol=1e-4)
+    out = tmp_path / "student"
+    assert T.main(tiny_args(data_dir, out, "--teacher", str(tiny_run / "model.npz"))) == 0
+    assert Model.load(out / "model.npz").metadata["trained"]["teacher"] == [str(tiny_run / "model.npz")]
+
+
+def test_a_teacher_of_other_classes_is_refused_before_training(tiny_run, data_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    make_images(other, per_class=2)
+    os.rename(other / "eel", other / "zinnia")
+    assert T.main(tiny_args(str(other), tmp_path / "a", "--teacher", str(tiny_run / "model.npz"))) == 2
+    err = capsys.readouterr().err
+    assert "the teacher's classes" in err and "Traceback" not in err
+    spec = parse_arch(TINY_V2, 7)
+    torch.save(build_torch_model(spec, "torchvision").state_dict(), tmp_path / "seven.pth")
+    assert T.main(tiny_args(data_dir, tmp_path / "b", "--teacher", str(tmp_path / "seven.pth"))) == 2
+    err = capsys.readouterr().err
+    assert "the teacher has 7 classes, the data 3" in err and "Traceback" not in err
 
 
 def test_an_ensemble_of_teachers_averages_their_softened_probabilities():

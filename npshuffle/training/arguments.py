@@ -126,8 +126,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="NCHW instead of channels-last tensors (channels-last is faster on CPU here)")
     parser.add_argument("--teacher", action="append", default=None, metavar="CKPT",
-                        help="distil from this trained checkpoint (e.g. runs/flowers/best.pth); give it more than "
-                             "once to distil from the ensemble (the teachers' softened probabilities averaged)")
+                        help="distil from this trained checkpoint (e.g. runs/flowers/best.pth) or npshuffle model "
+                             "file (.npz/.safetensors, e.g. a bundled model, run on the Numba engine; its classes "
+                             "must be the data's); give it more than once to distil from the ensemble (the "
+                             "teachers' softened probabilities averaged)")
     parser.add_argument("--kd-alpha", type=float, default=None,
                         help="weight of the distillation loss, the labels' loss taking the rest (default 0.7; 1: "
                              "the teacher alone)")

@@ -27,7 +27,7 @@ from torch import nn
 from ..archs import V1Spec, V2Spec, variant_name
 from ..model_file import DEFAULT_RECIPES
 from ..progress import Progress
-from .arguments import SEED_DEFAULTS, describe_recipe, parse_arch
+from .arguments import SEED_DEFAULTS, TrainError, describe_recipe, parse_arch
 from .checkpoints import (
     CLASSIFIER_PREFIXES,
     atomic_save,
@@ -87,7 +87,10 @@ def setup_run(config: dict, split: Split, resume_state: dict | None) -> Run:
     normalize = Normalize(DEFAULT_RECIPES[dialect], channels_last)
     run = Run(config, model, normalize, *make_optimizer(model, config))
     for path in teacher_paths(config):
-        teacher, teacher_norm, _ = build_teacher(path, channels_last)
+        if path.endswith(ENGINE_TEACHER_SUFFIXES):
+            teacher, teacher_norm = build_engine_teacher(path, split.classes, config["threads"])
+        else:
+            teacher, teacher_norm, _ = build_teacher(path, channels_last, len(split.classes))
         run.teachers.append((teacher, teacher_norm))
     if resume_state is not None:
         restore_resume_state(run, resume_state)
@@ -130,9 +133,13 @@ def teacher_paths(config: dict) -> list[str]:
     return [teachers] if isinstance(teachers, str) else list(teachers)
 
 
-def build_teacher(path: str, channels_last: bool) -> tuple[nn.Module, Normalize, V1Spec | V2Spec]:
+def build_teacher(path: str, channels_last: bool, num_classes: int) -> tuple[nn.Module, Normalize, V1Spec | V2Spec]:
+    """A frozen torch teacher from a trained .pth checkpoint of ``num_classes`` classes."""
     sd = load_state_dict_file(path)
     spec, dialect = infer_arch(sd, path)
+    if spec.num_classes != num_classes:
+        raise TrainError(f"{path}: the teacher has {spec.num_classes} classes, the data {num_classes}; "
+                         "a teacher must be trained on the same classes")
     teacher = build_torch_model(spec, dialect)
     teacher.load_state_dict(sd, strict=True)
     teacher.eval()
@@ -142,6 +149,41 @@ def build_teacher(path: str, channels_last: bool) -> tuple[nn.Module, Normalize,
         teacher = teacher.to(memory_format=torch.channels_last)
     log(f"teacher: {path} ({f'V1 g{spec.groups}' if spec.version == 1 else 'V2'}, {dialect} dialect)")
     return teacher, Normalize(DEFAULT_RECIPES[dialect], channels_last), spec
+
+
+ENGINE_TEACHER_SUFFIXES = (".npz", ".safetensors")
+
+
+class EngineTeacher:
+    """A frozen teacher read from an npshuffle model file and run on npshuffle's Numba engine (its
+    BN-folded weights cannot be trained, but they can teach): a float32 batch (N, 3, H, W), already
+    normalised with the file's recipe -> logits (N, classes), as torch tensors."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.model.forward(images.contiguous().numpy()))
+
+
+def build_engine_teacher(path: str, classes: list[str], threads: int) -> tuple[EngineTeacher, Normalize]:
+    """An :class:`EngineTeacher` for ``path`` (.npz or .safetensors, checked as any model file is)
+    and the normalisation of its recipe; its class names must be ``classes``, in that order, since
+    the distillation compares the two networks' outputs index by index."""
+    from ..model import Model
+    from ..model_file import ModelFileError
+
+    try:
+        model = Model.load(path, backend="numba", threads=threads)
+    except (OSError, ModelFileError) as exc:
+        raise TrainError(f"{path}: cannot load the teacher ({exc})") from None
+    if list(model.class_names) != list(classes):
+        raise TrainError(f"{path}: the teacher's classes ({', '.join(model.class_names[:8])}"
+                         f"{' ...' if len(model.class_names) > 8 else ''}) are not the data's "
+                         f"({', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''}); a teacher must "
+                         "be trained on the same classes")
+    log(f"teacher: {path} (an npshuffle model file, {model.metadata.get('variant', '?')}, on the Numba engine)")
+    return EngineTeacher(model), Normalize(model.recipe, channels_last=False)
 
 
 def make_optimizer(model: nn.Module, config: dict) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
