@@ -432,13 +432,42 @@ def test_mix_trains_with_a_teacher_and_is_recorded(tiny_run, data_dir, tmp_path,
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--mix", "mixup", "--mix-alpha", "0"], "--mix-alpha must be a number above 0"),
-    (["--mix", "cutmix", "--mix-alpha", "inf"], "--mix-alpha must be a number above 0"),
+    (["--mix", "mixup", "--mix-alpha", "0"], "--mix-alpha must be a number from 0.01 to 100"),
+    (["--mix", "mixup", "--mix-alpha", "1e-10"], "--mix-alpha must be a number from 0.01 to 100"),
+    (["--mix", "cutmix", "--mix-alpha", "inf"], "--mix-alpha must be a number from 0.01 to 100"),
     (["--mix-alpha", "0.5"], "--mix-alpha needs --mix mixup or --mix cutmix"),
 ])
 def test_a_mix_alpha_that_cannot_work_is_refused(data_dir, tmp_path, capsys, options, message):
     assert T.main(tiny_args(data_dir, tmp_path / "o", *options)) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--epochs", "0"], "--epochs must be a whole number from 1"),
+    (["--epochs", "-1"], "--epochs must be a whole number from 1"),
+    (["--batch-size", "0"], "--batch-size must be a whole number from 1"),
+    (["--threads", "0"], "--threads must be a whole number from 1"),
+    (["--workers", "-2"], "--workers must be a whole number from 0"),
+    (["--seed", "-1"], "--seed must be a whole number from 0"),
+    (["--img-size", "0"], "--img-size must be a whole number from 32 to 1024"),
+    (["--img-size", "100000"], "--img-size must be a whole number from 32 to 1024"),
+    (["--val-resize", "-5"], "--val-resize must be a whole number from 32"),
+    (["--val-resize", "40", "--val-crop", "48"], "--val-crop (48) must not exceed --val-resize (40)"),
+    (["--lr", "-0.1"], "--lr must be a number above 0"),
+    (["--lr", "nan"], "--lr must be a number above 0"),
+    (["--lrf", "2"], "--lrf must be a number from 0 to 1"),
+    (["--weight-decay=-1e-4"], "--weight-decay must be a number from 0"),
+    (["--label-smoothing", "1"], "--label-smoothing must be a number from 0 up to"),
+    (["--label-smoothing", "nan"], "--label-smoothing must be a number from 0 up to"),
+    (["--min-scale", "0"], "--min-scale must be a number above 0, at most 1"),
+    (["--min-scale", "1.5"], "--min-scale must be a number above 0, at most 1"),
+    (["--val-rate", "1"], "--val-rate must be a number between 0 and 1"),
+])
+def test_numbers_that_cannot_make_a_run_are_refused_up_front(data_dir, tmp_path, capsys, options, message):
+    assert T.main(tiny_args(data_dir, tmp_path / "o", *options)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("options, message", [

@@ -154,14 +154,52 @@ def resolve_config(args: argparse.Namespace) -> dict:
     if config.get("mix_alpha") is not None:
         if config.get("mix", "none") == "none":
             raise TrainError("--mix-alpha needs --mix mixup or --mix cutmix")
-        if not (math.isfinite(config["mix_alpha"]) and config["mix_alpha"] > 0):
-            raise TrainError(f"--mix-alpha must be a number above 0 (got {config['mix_alpha']})")
+        # (below 0.01 torch's Beta sampler underflows: it draws 0.5, where Beta(alpha, alpha) lies next
+        # to 0 or 1; above 100 every blend is within a few points of an even half)
+        if not (math.isfinite(config["mix_alpha"]) and 0.01 <= config["mix_alpha"] <= 100):
+            raise TrainError(f"--mix-alpha must be a number from 0.01 to 100 (got {config['mix_alpha']})")
     elif config.get("mix", "none") != "none":
         config["mix_alpha"] = MIX_DEFAULT_ALPHA[config["mix"]]
     resolve_distillation(config)
     config["workers"] = config["workers"] if config["workers"] is not None else 1
     config["threads"] = config["threads"] if config["threads"] is not None else 2
+    check_numbers(config)
     return config
+
+
+# Image sizes a run may ask for: the networks need 32 pixels (five stride-2 steps), and above 1024 a
+# batch of crops alone takes gigabytes (32 x 3 x 1024 x 1024 float32 is 400 MB before any activation).
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 32, 1024
+INTEGER_RANGES = {  # option: (smallest, largest allowed)
+    "epochs": (1, 100_000), "batch_size": (1, 4096), "img_size": (MIN_IMAGE_SIDE, MAX_IMAGE_SIDE),
+    "val_resize": (MIN_IMAGE_SIDE, MAX_IMAGE_SIDE), "val_crop": (MIN_IMAGE_SIDE, MAX_IMAGE_SIDE),
+    "seed": (0, 2**32 - 1), "workers": (0, 64), "threads": (1, 1024), "max_images": (1, 10**9),
+}
+
+
+def check_numbers(config: dict) -> None:
+    """Refuse, before anything is loaded, a numeric option that cannot make a run (a zero or negative
+    count or size, a learning rate that is not a positive number, a fraction outside its range); one
+    line naming the option and what it takes."""
+    for option, (low, high) in INTEGER_RANGES.items():
+        value = config.get(option)
+        if value is not None and not low <= value <= high:
+            raise TrainError(f"--{option.replace('_', '-')} must be a whole number from {low} to {high} (got {value})")
+    if config["val_crop"] > config["val_resize"]:
+        raise TrainError(f"--val-crop ({config['val_crop']}) must not exceed --val-resize ({config['val_resize']}): "
+                         "validation crops the centre of the resized photo")
+
+    def number(option: str, ok, what: str) -> None:
+        value = config.get(option)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise TrainError(f"--{option.replace('_', '-')} must be {what} (got {value})")
+
+    number("lr", lambda v: 0 < v <= 10, "a number above 0 (at most 10)")
+    number("lrf", lambda v: 0 <= v <= 1, "a number from 0 to 1 (the final lr as a fraction of --lr)")
+    number("weight_decay", lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1")
+    number("label_smoothing", lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1")
+    number("min_scale", lambda v: 0 < v <= 1, "a number above 0, at most 1 (an area fraction)")
+    number("val_rate", lambda v: 0 < v < 1, "a number between 0 and 1 (the validation share)")
 
 
 KD_DEFAULTS = {"kd_alpha": 0.7, "kd_temperature": 4.0}
