@@ -242,6 +242,109 @@ def test_resume_reads_a_last_pth_that_holds_the_cli_handler_and_nothing_else(dat
     assert "cannot load the resume checkpoint" in capsys.readouterr().err
 
 
+def interrupted_run(data_dir, out, monkeypatch, epochs: int = 3) -> list[str]:
+    """A tiny run of ``epochs`` epochs stopped by Ctrl-C in epoch 2 (last.pth: 1 epoch done); its argv."""
+    original = Progress.update
+
+    def interrupt_in_epoch_2(self, n, **stats):
+        if self.label.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+        return original(self, n, **stats)
+
+    monkeypatch.setattr(Progress, "update", interrupt_in_epoch_2)
+    args = tiny_args(data_dir, out)
+    args[args.index("--epochs") + 1] = str(epochs)
+    assert T.main(args) == 130
+    monkeypatch.setattr(Progress, "update", original)
+    return args
+
+
+def test_resume_continues_in_the_folder_of_its_last_pth_and_refuses_another_out(data_dir, tmp_path, monkeypatch,
+                                                                                 capsys):
+    interrupted_run(data_dir, tmp_path / "first", monkeypatch)
+    os.rename(tmp_path / "first", tmp_path / "moved")  # the folder moved: the stored --out is stale
+    capsys.readouterr()
+    assert T.main([data_dir, "--resume", str(tmp_path / "moved" / "last.pth"), "--out", str(tmp_path / "x")]) == 2
+    assert "continues the run in the folder of its last.pth" in capsys.readouterr().err
+    assert T.main([data_dir, "--resume", str(tmp_path / "moved" / "last.pth")]) == 0
+    assert (tmp_path / "moved" / "model.npz").exists() and not (tmp_path / "first").exists()
+
+
+def test_resume_refuses_options_it_would_ignore_and_takes_the_runs_own(data_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = interrupted_run(data_dir, out, monkeypatch)
+    capsys.readouterr()
+    assert T.main([data_dir, "--out", str(out), "--resume", "--lr", "0.5", "--augment", "strong"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.5 (the run has 0.05)" in err and "--augment strong (the run has basic)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert T.main([*args, "--resume"]) == 0  # the run's own command line again, with --resume: fine
+
+
+def test_an_interrupt_after_an_epochs_metrics_row_does_not_repeat_the_row(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    interrupted_run(data_dir, out, monkeypatch)
+    # Ctrl-C between epoch 2's row and its last.pth: the row is there, last.pth says 1 epoch done
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5,
+                            "lr": 0.05, "epoch_time_s": 1.0, "time": "x"}) + "\n")
+    assert T.main([data_dir, "--out", str(out), "--resume"]) == 0
+    assert [json.loads(line)["epoch"] for line in open(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_new_run_does_not_wipe_an_earlier_one(tiny_run, data_dir, capsys):
+    before = (tiny_run / "metrics.jsonl").read_bytes()
+    assert T.main(tiny_args(data_dir, tiny_run)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tiny_run / "metrics.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("content", ["best", "list", "empty_config"])
+def test_resume_from_a_file_that_is_not_a_last_pth_is_one_line(tiny_run, data_dir, tmp_path, capsys, content):
+    path = tmp_path / "last.pth"
+    obj = {"best": torch.load(tiny_run / "best.pth", weights_only=True), "list": [1, 2, 3],
+           "empty_config": {"config": {}}}[content]
+    torch.save(obj, path)
+    assert T.main([data_dir, "--resume", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not the last.pth of an `npshuffle train` run" in err and "Traceback" not in err
+
+
+def test_resume_without_its_split_is_refused(data_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    interrupted_run(data_dir, out, monkeypatch)
+    os.remove(out / "split.json")
+    capsys.readouterr()
+    assert T.main([data_dir, "--out", str(out), "--resume"]) == 2
+    assert "split.json is missing" in capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(data_dir, tmp_path, monkeypatch, capsys):
+    from npshuffle.training import loop
+
+    monkeypatch.setattr(loop, "mixed_cross_entropy", lambda logits, batch, smoothing: logits.sum() * float("nan"))
+    assert T.main(tiny_args(data_dir, tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "the loss became nan in epoch 1" in err and "lower --lr" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "model.npz").exists()
+
+
+def test_unusable_files_and_folders_are_one_line(data_dir, tmp_path, capsys):
+    (tmp_path / "garbage.pth").write_bytes(b"\x80\x02not a pickle at all" * 10)
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (["--init", str(tmp_path / "garbage.pth")], "cannot load the checkpoint"),
+        (["--teacher", str(tmp_path / "garbage.pth")], "cannot load the checkpoint"),
+        (["--val-rate", "0.01"], "a run needs both"),
+    ]
+    for extra, message in cases:
+        assert T.main(tiny_args(data_dir, tmp_path / "o", *extra)) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+    assert T.main(tiny_args(data_dir, tmp_path / "a_file" / "run")) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
+
+
 def test_init_drops_a_mismatched_classifier_and_distillation_runs(tiny_run, data_dir, tmp_path):
     # a 7-class "pretrained" V1 checkpoint in Megvii keys: the classifier must be re-initialised
     spec = parse_arch(TINY_V1, 7)
@@ -279,7 +382,7 @@ def test_a_model_file_teaches_as_its_checkpoint_does(tiny_run, data_dir, tmp_pat
 
 def test_a_teacher_of_other_classes_is_refused_before_training(tiny_run, data_dir, tmp_path, capsys):
     other = tmp_path / "other"
-    make_images(other, per_class=2)
+    make_images(other, per_class=5)
     os.rename(other / "eel", other / "zinnia")
     assert T.main(tiny_args(str(other), tmp_path / "a", "--teacher", str(tiny_run / "model.npz"))) == 2
     err = capsys.readouterr().err

@@ -41,8 +41,8 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise TrainError(f"{path}: cannot load the checkpoint ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a file that is not a checkpoint fails in many ways; one message
+        raise TrainError(f"{path}: cannot load the checkpoint ({type(exc).__name__}: {exc})") from None
     return _unwrap_state_dict(obj, path)
 
 
@@ -90,11 +90,20 @@ def atomic_save(obj: object, path: str) -> None:
 # --resume
 
 
-def load_resume(resume: str, out: str, args: argparse.Namespace) -> tuple[dict, dict]:
+RESUME_KEYS = ("model", "optimizer", "scheduler", "epoch", "best_acc", "best_epoch", "rng", "config")
+# What a resumed run takes from this command line rather than from last.pth, beside RESUME_OVERRIDABLE:
+# where the data and the run are now (the split check and the folder check below vouch for them).
+RESUME_LOCATIONS = ("data_dir", "out", "resume", "command_line", "func", "command")
+
+
+def load_resume(resume: str, out: str, args: argparse.Namespace,
+                defaults: argparse.Namespace) -> tuple[dict, dict]:
     """(saved state, configuration) to continue from: ``resume`` is a last.pth, or "auto" for
-    ``out``/last.pth. The configuration is the stored one, with the options of
-    :data:`RESUME_OVERRIDABLE` this command line gives, this command line noted in ``resumed_with``,
-    and ``out`` the stored one or else the folder of the last.pth."""
+    ``out``/last.pth. The run continues in the folder of its last.pth, on the DATA_DIR this command
+    line gives; the configuration is the stored one, with the options of :data:`RESUME_OVERRIDABLE`
+    this command line gives, and this command line noted in ``resumed_with``. Any other option given
+    with a value other than the run's (``defaults``: the parser's, to tell what was given) is refused,
+    since the run would silently go on without it."""
     resume_path = os.path.join(out, "last.pth") if resume == "auto" else resume
     if not os.path.exists(resume_path):
         raise TrainError(f"{resume_path}: nothing to resume (no such file)")
@@ -108,14 +117,40 @@ def load_resume(resume: str, out: str, args: argparse.Namespace) -> tuple[dict, 
             state = torch.load(resume_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
         raise TrainError(f"{resume_path}: cannot load the resume checkpoint ({exc})") from None
+    missing = [k for k in RESUME_KEYS if not isinstance(state, dict) or k not in state]
+    if missing or not isinstance(state["config"], dict) or "epochs" not in state["config"]:
+        raise TrainError(f"{resume_path}: not the last.pth of an `npshuffle train` run "
+                         f"({'it lacks ' + ', '.join(missing) if missing else 'its configuration is incomplete'}); "
+                         "--resume takes the last.pth that a run writes after every epoch")
+    run_dir = os.path.dirname(os.path.abspath(resume_path))
+    if args.out is not None and os.path.realpath(args.out) != os.path.realpath(run_dir):
+        raise TrainError(f"--resume continues the run in the folder of its last.pth ({run_dir}), not in "
+                         f"--out {args.out}; leave --out out (or copy the run's folder there and resume that)")
     config = {k: v for k, v in state["config"].items() if not callable(v)}
+    refuse_changed_options(config, args, defaults)
     for key in RESUME_OVERRIDABLE:
         if getattr(args, key, None) is not None:
             config[key] = getattr(args, key)
     config["resume"] = resume
     config["resumed_with"] = [*config.get("resumed_with", []), args_command_line(args)]
-    config["out"] = config["out"] or os.path.dirname(resume_path)
+    config["data_dir"] = args.data_dir
+    config["out"] = args.out if args.out is not None else run_dir
     return state, config
+
+
+def refuse_changed_options(config: dict, args: argparse.Namespace, defaults: argparse.Namespace) -> None:
+    """Raise when this command line gives an option that --resume cannot change (one other than
+    :data:`RESUME_OVERRIDABLE`) a value other than the run's; repeating the run's own options is fine."""
+    changed = []
+    for key, value in vars(args).items():
+        if key in RESUME_OVERRIDABLE or key in RESUME_LOCATIONS or callable(value):
+            continue
+        if value != getattr(defaults, key, None) and value != config.get(key):
+            changed.append(f"--{key.replace('_', '-')} {value} (the run has {config.get(key)})")
+    if changed:
+        raise TrainError("--resume continues the run as it began, so " + "; ".join(changed) + " cannot apply; only "
+                         + ", ".join(f"--{k}" for k in RESUME_OVERRIDABLE) + " can change (start a new run "
+                         "with another --out for the rest)")
 
 
 def save_resume_state(path: str, run, epochs_done: int) -> None:

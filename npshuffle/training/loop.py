@@ -93,7 +93,12 @@ def setup_run(config: dict, split: Split, resume_state: dict | None) -> Run:
             teacher, teacher_norm, _ = build_teacher(path, channels_last, len(split.classes))
         run.teachers.append((teacher, teacher_norm))
     if resume_state is not None:
-        restore_resume_state(run, resume_state)
+        try:
+            restore_resume_state(run, resume_state)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise TrainError(f"{config['resume']}: its saved state does not fit this run's network and data "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        drop_metrics_after(run.path("metrics.jsonl"), run.epoch)
         log(f"resumed from epoch {run.epoch} (best val acc so far {100 * run.best_acc:.2f}% "
             f"at epoch {run.best_epoch})")
     else:
@@ -285,6 +290,9 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
                                                 config["kd_temperature"])
             loss = (1 - config["kd_alpha"]) * loss + config["kd_alpha"] * kd_loss(
                 logits, t_log_probs, config["kd_temperature"])
+        if not torch.isfinite(loss):  # a diverged run: every later step would only spread the NaN
+            raise TrainError(f"the loss became {loss.item()} in epoch {epoch + 1} (after {count} of its images): "
+                             f"training diverged; start again with a lower --lr (this run: {config['lr']})")
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
@@ -339,6 +347,16 @@ def _raise_interrupt(signum, frame):
 
 # --------------------------------------------------------------------------------------------------
 # metrics
+
+
+def drop_metrics_after(path: str, epochs_done: int) -> None:
+    """Keep the metrics.jsonl rows of the first ``epochs_done`` epochs (an interrupt between an epoch's
+    row and its last.pth leaves one row the resumed run writes again), rewritten atomically."""
+    rows = read_metrics(path)
+    if any(row["epoch"] > epochs_done for row in rows):
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows if row["epoch"] <= epochs_done)
+        os.replace(path + ".tmp", path)
 
 
 def read_metrics(path: str) -> list[dict]:

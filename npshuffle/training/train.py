@@ -39,6 +39,7 @@ import sys
 import torch
 
 from weights_convert import convert_file
+from weights_convert.keymap import ConversionError
 
 from ..archs import ArchError
 from .arguments import TrainError, add_train_arguments, command_line, default_out, resolve_config
@@ -51,7 +52,7 @@ def run_train(args: argparse.Namespace) -> int:
     """Entry point of ``npshuffle train``; returns the process exit status."""
     try:
         return train(args)
-    except (TrainError, DatasetError, ArchError) as exc:
+    except (TrainError, DatasetError, ArchError, ConversionError) as exc:
         print(f"npshuffle train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before the first epoch began: nothing to save
@@ -65,10 +66,13 @@ def train(args: argparse.Namespace) -> int:
     out = default_out(config)
     resume_state = None
     if config["resume"]:
-        resume_state, config = load_resume(config["resume"], out, args)
+        defaults = add_train_arguments(argparse.ArgumentParser()).parse_args([args.data_dir])
+        resume_state, config = load_resume(config["resume"], out, args, defaults)
         out = config["out"]
+    else:
+        refuse_to_overwrite(out)
     config["out"] = out
-    os.makedirs(out, exist_ok=True)
+    make_output_folder(out)
     torch.set_num_threads(config["threads"])
 
     split, classes_path = prepare_split(config, resuming=resume_state is not None)
@@ -77,6 +81,26 @@ def train(args: argparse.Namespace) -> int:
         return 130
     write_model_file(run, split, classes_path)
     return 0
+
+
+RUN_FILES = ("last.pth", "metrics.jsonl")  # what a run writes from its first epoch on
+
+
+def refuse_to_overwrite(out: str) -> None:
+    """A new run must not wipe an earlier one's files (a re-typed command without --resume would)."""
+    found = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+    if found:
+        raise TrainError(f"{out} already holds a run ({', '.join(found)}): continue it with --resume, or give "
+                         "another --out (or remove that folder to start over)")
+
+
+def make_output_folder(out: str) -> None:
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise TrainError(f"--out {out}: cannot create the output folder ({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise TrainError(f"--out {out}: the output folder is not writable; give another --out")
 
 
 def prepare_split(config: dict, resuming: bool) -> tuple[Split, str]:
@@ -89,10 +113,18 @@ def prepare_split(config: dict, resuming: bool) -> tuple[Split, str]:
         train = split.train[:: max(1, len(split.train) // k)][:k]  # evenly over the classes
         val = split.val[:: max(1, 4 * len(split.val) // k)][: max(1, k // 4)]
         split = Split(split.classes, train, val, split.seed, split.val_rate)
-    if resuming and os.path.exists(os.path.join(out, "split.json")):
+    if resuming:
+        if not os.path.exists(os.path.join(out, "split.json")):
+            raise TrainError(f"{out}/split.json is missing: without it the run cannot check that "
+                             f"{config['data_dir']} holds the photos it began with; restore it to resume")
         old = read_split(os.path.join(out, "split.json"))
         if (old.train, old.val, old.classes) != (split.train, split.val, split.classes):
-            raise TrainError(f"{out}/split.json differs from the split of {config['data_dir']} now: data changed?")
+            raise TrainError(f"{out}/split.json differs from the split of {config['data_dir']} now: data changed? "
+                             "A resumed run needs the photos it began with")
+    if not split.train or not split.val:
+        raise TrainError(f"{config['data_dir']}: {len(split.train)} training and {len(split.val)} validation "
+                         f"photos with --val-rate {config['val_rate']}; a run needs both (add photos, or change "
+                         "--val-rate)")
     split_path, classes_path = write_split(split, out)
     log(f"data: {len(split.classes)} classes, {len(split.train)} train / {len(split.val)} val images "
         f"(split written to {split_path})")
