@@ -12,7 +12,12 @@ split reproduces the seed project's ``utils.read_split_data`` exactly::
 
 (one ``random.Random(0)`` here instead of the global generator: the same numbers). Files are
 recorded relative to the data folder with ``/`` separators, so a ``split.json`` written on one
-machine selects the same photos on another.
+machine selects the same photos on another. Where the seed would go wrong silently, this refuses or
+differs: a hidden sub-folder (``.git``) is no class, and a class folder with no images, or a data
+folder of fewer than two classes, is refused (:func:`list_classes`).
+
+Photos are read as ``npshuffle predict`` reads them (:func:`load_image`): EXIF orientation applied,
+so training, ``npshuffle eval`` and prediction see a photo taken sideways the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import os
 import random
 from dataclasses import dataclass, field
 
-from PIL import Image
+from PIL import Image, ImageFile
+
+from ..images import ImageError, load_rgb
 
 # The seed's extensions, matched case-sensitively, as its read_split_data does: the split of a folder
 # must select exactly the seed's photos (a .jpeg, .bmp or .Jpg file is not in it). The runtime's
@@ -69,31 +76,49 @@ def class_of(relpath: str) -> str:
     return relpath.replace(os.sep, "/").split("/", 1)[0]
 
 
-def list_classes(root: str | os.PathLike) -> list[str]:
-    """Sorted names of the sub-folders of ``root`` (the seed's class order)."""
+def list_classes(root: str | os.PathLike, min_classes: int = 2) -> list[str]:
+    """Sorted names of the class sub-folders of ``root`` (the seed's class order).
+
+    A hidden folder (``.git``, ``.ipynb_checkpoints``) is no class. Refused, each in one line: a
+    class folder holding no images (it would be a class nothing teaches or tests) and fewer than
+    ``min_classes`` classes (a classifier of one class learns nothing; evaluating one class is fine).
+    """
     root = str(root)
     if not os.path.isdir(root):
         raise DatasetError(f"{root}: no such data folder (expected one sub-folder of images per class)")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes = sorted(d for d in _names(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders found (expected e.g. {root}/daisy/*.jpg)")
+    empty = [cls for cls in classes if not list_images(root, cls)]
+    if empty:
+        more = f" (and {len(empty) - 1} more class folder(s) like it)" if len(empty) > 1 else ""
+        raise DatasetError(f"{os.path.join(root, empty[0])}: class folder holds no images "
+                           f"({', '.join(SEED_IMAGE_EXTENSIONS)}){more}; add its photos or move the folder out")
+    if len(classes) < min_classes:
+        raise DatasetError(f"{root}: only {len(classes)} class folder(s) ({', '.join(classes)}); at least "
+                           f"{min_classes} are needed, one sub-folder of images per class")
     return classes
+
+
+def _names(folder: str) -> list[str]:
+    """The entries of ``folder``; a folder that cannot be listed is a DatasetError."""
+    try:
+        return os.listdir(folder)
+    except OSError as exc:
+        raise DatasetError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
 
 
 def list_images(root: str | os.PathLike, cls: str) -> list[str]:
     """Sorted relative paths ``cls/name.jpg`` of the images (seed's extensions) of one class."""
-    folder = os.path.join(str(root), cls)
-    names = sorted(n for n in os.listdir(folder) if os.path.splitext(n)[-1] in SEED_IMAGE_EXTENSIONS)
+    names = sorted(n for n in _names(os.path.join(str(root), cls)) if os.path.splitext(n)[-1] in SEED_IMAGE_EXTENSIONS)
     return [f"{cls}/{n}" for n in names]
 
 
-def list_dataset(root: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """(classes, every image as a relative path), in the seed's order."""
-    classes = list_classes(root)
-    files = [p for cls in classes for p in list_images(root, cls)]
-    if not files:
-        raise DatasetError(f"{root}: no images ({', '.join(SEED_IMAGE_EXTENSIONS)}) in its class folders")
-    return classes, files
+def list_dataset(root: str | os.PathLike, min_classes: int = 2) -> tuple[list[str], list[str]]:
+    """(classes, every image as a relative path), in the seed's order; ``min_classes`` as in
+    :func:`list_classes` (every class holds an image, so the list is never empty)."""
+    classes = list_classes(root, min_classes)
+    return classes, [p for cls in classes for p in list_images(root, cls)]
 
 
 def seed_split(root: str | os.PathLike, val_rate: float = 0.2, seed: int = 0) -> Split:
@@ -143,9 +168,18 @@ def read_split(path: str | os.PathLike) -> Split:
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as an RGB PIL image (decoded now; the file is closed)."""
+    """An image file as an RGB PIL image, decoded now, as ``npshuffle predict`` reads it
+    (:func:`npshuffle.images.load_rgb`): its declared size checked before decoding (the
+    decompression-bomb limit), turned upright by its EXIF orientation, transparency over white.
+    Every failure is a DatasetError naming the file."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read the image ({exc})") from None
+        image = load_rgb(path)
+    except ImageError as exc:
+        raise DatasetError(str(exc)) from None
+    if isinstance(image, ImageFile.ImageFile) and getattr(image, "n_frames", 1) > 1:
+        # PIL keeps a multi-frame file (MPO from some cameras, APNG) open after decoding; a training
+        # set cached in memory would then hold one open file per photo
+        detached = image.copy()
+        image.close()
+        return detached
+    return image

@@ -1,0 +1,103 @@
+"""The training data reader on awkward inputs: huge declared sizes, sideways photos, stray folders."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from npshuffle.images import load_rgb
+from npshuffle.model_file import DEFAULT_RECIPES
+from npshuffle.preprocess import preprocess_batch
+from npshuffle.training.datasets import DatasetError, list_classes, list_dataset, load_image, seed_split
+
+
+def png_declaring(path, width: int, height: int):
+    """A 1 x 1 PNG whose header (IHDR, CRC fixed) declares ``width`` x ``height`` pixels."""
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+# 50000 x 50000 is past PIL's hard limit; 9500 x 9500 only past its warning, which PIL would decode
+@pytest.mark.parametrize("side", [50_000, 9_500])
+def test_load_image_refuses_a_decompression_bomb_by_name(tmp_path, side):
+    path = png_declaring(tmp_path / "bomb.png", side, side)
+    with pytest.raises(DatasetError, match="too large") as error:
+        load_image(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def sideways_photo(path):
+    """A PNG stored 60 x 40 (left half blue, right half red) with EXIF orientation 6 (turn 90 degrees
+    clockwise to view); returns the stored pixels."""
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, :30] = (0, 0, 255)
+    pixels[:, 30:] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, exif=exif.tobytes())
+    return pixels
+
+
+def test_load_image_turns_a_photo_upright_as_predict_does(tmp_path):
+    path = tmp_path / "sideways.png"
+    stored = sideways_photo(path)
+    image = load_image(path)
+    assert image.size == (40, 60)
+    assert np.array_equal(np.asarray(image), np.rot90(stored, k=-1))  # blue on top, red below
+    assert np.array_equal(np.asarray(image), np.asarray(load_rgb(path)))  # npshuffle predict's reading
+    # npshuffle eval preprocesses load_image's photo: turned once, not twice, so it sees what predict sees
+    recipe = dict(DEFAULT_RECIPES["torchvision"], resize=40, crop=32)
+    assert np.array_equal(preprocess_batch([image], recipe), preprocess_batch([str(path)], recipe))
+
+
+def test_load_image_leaves_no_file_open(tmp_path):
+    path = tmp_path / "two_frames.jpg"  # an MPO, as some cameras write: PIL keeps such a file open
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(path, format="MPO", save_all=True,
+                                                 append_images=[Image.new("RGB", (20, 10), (0, 255, 0))])
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to see open files")
+    image = load_image(path)
+    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert str(path) not in held
+    assert image.size == (20, 10) and image.getpixel((0, 0))[0] > 200
+
+
+def make_classes(root, *names, images: int = 1):
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(images):
+            Image.new("RGB", (8, 8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_hidden_folders_are_not_classes(tmp_path):
+    make_classes(tmp_path, "a", "b", ".git", ".ipynb_checkpoints", images=5)
+    assert list_classes(tmp_path) == ["a", "b"]
+    assert seed_split(tmp_path).classes == ["a", "b"]
+
+
+def test_a_class_folder_without_images_is_refused_by_name(tmp_path):
+    make_classes(tmp_path, "a", "b")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("not a photo")
+    for call in (list_classes, seed_split, list_dataset):
+        with pytest.raises(DatasetError, match="holds no images") as error:
+            call(tmp_path)
+        assert str(tmp_path / "c") in str(error.value)
+
+
+def test_one_class_is_refused_for_training_but_can_be_evaluated(tmp_path):
+    make_classes(tmp_path, "a", ".hidden", images=5)
+    with pytest.raises(DatasetError, match="at least 2"):
+        seed_split(tmp_path)
+    assert list_dataset(tmp_path, min_classes=1) == (["a"], [f"a/{i}.png" for i in range(5)])
