@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 import pytest
@@ -163,3 +164,105 @@ def test_run_eval_with_corruptions_and_tta(colour_dir, tmp_path, monkeypatch, ca
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["robustness"]["corruptions"]["greyscale"]["correct"] == [12, 4]
     assert r["tta"]["top1"] == r["top1"]
+
+
+def eval_args(*argv):
+    return E.add_eval_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def no_model(name, backend="numpy"):
+    raise AssertionError("the model was loaded before the arguments were checked")
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    return err
+
+
+@pytest.mark.parametrize("where", ["folder", "missing parent", "read-only folder", "proc", "pipe"])
+@pytest.mark.parametrize("option", ["--json", "--png"])
+def test_an_output_that_cannot_be_written_is_refused_before_evaluating(colour_dir, tmp_path, monkeypatch, capsys,
+                                                                        where, option):
+    if where == "read-only folder":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only folder")
+        (tmp_path / "ro").mkdir(mode=0o555)
+    if where == "proc" and not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc, where no file can be made")
+    if where == "pipe":
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no named pipes here")
+        os.mkfifo(tmp_path / "fifo")
+    path = {"folder": str(colour_dir), "missing parent": str(tmp_path / "no" / "such" / "r.out"),
+            "read-only folder": str(tmp_path / "ro" / "r.out"), "proc": "/proc/r.out",
+            "pipe": str(tmp_path / "fifo")}[where]
+    monkeypatch.setattr(E, "load_model", no_model)
+    assert E.run_eval(eval_args(str(colour_dir), "--model", "stub", option, path)) == 2
+    assert f"{option} {path}: " in one_line(capsys.readouterr().err)
+
+
+def test_the_json_replaces_the_old_file_and_never_rewrites_it_in_place(colour_dir, tmp_path, monkeypatch):
+    target, link = tmp_path / "r.json", tmp_path / "old.json"
+    target.write_text("old")
+    os.link(target, link)  # the old file's contents, as a reader that opened it before sees them
+    monkeypatch.setattr(E, "load_model", lambda name, backend="numpy": ColourModel())
+    assert E.run_eval(eval_args(str(colour_dir), "--model", "stub", "--json", str(target))) == 0
+    assert json.loads(target.read_text())["count"] == 13
+    assert link.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+
+
+def test_an_output_folder_gone_during_the_evaluation_is_one_line(colour_dir, tmp_path_factory, monkeypatch, capsys):
+    out = tmp_path_factory.mktemp("out")  # (colour_dir is tmp_path: a folder there would be a class)
+    evaluate = E.evaluate_model
+
+    def evaluate_then_remove_the_folder(*args, **kwargs):
+        result = evaluate(*args, **kwargs)
+        out.rmdir()
+        return result
+
+    monkeypatch.setattr(E, "load_model", lambda name, backend="numpy": ColourModel())
+    monkeypatch.setattr(E, "evaluate_model", evaluate_then_remove_the_folder)
+    assert E.run_eval(eval_args(str(colour_dir), "--model", "stub", "--json", str(out / "r.json"))) == 2
+    assert f"--json {out / 'r.json'}: cannot write it" in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("size", ["0", "-3", "5000"])
+def test_a_batch_size_out_of_range_is_refused_up_front(colour_dir, monkeypatch, capsys, size):
+    monkeypatch.setattr(E, "load_model", no_model)
+    assert E.run_eval(eval_args(str(colour_dir), "--model", "stub", "--batch-size", size)) == 2
+    assert f"--batch-size must be a whole number from 1 to 4096 (got {size})" in one_line(capsys.readouterr().err)
+    if int(size) < 1:
+        with pytest.raises(E.EvalError, match="batch size"):
+            E.evaluate_model(ColourModel(), str(colour_dir), ["red/0.png"], batch_size=int(size))
+
+
+def test_an_empty_val_list_is_one_clear_line(colour_dir, tmp_path, monkeypatch, capsys):
+    split = seed_split(colour_dir, val_rate=0.0)
+    split_path, _ = write_split(split, tmp_path / "run")
+    monkeypatch.setattr(E, "load_model", lambda name, backend="numpy": ColourModel())
+    assert E.run_eval(eval_args(str(colour_dir), "--model", "stub", "--split", split_path)) == 2
+    err = one_line(capsys.readouterr().err)
+    assert f"{split_path}: its val list is empty" in err and "--part train" in err
+
+
+def test_no_images_is_an_error_not_a_zero_accuracy(colour_dir, tmp_path, monkeypatch, capsys):
+    with pytest.raises(E.EvalError, match="no images"):
+        E.evaluate_model(ColourModel(), str(colour_dir), [])
+    with pytest.raises(E.EvalError, match="no predictions"):
+        E.summarize([], np.zeros((0, 3)), ColourModel.class_names)
+    empty = tmp_path / "empty"
+    (empty / "red").mkdir(parents=True)
+    monkeypatch.setattr(E, "load_model", lambda name, backend="numpy": ColourModel())
+    assert E.run_eval(eval_args(str(empty), "--model", "stub")) == 2
+    assert f"{empty / 'red'}: class folder holds no images" in one_line(capsys.readouterr().err)
+
+
+def test_a_folder_of_one_class_can_be_evaluated(tmp_path, monkeypatch, capsys):
+    # (training refuses one class; the accuracy of a model on one kind of photo is a fair question)
+    (tmp_path / "red").mkdir()
+    for i in range(3):
+        Image.new("RGB", (50, 44), (250, 0, 0)).save(tmp_path / "red" / f"{i}.png")
+    monkeypatch.setattr(E, "load_model", lambda name, backend="numpy": ColourModel())
+    assert E.run_eval(eval_args(str(tmp_path), "--model", "stub")) == 0
+    assert "top-1 accuracy: 100.00% (3/3)" in capsys.readouterr().out

@@ -32,10 +32,12 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
 
+from ..atomic import write_atomically
 from ..backends import BackendError
 from ..corruptions import CORRUPTIONS, SEVERITIES, corrupt, photo_seed
 from ..predict import load_model
@@ -47,6 +49,10 @@ from .datasets import DatasetError, class_of, list_dataset, load_image, read_spl
 
 class EvalError(ValueError):
     """An evaluation that cannot run (classes do not match, no images, ...)."""
+
+
+# --batch-size: a batch of decoded photos is held at once; the same bounds as `npshuffle train --batch-size`
+BATCH_SIZES = (1, 4096)
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -69,17 +75,49 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse, before the model is loaded, a --batch-size out of range or a --json/--png file that
+    cannot be written (so a long evaluation never ends in an error for it); one line each."""
+    low, high = BATCH_SIZES
+    if not low <= args.batch_size <= high:
+        raise EvalError(f"--batch-size must be a whole number from {low} to {high} (got {args.batch_size})")
+    for option in ("json", "png"):
+        path = getattr(args, option)
+        problem = output_problem(path, option) if path is not None else None
+        if problem:
+            raise EvalError(f"--{option} {path}: {problem}")
+
+
+def output_problem(path: str, extension: str) -> str | None:
+    """Why the file ``path`` cannot be written (a folder, a device or pipe, a missing or read-only
+    folder), or None."""
+    if os.path.isdir(path):
+        return f"is a folder; give the file to write, e.g. {os.path.join(path, 'eval.' + extension)}"
+    if os.path.exists(path) and not os.path.isfile(path):  # the atomic rename would put a file in its place
+        return "is not a regular file (a device or a pipe); give the file to write"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"the folder {folder} does not exist; create it or give another path"
+    try:  # (os.access can say yes on a read-only mount; creating a file cannot)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        return f"cannot write in {folder} ({exc.strerror or exc}); give another path"
+    return None
+
+
 def labelled_files(data_dir: str, split_file: str | None, part: str = "val") -> list[str]:
-    """Relative image paths to evaluate: the split's ``part`` list, or every image of the folder."""
-    if split_file:
-        files = getattr(read_split(split_file), part)
-        missing = [p for p in files if not os.path.isfile(os.path.join(data_dir, p))]
-        if missing:
-            raise EvalError(f"{len(missing)} file(s) of {split_file} are not in {data_dir}, e.g. {missing[0]}")
-    else:
-        _, files = list_dataset(data_dir)
+    """Relative image paths to evaluate: the split's ``part`` list, or every image of the folder
+    (which may hold one class: a model's accuracy on one kind of photo is a fair question)."""
+    if not split_file:
+        return list_dataset(data_dir, min_classes=1)[1]
+    files = getattr(read_split(split_file), part)
     if not files:
-        raise EvalError("no images to evaluate")
+        other = "train" if part == "val" else "val"
+        raise EvalError(f"{split_file}: its {part} list is empty, so there is nothing to evaluate; give "
+                        f"--part {other}, or leave out --split to evaluate every image of {data_dir}")
+    missing = [p for p in files if not os.path.isfile(os.path.join(data_dir, p))]
+    if missing:
+        raise EvalError(f"{len(missing)} file(s) of {split_file} are not in {data_dir}, e.g. {missing[0]}")
     return files
 
 
@@ -92,6 +130,8 @@ def summarize(labels, logits, class_names: list[str]) -> dict:
     labels = np.asarray(labels, dtype=np.int64)
     logits = np.asarray(logits)
     n, c = logits.shape
+    if n == 0:  # an accuracy of no predictions would read as 0 %
+        raise EvalError("no predictions to summarize")
     if labels.shape != (n,):
         raise EvalError(f"{labels.shape[0]} labels for {n} predictions")
     pred = logits.argmax(axis=1)
@@ -101,13 +141,13 @@ def summarize(labels, logits, class_names: list[str]) -> dict:
     if c >= 5:
         # stable sort on -logits: ties resolved towards the lower class index, like argmax
         order = np.argsort(-logits, axis=1, kind="stable")[:, :5]
-        top5 = float((order == labels[:, None]).any(axis=1).mean()) if n else 0.0
+        top5 = float((order == labels[:, None]).any(axis=1).mean())
     per_class = {}
     for i, name in enumerate(class_names):
         total = int(confusion[i].sum())
         per_class[name] = {"correct": int(confusion[i, i]), "total": total,
                            "accuracy": confusion[i, i] / total if total else None}
-    return {"count": int(n), "top1": float((pred == labels).mean()) if n else 0.0, "top5": top5,
+    return {"count": int(n), "top1": float((pred == labels).mean()), "top5": top5,
             "per_class": per_class, "confusion": confusion.tolist(), "class_names": list(class_names)}
 
 
@@ -157,8 +197,10 @@ def plot_confusion(result: dict, path: str, title: str = "") -> bool:
     ax.set_title(title or f"top-1 {100 * result['top1']:.2f}%")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
     return True
 
 
@@ -168,6 +210,10 @@ def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32,
     plus ``"robustness"`` (:func:`robustness_summary`) with ``corruptions``, and ``"tta"`` (the
     :func:`summarize` of the averaged probabilities, with ``views``, ``views_per_photo`` and
     ``ms_per_photo``: decode, plain, tta) with ``tta`` (a :data:`npshuffle.tta.TTA_VIEWS` name)."""
+    if not files:
+        raise EvalError(f"no images to evaluate in {data_dir}")
+    if batch_size < 1:
+        raise EvalError(f"batch size must be at least 1 (got {batch_size})")
     names = list(model.class_names)
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted({class_of(p) for p in files} - set(index))
@@ -266,6 +312,7 @@ def format_tta(tta: dict, plain_top1: float) -> str:
 def run_eval(args: argparse.Namespace) -> int:
     """Entry point of ``npshuffle eval``; returns the process exit status."""
     try:
+        check_arguments(args)
         model = load_model(args.model, backend=args.backend)
         files = labelled_files(args.data_dir, args.split, args.part)
         start = time.monotonic()
@@ -290,15 +337,34 @@ def run_eval(args: argparse.Namespace) -> int:
     if "robustness" in result:
         print("\n" + format_robustness(result["robustness"]))
     print(f"\n{result['count']} images in {seconds:.1f} s ({args.backend} backend)")
+    try:
+        write_outputs(args, result, seconds)
+    except EvalError as exc:
+        print(f"npshuffle eval: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def write_outputs(args: argparse.Namespace, result: dict, seconds: float) -> None:
+    """The --png confusion matrix and the --json results, each written atomically. Both files were
+    checked before the evaluation, so an OSError here is a change since (a full disk, a removed
+    folder): an EvalError naming the file."""
     if args.png:
-        if plot_confusion(result, args.png, f"{os.path.basename(str(args.model))}: top-1 {100 * result['top1']:.2f}%"):
+        title = f"{os.path.basename(str(args.model))}: top-1 {100 * result['top1']:.2f}%"
+        try:
+            drawn = plot_confusion(result, args.png, title)
+        except OSError as exc:
+            raise EvalError(f"--png {args.png}: cannot write it ({exc.strerror or exc})") from None
+        if drawn:
             print(f"confusion matrix drawn in {args.png}")
         else:
             print("matplotlib is not installed: no PNG written", file=sys.stderr)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({**result, "model": str(args.model), "seconds": seconds}, f, indent=1)
-    return 0
+        text = json.dumps({**result, "model": str(args.model), "seconds": seconds}, indent=1)
+        try:
+            write_atomically(args.json, lambda f: f.write(text.encode("utf-8")))
+        except OSError as exc:
+            raise EvalError(f"--json {args.json}: cannot write it ({exc.strerror or exc})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
