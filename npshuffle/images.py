@@ -166,6 +166,10 @@ def _decode(source, name: str, fast_decode_for: int | None) -> Image.Image:
                     image.info[_DRAFTED] = (declared, factor)
             decode_into_one_block(image)  # (so that preprocessing can read its pixels without a copy)
             image.load()
+            if getattr(image, "n_frames", 1) > 1:
+                # PIL keeps a multi-frame file (an MPO from some cameras, an APNG) open after decoding,
+                # to seek to other frames; a folder or training set of them would run out of files
+                image = _detached(image)
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file (format not recognised)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -173,6 +177,13 @@ def _decode(source, name: str, fast_decode_for: int | None) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name}: broken or truncated image ({exc})") from None
     return image
+
+
+def _detached(image: Image.Image) -> Image.Image:
+    """A decoded copy of ``image`` (its info, EXIF included, kept), with the file it read closed."""
+    copy = image.copy()
+    image.close()
+    return copy
 
 
 def _orientation(image: Image.Image) -> int:

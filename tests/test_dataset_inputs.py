@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npshuffle.images import load_rgb
+from npshuffle.images import load_rgb, upright_size
 from npshuffle.model_file import DEFAULT_RECIPES
 from npshuffle.preprocess import preprocess_batch
 from npshuffle.training.datasets import DatasetError, list_classes, list_dataset, load_image, seed_split
@@ -59,17 +59,27 @@ def test_load_image_turns_a_photo_upright_as_predict_does(tmp_path):
     assert np.array_equal(preprocess_batch([image], recipe), preprocess_batch([str(path)], recipe))
 
 
-def test_load_image_leaves_no_file_open(tmp_path):
-    path = tmp_path / "two_frames.jpg"  # an MPO, as some cameras write: PIL keeps such a file open
-    Image.new("RGB", (20, 10), (255, 0, 0)).save(path, format="MPO", save_all=True,
+def open_files() -> list[str]:
+    return [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")]
+
+
+@pytest.mark.parametrize("read", [load_image, load_rgb, lambda p: load_rgb(p, keep_orientation=True),
+                                  lambda p: load_rgb(p, fast_decode_for=4)],
+                         ids=["training", "predict", "predict keeping the orientation", "fast decode"])
+def test_a_multi_frame_photo_leaves_no_file_open_and_is_still_turned_upright(tmp_path, read):
+    # an MPO, as some cameras write: PIL keeps such a file open after decoding, to seek to its frames
+    path = tmp_path / "two_frames.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to view
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(path, format="MPO", save_all=True, exif=exif.tobytes(),
                                                  append_images=[Image.new("RGB", (20, 10), (0, 255, 0))])
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc/self/fd to see open files")
-    image = load_image(path)
-    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
-            if os.path.exists(f"/proc/self/fd/{fd}")]
-    assert str(path) not in held
-    assert image.size == (20, 10) and image.getpixel((0, 0))[0] > 200
+    image = read(path)
+    assert str(path) not in open_files()
+    assert image.getpixel((0, 0))[0] > 200  # the first frame
+    assert upright_size(image) == (10, 20)  # its EXIF orientation survived the copy
 
 
 def make_classes(root, *names, images: int = 1):

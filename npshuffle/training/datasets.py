@@ -27,7 +27,7 @@ import os
 import random
 from dataclasses import dataclass, field
 
-from PIL import Image, ImageFile
+from PIL import Image
 
 from ..images import ImageError, load_rgb
 
@@ -173,13 +173,6 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     decompression-bomb limit), turned upright by its EXIF orientation, transparency over white.
     Every failure is a DatasetError naming the file."""
     try:
-        image = load_rgb(path)
+        return load_rgb(path)
     except ImageError as exc:
         raise DatasetError(str(exc)) from None
-    if isinstance(image, ImageFile.ImageFile) and getattr(image, "n_frames", 1) > 1:
-        # PIL keeps a multi-frame file (MPO from some cameras, APNG) open after decoding; a training
-        # set cached in memory would then hold one open file per photo
-        detached = image.copy()
-        image.close()
-        return detached
-    return image
