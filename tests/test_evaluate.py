@@ -266,3 +266,20 @@ def test_a_folder_of_one_class_can_be_evaluated(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(E, "load_model", lambda name, backend="numpy": ColourModel())
     assert E.run_eval(eval_args(str(tmp_path), "--model", "stub")) == 0
     assert "top-1 accuracy: 100.00% (3/3)" in capsys.readouterr().out
+
+
+def test_the_same_file_for_json_and_png_is_refused_up_front(colour_dir, tmp_path_factory, monkeypatch, capsys):
+    out = tmp_path_factory.mktemp("out")
+    monkeypatch.setattr(E, "load_model", no_model)
+    argv = [str(colour_dir), "--model", "stub", "--json", str(out / "r.out"), "--png", str(out / "." / "r.out")]
+    assert E.run_eval(eval_args(*argv)) == 2
+    assert "--png and --json name the same file" in one_line(capsys.readouterr().err)
+
+
+def test_png_without_matplotlib_is_refused_before_evaluating(colour_dir, tmp_path_factory, monkeypatch, capsys):
+    out = tmp_path_factory.mktemp("out")
+    monkeypatch.setattr(E, "load_model", no_model)
+    monkeypatch.setattr(E, "has_matplotlib", lambda: False)
+    assert E.run_eval(eval_args(str(colour_dir), "--model", "stub", "--png", str(out / "m.png"))) == 2
+    err = one_line(capsys.readouterr().err)
+    assert "needs matplotlib" in err and "leave out --png" in err

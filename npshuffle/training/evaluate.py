@@ -29,6 +29,7 @@ is held at a time, and of each corrupted version of a batch only its predictions
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -76,8 +77,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Refuse, before the model is loaded, a --batch-size out of range or a --json/--png file that
-    cannot be written (so a long evaluation never ends in an error for it); one line each."""
+    """Refuse, before the model is loaded, a --batch-size out of range, a --json/--png file that
+    cannot be written, one file named by both, and --png without matplotlib (so a long evaluation
+    never ends in an error for them); one line each."""
     low, high = BATCH_SIZES
     if not low <= args.batch_size <= high:
         raise EvalError(f"--batch-size must be a whole number from {low} to {high} (got {args.batch_size})")
@@ -86,6 +88,22 @@ def check_arguments(args: argparse.Namespace) -> None:
         problem = output_problem(path, option) if path is not None else None
         if problem:
             raise EvalError(f"--{option} {path}: {problem}")
+    if args.png is not None and args.json is not None and same_file(args.png, args.json):
+        raise EvalError(f"--png and --json name the same file ({args.png}); the second would replace the first")
+    if args.png is not None and not has_matplotlib():
+        raise EvalError(f"--png {args.png}: drawing needs matplotlib, which is not installed; "
+                        "`pip install matplotlib`, or leave out --png")
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (an existing file's links included)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def has_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def output_problem(path: str, extension: str) -> str | None:
