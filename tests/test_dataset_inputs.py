@@ -111,3 +111,9 @@ def test_one_class_is_refused_for_training_but_can_be_evaluated(tmp_path):
     with pytest.raises(DatasetError, match="at least 2"):
         seed_split(tmp_path)
     assert list_dataset(tmp_path, min_classes=1) == (["a"], [f"a/{i}.png" for i in range(5)])
+
+
+def test_hidden_files_are_not_images(tmp_path):
+    make_classes(tmp_path, "a", "b", images=2)
+    (tmp_path / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata")  # AppleDouble, not a photo
+    assert list_dataset(tmp_path)[1] == ["a/0.png", "a/1.png", "b/0.png", "b/1.png"]

@@ -585,3 +585,16 @@ def test_distillation_settings_that_cannot_work_are_refused(data_dir, tmp_path, 
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_a_photo_unreadable_in_a_loader_worker_is_one_line(tmp_path, capsys):
+    data = make_images(tmp_path / "data")
+    broken = os.path.join(data, CLASSES[0], "img00.jpg")
+    with open(broken, "r+b") as f:  # a valid header, the pixels cut off: found only when decoded
+        f.truncate(200)
+    argv = tiny_args(data, tmp_path / "out", "--no-cache")
+    argv[argv.index("--workers") + 1] = "1"
+    assert T.main(argv) == 2
+    err = capsys.readouterr().err  # (the progress log goes there too)
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"npshuffle train: error: {broken}: broken or truncated")

@@ -13,8 +13,9 @@ split reproduces the seed project's ``utils.read_split_data`` exactly::
 (one ``random.Random(0)`` here instead of the global generator: the same numbers). Files are
 recorded relative to the data folder with ``/`` separators, so a ``split.json`` written on one
 machine selects the same photos on another. Where the seed would go wrong silently, this refuses or
-differs: a hidden sub-folder (``.git``) is no class, and a class folder with no images, or a data
-folder of fewer than two classes, is refused (:func:`list_classes`).
+differs: a hidden sub-folder (``.git``) is no class, a hidden file (``._photo.jpg``) is no image, and a
+class folder with no images, or a data folder of fewer than two classes, is refused
+(:func:`list_classes`).
 
 Photos are read as ``npshuffle predict`` reads them (:func:`load_image`): EXIF orientation applied,
 so training, ``npshuffle eval`` and prediction see a photo taken sideways the same way.
@@ -109,8 +110,10 @@ def _names(folder: str) -> list[str]:
 
 
 def list_images(root: str | os.PathLike, cls: str) -> list[str]:
-    """Sorted relative paths ``cls/name.jpg`` of the images (seed's extensions) of one class."""
-    names = sorted(n for n in _names(os.path.join(str(root), cls)) if os.path.splitext(n)[-1] in SEED_IMAGE_EXTENSIONS)
+    """Sorted relative paths ``cls/name.jpg`` of the images (seed's extensions) of one class. A hidden
+    file is none (macOS leaves a ``._name.jpg`` of metadata beside each photo copied from it)."""
+    names = sorted(n for n in _names(os.path.join(str(root), cls))
+                   if os.path.splitext(n)[-1] in SEED_IMAGE_EXTENSIONS and not n.startswith("."))
     return [f"{cls}/{n}" for n in names]
 
 
