@@ -283,3 +283,12 @@ def test_png_without_matplotlib_is_refused_before_evaluating(colour_dir, tmp_pat
     assert E.run_eval(eval_args(str(colour_dir), "--model", "stub", "--png", str(out / "m.png"))) == 2
     err = one_line(capsys.readouterr().err)
     assert "needs matplotlib" in err and "leave out --png" in err
+
+
+def test_png_draws_the_confusion_matrix_when_matplotlib_is_there(colour_dir, tmp_path_factory, monkeypatch):
+    pytest.importorskip("matplotlib")  # (in the train extra, not the test one)
+    png = tmp_path_factory.mktemp("out") / "m.png"
+    monkeypatch.setattr(E, "load_model", lambda name, backend="numpy": ColourModel())
+    assert E.run_eval(eval_args(str(colour_dir), "--model", "stub", "--png", str(png))) == 0
+    with Image.open(png) as image:
+        assert image.format == "PNG" and min(image.size) > 100
