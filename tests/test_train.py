@@ -183,9 +183,9 @@ def cli_train(argv: list[str]) -> int:
         sys.argv = saved
 
 
-@pytest.mark.parametrize("train", [T.main, cli_train], ids=["train.main", "npshuffle train"])
-def test_resume_after_interrupt_continues_at_the_right_epoch(train, data_dir, tmp_path, monkeypatch):
-    out = tmp_path / "run"
+def interrupted_run(data_dir, out, monkeypatch, epochs: int = 3, train=T.main) -> list[str]:
+    """A tiny run of ``epochs`` epochs stopped by Ctrl-C in epoch 2 (last.pth: 1 epoch done) through
+    ``train`` (a main function); its argv."""
     original = Progress.update
 
     def interrupt_in_epoch_2(self, n, **stats):
@@ -195,12 +195,18 @@ def test_resume_after_interrupt_continues_at_the_right_epoch(train, data_dir, tm
 
     monkeypatch.setattr(Progress, "update", interrupt_in_epoch_2)
     args = tiny_args(data_dir, out)
-    args[args.index("--epochs") + 1] = "3"
+    args[args.index("--epochs") + 1] = str(epochs)
     assert train(args) == 130
+    monkeypatch.setattr(Progress, "update", original)
+    return args
+
+
+@pytest.mark.parametrize("train", [T.main, cli_train], ids=["train.main", "npshuffle train"])
+def test_resume_after_interrupt_continues_at_the_right_epoch(train, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    interrupted_run(data_dir, out, monkeypatch, epochs=3, train=train)
     state = torch.load(out / "last.pth", weights_only=True)  # data alone: no function of the CLI's in it
     assert state["epoch"] == 1 and not (out / "model.npz").exists()
-
-    monkeypatch.setattr(Progress, "update", original)
     assert train([data_dir, "--out", str(out), "--resume"]) == 0
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -217,21 +223,10 @@ def test_resume_reads_a_last_pth_that_holds_the_cli_handler_and_nothing_else(dat
     """Runs of `npshuffle train` before the fix stored its handler, run_train, in last.pth: --resume
     takes them (the one global of ours let through) and drops it; any other global is refused."""
     out = tmp_path / "run"
-    original = Progress.update
-
-    def interrupt_in_epoch_2(self, n, **stats):
-        if self.label.startswith("epoch 2/"):
-            raise KeyboardInterrupt
-        return original(self, n, **stats)
-
-    monkeypatch.setattr(Progress, "update", interrupt_in_epoch_2)
-    args = tiny_args(data_dir, out)
-    args[args.index("--epochs") + 1] = "2"
-    assert T.main(args) == 130
+    interrupted_run(data_dir, out, monkeypatch, epochs=2)
     state = torch.load(out / "last.pth", weights_only=True)
     state["config"]["run"] = T.run_train  # as the earlier versions' CLI runs saved it
     torch.save(state, out / "last.pth")
-    monkeypatch.setattr(Progress, "update", original)
     assert T.main([data_dir, "--out", str(out), "--resume"]) == 0
     assert [json.loads(line)["epoch"] for line in open(out / "metrics.jsonl")] == [1, 2]
 
@@ -240,23 +235,6 @@ def test_resume_reads_a_last_pth_that_holds_the_cli_handler_and_nothing_else(dat
     capsys.readouterr()
     assert T.main([data_dir, "--out", str(out), "--resume", str(tmp_path / "hostile.pth")]) != 0
     assert "cannot load the resume checkpoint" in capsys.readouterr().err
-
-
-def interrupted_run(data_dir, out, monkeypatch, epochs: int = 3) -> list[str]:
-    """A tiny run of ``epochs`` epochs stopped by Ctrl-C in epoch 2 (last.pth: 1 epoch done); its argv."""
-    original = Progress.update
-
-    def interrupt_in_epoch_2(self, n, **stats):
-        if self.label.startswith("epoch 2/"):
-            raise KeyboardInterrupt
-        return original(self, n, **stats)
-
-    monkeypatch.setattr(Progress, "update", interrupt_in_epoch_2)
-    args = tiny_args(data_dir, out)
-    args[args.index("--epochs") + 1] = str(epochs)
-    assert T.main(args) == 130
-    monkeypatch.setattr(Progress, "update", original)
-    return args
 
 
 def test_resume_continues_in_the_folder_of_its_last_pth_and_refuses_another_out(data_dir, tmp_path, monkeypatch,
