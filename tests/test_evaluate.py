@@ -292,3 +292,26 @@ def test_png_draws_the_confusion_matrix_when_matplotlib_is_there(colour_dir, tmp
     assert E.run_eval(eval_args(str(colour_dir), "--model", "stub", "--png", str(png))) == 0
     with Image.open(png) as image:
         assert image.format == "PNG" and min(image.size) > 100
+
+
+@pytest.mark.parametrize("which", ["model", "split", "photo"])
+def test_a_report_never_replaces_an_input(colour_dir, tmp_path_factory, monkeypatch, capsys, which):
+    out = tmp_path_factory.mktemp("inputs")
+    model, split = out / "m.npz", out / "split.json"
+    model.write_bytes(b"a model")
+    write_split(seed_split(colour_dir), out)
+    photo = colour_dir / "red" / "0.png"
+    target = {"model": model, "split": split, "photo": photo}[which]
+    before = target.read_bytes()
+    monkeypatch.setattr(E, "load_model", no_model)
+    argv = [str(colour_dir), "--model", str(model), "--split", str(split), "--json", str(target)]
+    assert E.run_eval(eval_args(*argv)) == 2
+    assert "which the report would replace" in one_line(capsys.readouterr().err)
+    assert target.read_bytes() == before
+
+
+def test_a_split_file_that_is_not_text_is_one_line_naming_it(colour_dir, monkeypatch, capsys):
+    photo = str(colour_dir / "red" / "0.png")
+    monkeypatch.setattr(E, "load_model", lambda name, backend="numpy": ColourModel())
+    assert E.run_eval(eval_args(str(colour_dir), "--model", "stub", "--split", photo)) == 2
+    assert f"{photo}: cannot read the split file" in one_line(capsys.readouterr().err)

@@ -166,7 +166,7 @@ def read_split(path: str | os.PathLike) -> Split:
             [str(c) for c in data["classes"]], [str(p) for p in data["train"]], [str(p) for p in data["val"]],
             seed=int(data.get("seed", 0)), val_rate=float(data.get("val_rate", 0.2)),
         )
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # (ValueError: bad JSON, not UTF-8)
         raise DatasetError(f"{path}: cannot read the split file ({type(exc).__name__}: {exc})") from None
 
 

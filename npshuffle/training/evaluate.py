@@ -78,7 +78,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse, before the model is loaded, a --batch-size out of range, a --json/--png file that
-    cannot be written, one file named by both, and --png without matplotlib (so a long evaluation
+    cannot be written or that is an input (the model, the split, a file in a class folder), one
+    file named by both, and --png without matplotlib (so a long evaluation
     never ends in an error for them); one line each."""
     low, high = BATCH_SIZES
     if not low <= args.batch_size <= high:
@@ -88,6 +89,15 @@ def check_arguments(args: argparse.Namespace) -> None:
         problem = output_problem(path, option) if path is not None else None
         if problem:
             raise EvalError(f"--{option} {path}: {problem}")
+    for option in ("json", "png"):
+        path = getattr(args, option)
+        if path is not None and os.path.exists(path):
+            kept = [what for what, other in (("the model file", args.model), ("the --split file", args.split))
+                    if other is not None and os.path.exists(other) and same_file(path, other)]
+            if not kept and os.path.isdir(args.data_dir) and in_a_class_folder(path, args.data_dir):
+                kept = [f"a file in a class folder of {args.data_dir}"]
+            if kept:
+                raise EvalError(f"--{option} {path}: is {kept[0]}, which the report would replace; give another path")
     if args.png is not None and args.json is not None and same_file(args.png, args.json):
         raise EvalError(f"--png and --json name the same file ({args.png}); the second would replace the first")
     if args.png is not None and not has_matplotlib():
@@ -100,6 +110,12 @@ def same_file(a: str, b: str) -> bool:
     if os.path.exists(a) and os.path.exists(b):
         return os.path.samefile(a, b)
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+def in_a_class_folder(path: str, data_dir: str) -> bool:
+    """Whether ``path`` lies in a sub-folder of ``data_dir`` (where the photos are; links resolved)."""
+    relative = os.path.relpath(os.path.realpath(path), os.path.realpath(data_dir))
+    return not relative.startswith(os.pardir) and os.sep in relative
 
 
 def has_matplotlib() -> bool:
@@ -236,7 +252,9 @@ def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32,
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted({class_of(p) for p in files} - set(index))
     if unknown:
-        raise EvalError(f"folders {unknown} are not classes of the model (its classes: {', '.join(names)})")
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        raise EvalError(f"folders {unknown[:8]}{' ...' if len(unknown) > 8 else ''} are not classes of the model "
+                        f"(its classes: {shown}); evaluate a model trained on these folders")
     labels = [index[class_of(p)] for p in files]
     logits, averaged = [], []
     predicted = {(name, s): [] for name in CORRUPTIONS for s in SEVERITIES} if corruptions else {}
