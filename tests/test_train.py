@@ -556,7 +556,8 @@ def test_numbers_that_cannot_make_a_run_are_refused_up_front(data_dir, tmp_path,
     (["--kd-temperature", "2"], "--kd-temperature needs --teacher"),
     (["--teacher", "t.pth", "--kd-alpha", "1.5"], "--kd-alpha must be a number from 0 to 1"),
     (["--teacher", "t.pth", "--kd-alpha", "nan"], "--kd-alpha must be a number from 0 to 1"),
-    (["--teacher", "t.pth", "--kd-temperature", "0"], "--kd-temperature must be a number above 0"),
+    (["--teacher", "t.pth", "--kd-temperature", "0"], "--kd-temperature must be a number from 0.1 to 100"),
+    (["--teacher", "t.pth", "--kd-temperature", "1e200"], "--kd-temperature must be a number from 0.1 to 100"),
 ])
 def test_distillation_settings_that_cannot_work_are_refused(data_dir, tmp_path, capsys, options, message):
     assert T.main(tiny_args(data_dir, tmp_path / "o", *options)) == 2
@@ -576,3 +577,34 @@ def test_a_photo_unreadable_in_a_loader_worker_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err  # (the progress log goes there too)
     assert "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith(f"npshuffle train: error: {broken}: broken or truncated")
+
+
+def test_a_metrics_row_cut_short_by_a_kill_is_dropped_on_resume(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    interrupted_run(data_dir, out, monkeypatch, epochs=2)
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"epoch": 2, "train_lo')  # the kill came while the row was written
+    assert T.main([data_dir, "--out", str(out), "--resume"]) == 0
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_a_garbled_metrics_line_is_one_line_naming_the_file(data_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    interrupted_run(data_dir, out, monkeypatch, epochs=2)
+    metrics = out / "metrics.jsonl"
+    metrics.write_text("not json\n" + metrics.read_text())
+    capsys.readouterr()
+    assert T.main([data_dir, "--out", str(out), "--resume"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"{metrics}: line 1 is not a metrics row; "
+                                                                     "remove it to go on")
+
+
+def test_resume_refuses_fewer_epochs_than_done(data_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = tiny_args(data_dir, out)
+    args[args.index("--epochs") + 1] = "2"
+    assert T.main(args) == 0
+    capsys.readouterr()
+    assert T.main([data_dir, "--out", str(out), "--resume", "--epochs", "1"]) == 2
+    assert "--epochs 1: the run has done 2 epochs already" in capsys.readouterr().err

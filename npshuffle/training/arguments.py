@@ -203,10 +203,13 @@ def check_numbers(config: dict) -> None:
 
 
 KD_DEFAULTS = {"kd_alpha": 0.7, "kd_temperature": 4.0}
+# Outside these, the softened logits over- or underflow in float32 (1e-30 makes the first loss NaN)
+# and the distillation loss, scaled by T squared, means nothing; papers use 1-20.
+KD_TEMPERATURES = (0.1, 100.0)
 
 
 def resolve_distillation(config: dict) -> None:
-    """Check --kd-alpha (0..1) and --kd-temperature (above 0), which only mean something with a
+    """Check --kd-alpha (0..1) and --kd-temperature (0.1-100), which only mean something with a
     --teacher, and fill in their defaults."""
     given = [name for name in KD_DEFAULTS if config.get(name) is not None]
     if given and not config.get("teacher"):
@@ -214,8 +217,9 @@ def resolve_distillation(config: dict) -> None:
     alpha, temperature = config.get("kd_alpha"), config.get("kd_temperature")
     if alpha is not None and not (math.isfinite(alpha) and 0 <= alpha <= 1):
         raise TrainError(f"--kd-alpha must be a number from 0 to 1 (got {alpha})")
-    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
-        raise TrainError(f"--kd-temperature must be a number above 0 (got {temperature})")
+    low, high = KD_TEMPERATURES
+    if temperature is not None and not (math.isfinite(temperature) and low <= temperature <= high):
+        raise TrainError(f"--kd-temperature must be a number from {low:g} to {high:g} (got {temperature})")
     for name, value in KD_DEFAULTS.items():
         if config.get(name) is None:
             config[name] = value

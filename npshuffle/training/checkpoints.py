@@ -131,6 +131,9 @@ def load_resume(resume: str, out: str, args: argparse.Namespace,
     for key in RESUME_OVERRIDABLE:
         if getattr(args, key, None) is not None:
             config[key] = getattr(args, key)
+    if config["epochs"] < state["epoch"]:
+        raise TrainError(f"--epochs {config['epochs']}: the run has done {state['epoch']} epochs already; give "
+                         f"--epochs {state['epoch']} or more (its model.npz is the one of its last epoch)")
     config["resume"] = resume
     config["resumed_with"] = [*config.get("resumed_with", []), args_command_line(args)]
     config["data_dir"] = args.data_dir

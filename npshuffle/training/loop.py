@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..archs import V1Spec, V2Spec, variant_name
+from ..atomic import write_atomically
 from ..model_file import DEFAULT_RECIPES
 from ..progress import Progress
 from .arguments import SEED_DEFAULTS, TrainError, describe_recipe, parse_arch
@@ -351,19 +352,37 @@ def _raise_interrupt(signum, frame):
 
 def drop_metrics_after(path: str, epochs_done: int) -> None:
     """Keep the metrics.jsonl rows of the first ``epochs_done`` epochs (an interrupt between an epoch's
-    row and its last.pth leaves one row the resumed run writes again), rewritten atomically."""
-    rows = read_metrics(path)
-    if any(row["epoch"] > epochs_done for row in rows):
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows if row["epoch"] <= epochs_done)
-        os.replace(path + ".tmp", path)
+    row and its last.pth leaves one row the resumed run writes again; a kill while appending, half a
+    row), rewritten atomically."""
+    if not os.path.exists(path):
+        return
+    kept = [row for row in read_metrics(path) if isinstance(row, dict) and row.get("epoch", 0) <= epochs_done]
+    text = "".join(json.dumps(row) + "\n" for row in kept)
+    with open(path, encoding="utf-8") as f:
+        if f.read() == text:
+            return
+    write_atomically(path, lambda out: out.write(text.encode("utf-8")))
 
 
 def read_metrics(path: str) -> list[dict]:
+    """The rows of a run's metrics.jsonl (one JSON object per epoch). A last line cut short (the run
+    killed while appending it) is dropped; any other unreadable line is a TrainError naming the file."""
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"{path}: cannot read the run's metrics ({exc})") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if number == len(lines) and not line.endswith("\n"):
+                break
+            raise TrainError(f"{path}: line {number} is not a metrics row; remove it to go on") from None
+    return rows
 
 
 def plot_curves(metrics: list[dict], path: str) -> bool:
