@@ -80,7 +80,7 @@ def _default_help(option: str) -> str:
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``npshuffle train`` options (defaults: see :data:`SEED_DEFAULTS` and :data:`FINE_TUNE_DEFAULTS`)."""
     parser.add_argument("data_dir", metavar="DATA_DIR", help="class-per-folder images (e.g. flower_photos)")
-    parser.add_argument("--out", default=None, help="output folder (default runs/<arch>)")
+    parser.add_argument("--out", default=None, help="output folder (default runs/<arch>, or runs/train without --arch)")
     parser.add_argument("--arch", default=None,
                         help="shufflenet_v2_x1_0 (default without --init), shufflenet_v1_g3_x0_5, ...; "
                              "default with --init: the checkpoint's architecture")

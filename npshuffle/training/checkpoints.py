@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..archs import ArchError, V1Spec, V2Spec, check_spec
+from ..atomic import write_atomically
 from .arguments import RESUME_OVERRIDABLE, TrainError, args_command_line
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")
@@ -81,9 +82,8 @@ def init_from_checkpoint(model: nn.Module, state_dict: dict[str, torch.Tensor], 
 
 
 def atomic_save(obj: object, path: str) -> None:
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save ``obj`` to ``path`` through a temporary file of its own (complete or not there)."""
+    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from ..atomic import write_atomically
 from ..images import ImageError, load_rgb
 
 # The seed's extensions, matched case-sensitively, as its read_split_data does: the split of a folder
@@ -147,10 +148,9 @@ def write_split(split: Split, out_dir: str | os.PathLike) -> tuple[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     split_path = os.path.join(out_dir, "split.json")
     classes_path = os.path.join(out_dir, "class_indices.json")
-    with open(split_path, "w", encoding="utf-8") as f:
-        json.dump(split.to_dict(), f, indent=1)
-    with open(classes_path, "w", encoding="utf-8") as f:
-        json.dump(split.class_indices(), f, indent=4)
+    for path, data, indent in ((split_path, split.to_dict(), 1), (classes_path, split.class_indices(), 4)):
+        text = json.dumps(data, indent=indent).encode("utf-8")
+        write_atomically(path, lambda f, text=text: f.write(text))  # (a run without its split cannot resume)
     return split_path, classes_path
 
 

@@ -4,10 +4,11 @@ The default recipe is the seed project's (WZMIAOMIAO ``Test7_shufflenet/train.py
 split (see :mod:`npshuffle.training.datasets`), RandomResizedCrop + horizontal flip for training,
 Resize(256) + CenterCrop(224) for validation, SGD (momentum 0.9, weight decay 4e-5), a cosine
 learning-rate schedule from ``lr`` down to ``lr * lrf`` stepped once per epoch, 30 epochs of batch
-16, and the best-validation-accuracy weights kept. With ``--init`` the defaults are a fine-tuning
-recipe instead (:data:`~.arguments.FINE_TUNE_DEFAULTS`: 12 epochs of batch 32 at lr 0.02, milder crops,
-label smoothing). At the end the best weights become an npshuffle
-model file (``model.npz``) with the class names and the validation accuracy in its metadata.
+16. With ``--init`` the defaults are a fine-tuning recipe instead
+(:data:`~.arguments.FINE_TUNE_DEFAULTS`: 12 epochs of batch 32 at lr 0.02, milder crops, label
+smoothing). At the end the last epoch's weights (``--select val``: the best on validation, as the
+seed kept) become an npshuffle model file (``model.npz``) with the class names and the validation
+accuracy in its metadata.
 
 Output folder (``--out``)::
 
