@@ -608,3 +608,18 @@ def test_resume_refuses_fewer_epochs_than_done(data_dir, tmp_path, monkeypatch, 
     capsys.readouterr()
     assert T.main([data_dir, "--out", str(out), "--resume", "--epochs", "1"]) == 2
     assert "--epochs 1: the run has done 2 epochs already" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--img-size", "224"], ["--no-cache"], ["--lr", "0.05"]],
+                         ids=["the parser's default", "a switch", "the run's own value"])
+def test_resume_refuses_an_option_it_would_ignore_even_at_its_default(data_dir, tmp_path, monkeypatch, capsys,
+                                                                      option):
+    out = tmp_path / "run"
+    interrupted_run(data_dir, out, monkeypatch, epochs=2)  # --img-size 32, the cache on, --lr 0.05
+    capsys.readouterr()
+    code = T.main([data_dir, "--out", str(out), "--resume", *option])
+    if option[0] == "--lr":
+        assert code == 0
+        return
+    assert code == 2
+    assert f"{option[0]}" in capsys.readouterr().err.strip().splitlines()[-1]

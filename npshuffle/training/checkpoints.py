@@ -97,12 +97,12 @@ RESUME_LOCATIONS = ("data_dir", "out", "resume", "command_line", "func", "comman
 
 
 def load_resume(resume: str, out: str, args: argparse.Namespace,
-                defaults: argparse.Namespace) -> tuple[dict, dict]:
+                given: dict[str, str]) -> tuple[dict, dict]:
     """(saved state, configuration) to continue from: ``resume`` is a last.pth, or "auto" for
     ``out``/last.pth. The run continues in the folder of its last.pth, on the DATA_DIR this command
     line gives; the configuration is the stored one, with the options of :data:`RESUME_OVERRIDABLE`
     this command line gives, and this command line noted in ``resumed_with``. Any other option given
-    with a value other than the run's (``defaults``: the parser's, to tell what was given) is refused,
+    with a value other than the run's (``given``: {dest: option} of those on the command line) is refused,
     since the run would silently go on without it."""
     resume_path = os.path.join(out, "last.pth") if resume == "auto" else resume
     if not os.path.exists(resume_path):
@@ -127,7 +127,7 @@ def load_resume(resume: str, out: str, args: argparse.Namespace,
         raise TrainError(f"--resume continues the run in the folder of its last.pth ({run_dir}), not in "
                          f"--out {args.out}; leave --out out (or copy the run's folder there and resume that)")
     config = {k: v for k, v in state["config"].items() if not callable(v)}
-    refuse_changed_options(config, args, defaults)
+    refuse_changed_options(config, args, given)
     for key in RESUME_OVERRIDABLE:
         if getattr(args, key, None) is not None:
             config[key] = getattr(args, key)
@@ -141,15 +141,18 @@ def load_resume(resume: str, out: str, args: argparse.Namespace,
     return state, config
 
 
-def refuse_changed_options(config: dict, args: argparse.Namespace, defaults: argparse.Namespace) -> None:
+def refuse_changed_options(config: dict, args: argparse.Namespace, given: dict[str, str]) -> None:
     """Raise when this command line gives an option that --resume cannot change (one other than
-    :data:`RESUME_OVERRIDABLE`) a value other than the run's; repeating the run's own options is fine."""
+    :data:`RESUME_OVERRIDABLE`) a value other than the run's; repeating the run's own options is fine.
+    ``given``: {dest: option as typed} of the options on the command line (a default is not given)."""
     changed = []
-    for key, value in vars(args).items():
+    for key, option in given.items():
+        value = getattr(args, key, None)
         if key in RESUME_OVERRIDABLE or key in RESUME_LOCATIONS or callable(value):
             continue
-        if value != getattr(defaults, key, None) and value != config.get(key):
-            changed.append(f"--{key.replace('_', '-')} {value} (the run has {config.get(key)})")
+        if value != config.get(key):
+            shown = option if isinstance(value, bool) else f"{option} {value}"
+            changed.append(f"{shown} (the run has {config.get(key)})")
     if changed:
         raise TrainError("--resume continues the run as it began, so " + "; ".join(changed) + " cannot apply; only "
                          + ", ".join(f"--{k}" for k in RESUME_OVERRIDABLE) + " can change (start a new run "

@@ -43,7 +43,7 @@ from weights_convert import convert_file
 from weights_convert.keymap import ConversionError
 
 from ..archs import ArchError
-from .arguments import TrainError, add_train_arguments, command_line, default_out, resolve_config
+from .arguments import TrainError, add_train_arguments, args_command_line, command_line, default_out, resolve_config
 from .checkpoints import atomic_save, load_resume
 from .datasets import DatasetError, Split, read_split, seed_split, write_split
 from .loop import Run, log, read_metrics, run_epochs, setup_run, teacher_paths
@@ -59,6 +59,19 @@ def run_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # before the first epoch began: nothing to save
         print("\nnpshuffle train: interrupted before training started", file=sys.stderr)
         return 130
+
+
+def given_options(args: argparse.Namespace) -> dict[str, str]:
+    """{dest: option as typed} of the options this command line gave (a default is not one): the
+    recorded words parsed again with every default suppressed."""
+    parser = add_train_arguments(argparse.ArgumentParser(add_help=False))
+    names = {}
+    for action in parser._actions:  # (set_defaults would put the SUPPRESS marker in the namespace)
+        names[action.dest] = action.option_strings[0] if action.option_strings else action.dest
+        action.default = argparse.SUPPRESS
+    words = shlex.split(args_command_line(args))[2:]  # (less "npshuffle train")
+    given, _ = parser.parse_known_args(words)
+    return {dest: names[dest] for dest in vars(given)}
 
 
 def own_message(exc: Exception) -> str:
@@ -79,8 +92,7 @@ def train(args: argparse.Namespace) -> int:
     out = default_out(config)
     resume_state = None
     if config["resume"]:
-        defaults = add_train_arguments(argparse.ArgumentParser()).parse_args([args.data_dir])
-        resume_state, config = load_resume(config["resume"], out, args, defaults)
+        resume_state, config = load_resume(config["resume"], out, args, given_options(args))
         out = config["out"]
     else:
         refuse_to_overwrite(out)
