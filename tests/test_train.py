@@ -623,3 +623,15 @@ def test_resume_refuses_an_option_it_would_ignore_even_at_its_default(data_dir, 
         return
     assert code == 2
     assert f"{option[0]}" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(data_dir, tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / T.LOCK_FILE, "a") as held:  # as the first run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert T.main(tiny_args(data_dir, out)) == 2
+        assert "another `npshuffle train` is running in this folder" in capsys.readouterr().err
+    assert not (out / "metrics.jsonl").exists()
+    assert T.main(tiny_args(data_dir, out)) == 0  # released: the run goes ahead

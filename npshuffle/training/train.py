@@ -33,6 +33,7 @@ The run's parts: :mod:`~npshuffle.training.arguments` (options, configuration),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -98,14 +99,42 @@ def train(args: argparse.Namespace) -> int:
         refuse_to_overwrite(out)
     config["out"] = out
     make_output_folder(out)
-    torch.set_num_threads(config["threads"])
-
-    split, classes_path = prepare_split(config, resuming=resume_state is not None)
-    run = setup_run(config, split, resume_state)
-    if run_epochs(run) != 0:
-        return 130
-    write_model_file(run, split, classes_path)
+    with claim_output_folder(out):
+        torch.set_num_threads(config["threads"])
+        split, classes_path = prepare_split(config, resuming=resume_state is not None)
+        run = setup_run(config, split, resume_state)
+        if run_epochs(run) != 0:
+            return 130
+        write_model_file(run, split, classes_path)
     return 0
+
+
+LOCK_FILE = ".npshuffle-train.lock"
+
+
+@contextlib.contextmanager
+def claim_output_folder(out: str):
+    """Hold an exclusive lock on ``out`` for the run: a second `npshuffle train` on the same folder
+    (started before the first wrote anything, or a --resume of a run still going) is refused instead
+    of both writing one metrics.jsonl and last.pth. The lock is the operating system's (flock), so a
+    killed run leaves none behind. Where there is no flock (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = os.path.join(out, LOCK_FILE)
+    try:
+        handle = open(path, "a")
+    except OSError as exc:
+        raise TrainError(f"--out {out}: cannot create {LOCK_FILE} there ({exc.strerror or exc})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise TrainError(f"{out}: another `npshuffle train` is running in this folder; wait for it, or "
+                             "give another --out") from None
+        yield
 
 
 RUN_FILES = ("last.pth", "metrics.jsonl")  # what a run writes from its first epoch on
