@@ -635,3 +635,16 @@ def test_a_second_run_on_a_folder_in_use_is_refused(data_dir, tmp_path, capsys):
         assert "another `npshuffle train` is running in this folder" in capsys.readouterr().err
     assert not (out / "metrics.jsonl").exists()
     assert T.main(tiny_args(data_dir, out)) == 0  # released: the run goes ahead
+
+
+def test_a_run_extended_by_resume_follows_the_longer_schedule(data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert T.main(tiny_args(data_dir, out)) == 0  # 1 epoch of 1: it ended at lr 0.05 x lrf
+    assert T.main([data_dir, "--out", str(out), "--resume", "--epochs", "3"]) == 0
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+
+    def lf(x, epochs=3, lrf=0.1):
+        return ((1 + np.cos(x * np.pi / epochs)) / 2) * (1 - lrf) + lrf
+
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["lr"] for r in rows[1:]] == pytest.approx([0.05 * lf(1), 0.05 * lf(2)])  # a 3-epoch run's

@@ -174,6 +174,11 @@ def restore_resume_state(run, state: dict) -> None:
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
+    # the optimiser comes back with the lr of the schedule it ran; a run extended by --epochs has a
+    # longer cosine, so its next epoch's lr is taken from that (unchanged for a run resumed as it was)
+    for group, base, factor in zip(run.optimizer.param_groups, run.scheduler.base_lrs, run.scheduler.lr_lambdas,
+                                   strict=True):
+        group["lr"] = base * factor(run.scheduler.last_epoch)
     run.epoch = state["epoch"]
     run.best_acc, run.best_epoch = state["best_acc"], state["best_epoch"]
     run.elapsed = state.get("elapsed", 0.0)
