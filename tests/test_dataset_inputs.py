@@ -13,7 +13,7 @@ from PIL import Image
 from npshuffle.images import load_rgb, upright_size
 from npshuffle.model_file import DEFAULT_RECIPES
 from npshuffle.preprocess import preprocess_batch
-from npshuffle.training.datasets import DatasetError, list_classes, list_dataset, load_image, seed_split
+from npshuffle.training.datasets import DatasetError, list_classes, list_dataset, load_image, seed_split, unread_images
 
 
 def png_declaring(path, width: int, height: int):
@@ -117,3 +117,10 @@ def test_hidden_files_are_not_images(tmp_path):
     make_classes(tmp_path, "a", "b", images=2)
     (tmp_path / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata")  # AppleDouble, not a photo
     assert list_dataset(tmp_path)[1] == ["a/0.png", "a/1.png", "b/0.png", "b/1.png"]
+
+
+def test_images_the_split_leaves_out_are_named(tmp_path):
+    make_classes(tmp_path, "a", "b", images=2)
+    for name in ("x.jpeg", "y.Jpg", "z.webp", "notes.txt", "._w.jpeg"):
+        (tmp_path / "a" / name).write_bytes(b"")
+    assert unread_images(tmp_path, ["a", "b"]) == ["a/x.jpeg", "a/y.Jpg", "a/z.webp"]

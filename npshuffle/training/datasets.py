@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from ..atomic import write_atomically
-from ..images import ImageError, load_rgb
+from ..images import IMAGE_EXTENSIONS, ImageError, load_rgb
 
 # The seed's extensions, matched case-sensitively, as its read_split_data does: the split of a folder
 # must select exactly the seed's photos (a .jpeg, .bmp or .Jpg file is not in it). The runtime's
@@ -116,6 +116,19 @@ def list_images(root: str | os.PathLike, cls: str) -> list[str]:
     names = sorted(n for n in _names(os.path.join(str(root), cls))
                    if os.path.splitext(n)[-1] in SEED_IMAGE_EXTENSIONS and not n.startswith("."))
     return [f"{cls}/{n}" for n in names]
+
+
+def unread_images(root: str | os.PathLike, classes: list[str]) -> list[str]:
+    """Relative paths of the photos in the class folders that the seed's extensions leave out
+    (``x.jpeg``, ``x.Jpg``, ``x.webp``: an image to predict, but in no split)."""
+    found = []
+    for cls in classes:
+        for name in sorted(_names(os.path.join(str(root), cls))):
+            extension = os.path.splitext(name)[-1]
+            if (not name.startswith(".") and extension.lower() in IMAGE_EXTENSIONS
+                    and extension not in SEED_IMAGE_EXTENSIONS):
+                found.append(f"{cls}/{name}")
+    return found
 
 
 def list_dataset(root: str | os.PathLike, min_classes: int = 2) -> tuple[list[str], list[str]]:

@@ -46,7 +46,7 @@ from weights_convert.keymap import ConversionError
 from ..archs import ArchError
 from .arguments import TrainError, add_train_arguments, args_command_line, command_line, default_out, resolve_config
 from .checkpoints import atomic_save, load_resume
-from .datasets import DatasetError, Split, read_split, seed_split, write_split
+from .datasets import SEED_IMAGE_EXTENSIONS, DatasetError, Split, read_split, seed_split, unread_images, write_split
 from .loop import Run, log, read_metrics, run_epochs, setup_run, teacher_paths
 
 
@@ -162,6 +162,10 @@ def prepare_split(config: dict, resuming: bool) -> tuple[Split, str]:
     folder; a resumed run must find the split it began with. Returns (split, class_indices.json)."""
     out = config["out"]
     split = seed_split(config["data_dir"], config["val_rate"], config["seed"])
+    unread = unread_images(config["data_dir"], split.classes)
+    if unread:
+        log(f"note: {len(unread)} image(s) left out, e.g. {unread[0]}: the split takes the seed's "
+            f"{'/'.join(SEED_IMAGE_EXTENSIONS)} files only; rename the others to include them")
     if config.get("max_images"):
         k = config["max_images"]
         train = split.train[:: max(1, len(split.train) // k)][:k]  # evenly over the classes
