@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -648,3 +649,27 @@ def test_a_run_extended_by_resume_follows_the_longer_schedule(data_dir, tmp_path
 
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["lr"] for r in rows[1:]] == pytest.approx([0.05 * lf(1), 0.05 * lf(2)])  # a 3-epoch run's
+
+
+def test_a_run_resumes_from_another_folder_and_without_its_init_file(tiny_run, data_dir, tmp_path, monkeypatch):
+    # --init and --teacher given as relative paths where the run began; --resume typed elsewhere,
+    # after the --init file is gone: the teacher is found from the run's first folder, and the
+    # network is rebuilt from the recorded architecture (last.pth holds the weights)
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir(), elsewhere.mkdir()
+    shutil.copy(tiny_run / "final.pth", start / "init.pth")
+    shutil.copy(tiny_run / "final.pth", start / "teacher.pth")
+    out = start / "run"
+
+    def without_arch(args):
+        at = args.index("--arch")
+        return T.main(args[:at] + args[at + 2:] + ["--init", "init.pth", "--teacher", "teacher.pth"])
+
+    monkeypatch.chdir(start)
+    interrupted_run(data_dir, out, monkeypatch, epochs=2, train=without_arch)
+    (start / "init.pth").unlink()
+    monkeypatch.chdir(elsewhere)
+    assert T.main([data_dir, "--out", str(out), "--resume"]) == 0
+    model = Model.load(out / "model.npz")
+    assert model.metadata["trained"]["teacher"] == ["teacher.pth"] and model.metadata["trained"]["epoch"] == 2
+    assert model.file.spec == parse_arch(TINY_V2, 3)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..archs import V1Spec, V2Spec, variant_name
+from ..archs import V1Spec, V2Spec, spec_from_dict, spec_to_dict, variant_name
 from ..atomic import write_atomically
 from ..model_file import DEFAULT_RECIPES
 from ..progress import Progress
@@ -78,6 +78,7 @@ def setup_run(config: dict, split: Split, resume_state: dict | None) -> Run:
     either the --resume state or fresh seeds, then the data loaders (in that order: the RNGs)."""
     model, spec, dialect = build_student(config, len(split.classes))
     config["dialect"] = dialect
+    config["spec"] = spec_to_dict(spec)  # a --resume rebuilds the network from this, not from --init
     log(f"model: {variant_name(spec)} ({dialect} dialect), {sum(p.numel() for p in model.parameters()):,} parameters")
     log(describe_recipe(config))
     if config.get("mix", "none") != "none":
@@ -87,7 +88,7 @@ def setup_run(config: dict, split: Split, resume_state: dict | None) -> Run:
         model = model.to(memory_format=torch.channels_last)
     normalize = Normalize(DEFAULT_RECIPES[dialect], channels_last)
     run = Run(config, model, normalize, *make_optimizer(model, config))
-    for path in teacher_paths(config):
+    for path in [input_file(config, p) for p in teacher_paths(config)]:
         if path.endswith(ENGINE_TEACHER_SUFFIXES):
             teacher, teacher_norm = build_engine_teacher(path, split.classes, config["threads"])
         else:
@@ -112,11 +113,24 @@ def setup_run(config: dict, split: Split, resume_state: dict | None) -> Run:
     return run
 
 
+def input_file(config: dict, path: str) -> str:
+    """A file the run's command line named (--init, --teacher), found from the folder the run began
+    in (``started_in``), so that a --resume typed in another folder opens the same file."""
+    return os.path.join(config.get("started_in", ""), path)
+
+
 def build_student(config: dict, num_classes: int) -> tuple[nn.Module, V1Spec | V2Spec, str]:
+    """(network, its spec, its dialect): --arch, or the --init checkpoint's architecture, with its
+    weights. A resumed run rebuilds the network its configuration records and does not read --init
+    again (its last.pth holds the weights; the file may have moved since)."""
+    if config.get("resume") and config.get("spec") and config.get("dialect"):
+        spec = spec_from_dict(config["spec"])
+        return build_torch_model(spec, config["dialect"]), spec, config["dialect"]
     init_sd = None
     if config["init"]:
-        init_sd = load_state_dict_file(config["init"])
-        init_spec, init_dialect = infer_arch(init_sd, config["init"])
+        init_path = input_file(config, config["init"])
+        init_sd = load_state_dict_file(init_path)
+        init_spec, init_dialect = infer_arch(init_sd, init_path)
     if config["arch"]:
         spec = parse_arch(config["arch"], num_classes)
     elif init_sd is not None:
@@ -128,7 +142,7 @@ def build_student(config: dict, num_classes: int) -> tuple[nn.Module, V1Spec | V
     torch.manual_seed(config["seed"])
     model = build_torch_model(spec, dialect)
     if init_sd is not None:
-        dropped = init_from_checkpoint(model, init_sd, config["init"])
+        dropped = init_from_checkpoint(model, init_sd, init_path)
         log(f"initialised from {config['init']}" + (f" (re-initialised {', '.join(dropped)})" if dropped else ""))
     return model, spec, dialect
 

@@ -97,6 +97,7 @@ def train(args: argparse.Namespace) -> int:
         out = config["out"]
     else:
         refuse_to_overwrite(out)
+        config["started_in"] = os.getcwd()
     config["out"] = out
     make_output_folder(out)
     with claim_output_folder(out):
