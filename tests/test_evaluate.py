@@ -315,3 +315,18 @@ def test_a_split_file_that_is_not_text_is_one_line_naming_it(colour_dir, monkeyp
     monkeypatch.setattr(E, "load_model", lambda name, backend="numpy": ColourModel())
     assert E.run_eval(eval_args(str(colour_dir), "--model", "stub", "--split", photo)) == 2
     assert f"{photo}: cannot read the split file" in one_line(capsys.readouterr().err)
+
+
+def test_a_batch_ends_early_when_its_photos_reach_the_pixel_bound(colour_dir, monkeypatch):
+    # each photo is 50 x 44 = 2,200 pixels: a bound of 5,000 holds three photos at most, whatever
+    # --batch-size says; the counts are those of any batching
+    files = E.labelled_files(str(colour_dir), None)
+    sizes = [len(chunk) for chunk, _, _ in E.decoded_batches(str(colour_dir), files, 4096, max_pixels=5_000)]
+    assert sizes == [3, 3, 3, 3, 1]
+    seen = []
+    model = ColourModel()
+    original_forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda batch: seen.append(len(batch)) or original_forward(batch))
+    monkeypatch.setattr(E, "MAX_BATCH_PIXELS", 5_000)
+    r = E.evaluate_model(model, str(colour_dir), files, batch_size=4096)
+    assert max(seen) == 3 and r["count"] == 13 and r["top1"] == 12 / 13

@@ -23,7 +23,8 @@ Two optional reports, on the same photos in the same pass (each photo is decoded
   classification, measured batch by batch in the same run (decoding timed apart, done once).
 
 Corrupted photos are classified plainly (no TTA). Memory stays bounded: one batch of decoded photos
-is held at a time, and of each corrupted version of a batch only its predictions are kept.
+is held at a time (``--batch-size`` photos, fewer when they reach :data:`MAX_BATCH_PIXELS`), and of
+each corrupted version of a batch only its predictions are kept.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="split.json from `npshuffle train`: evaluate its val list (default: every image)")
     parser.add_argument("--part", choices=("val", "train"), default="val", help="which list of --split")
     parser.add_argument("--backend", default="numpy", help="npshuffle backend (numpy, numba, ...)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="photos decoded and classified at once (default 32; fewer when they reach "
+                             f"{MAX_BATCH_PIXELS // 1_000_000} M pixels)")
     parser.add_argument("--png", default=None, metavar="FILE", help="also draw the confusion matrix (matplotlib)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--corruptions", action="store_true",
@@ -238,6 +241,31 @@ def plot_confusion(result: dict, path: str, title: str = "") -> bool:
     return True
 
 
+# Decoded pixels held at once: a batch ends early when its photos reach this many (48 M pixels, about
+# 150 MB as RGB bytes), so --batch-size 4096 on 12-megapixel photos holds 4 of them, not 150 GB.
+MAX_BATCH_PIXELS = 48_000_000
+
+
+def decoded_batches(data_dir: str, files: list[str], batch_size: int, max_pixels: int | None = None):
+    """Yield (relative paths, their decoded RGB images, seconds spent decoding) for ``files`` in order:
+    ``batch_size`` photos at a time, or fewer once they hold ``max_pixels`` pixels (default
+    :data:`MAX_BATCH_PIXELS`; a batch holds one photo at least)."""
+    max_pixels = max_pixels or MAX_BATCH_PIXELS
+    chunk, images, pixels, seconds = [], [], 0, 0.0
+    for path in files:
+        t0 = time.perf_counter()
+        image = load_image(os.path.join(data_dir, path))
+        seconds += time.perf_counter() - t0
+        chunk.append(path)
+        images.append(image)
+        pixels += image.width * image.height
+        if len(chunk) == batch_size or pixels >= max_pixels:
+            yield chunk, images, seconds
+            chunk, images, pixels, seconds = [], [], 0, 0.0
+    if chunk:
+        yield chunk, images, seconds
+
+
 def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32, progress=None, *,
                    corruptions: bool = False, tta: str | None = None) -> dict:
     """Run ``model`` (an npshuffle Model) on ``files`` (relative to ``data_dir``); returns :func:`summarize`,
@@ -261,15 +289,12 @@ def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32,
     seconds = {"decode": 0.0, "plain": 0.0, "tta": 0.0}
     if tta:  # a backend's one-time setup (Numba loads its kernels on the first call) timed in neither
         model.forward(np.zeros((1, 3, model.recipe["crop"], model.recipe["crop"]), np.float32))
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        t0 = time.perf_counter()
-        images = [load_image(os.path.join(data_dir, p)) for p in chunk]
+    for chunk, images, decode_seconds in decoded_batches(data_dir, files, batch_size):
         t1 = time.perf_counter()
         batch = preprocess_batch(images, model.recipe)
         logits.append(np.asarray(model.forward(batch), dtype=np.float64))
         t2 = time.perf_counter()
-        seconds["decode"] += t1 - t0
+        seconds["decode"] += decode_seconds
         seconds["plain"] += t2 - t1
         if tta:  # timed right after the plain pass on the same photos: the two see the same machine
             averaged.append(tta_probabilities(model, images, tta, batch_size))
