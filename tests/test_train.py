@@ -673,3 +673,21 @@ def test_a_run_resumes_from_another_folder_and_without_its_init_file(tiny_run, d
     model = Model.load(out / "model.npz")
     assert model.metadata["trained"]["teacher"] == ["teacher.pth"] and model.metadata["trained"]["epoch"] == 2
     assert model.file.spec == parse_arch(TINY_V2, 3)
+
+
+def test_photos_too_large_to_keep_in_memory_are_decoded_each_epoch(data_dir, tmp_path, monkeypatch, capsys):
+    from npshuffle.training import loop
+
+    split = seed_split(data_dir, 0.2, 0)
+    files = split.train + split.val
+    assert loop.declared_pixels(data_dir, files) == sum(np.prod(Image.open(os.path.join(data_dir, f)).size)
+                                                        for f in files)
+    caches = []
+    dataset = loop.FolderDataset
+    monkeypatch.setattr(loop, "FolderDataset", lambda *a, **k: caches.append(k["cache"]) or dataset(*a, **k))
+    monkeypatch.setattr(loop, "CACHE_MAX_PIXELS", loop.declared_pixels(data_dir, files) - 1)
+    assert T.main(tiny_args(data_dir, tmp_path / "big")) == 0
+    assert caches == [False, False] and "decoded from disk each epoch" in capsys.readouterr().err
+    monkeypatch.setattr(loop, "CACHE_MAX_PIXELS", loop.declared_pixels(data_dir, files))
+    assert T.main(tiny_args(data_dir, tmp_path / "fits")) == 0
+    assert caches[2:] == [True, True]

@@ -192,3 +192,17 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         return load_rgb(path)
     except ImageError as exc:
         raise DatasetError(str(exc)) from None
+
+
+def declared_pixels(root: str | os.PathLike, files: list[str]) -> int:
+    """The pixels that ``files`` (relative to ``root``) declare in their headers, none decoded: what
+    keeping them all decoded would hold, in RGB pixels. A file whose header cannot be read counts 0
+    (decoding it reports the problem, naming it)."""
+    total = 0
+    for path in files:
+        try:
+            with Image.open(os.path.join(str(root), path)) as image:
+                total += image.width * image.height
+        except (OSError, ValueError, Image.DecompressionBombError):
+            pass
+    return total

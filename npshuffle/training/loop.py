@@ -38,7 +38,7 @@ from .checkpoints import (
     restore_resume_state,
     save_resume_state,
 )
-from .datasets import Split
+from .datasets import Split, declared_pixels
 from .mixing import MixedBatch, mix_batch, mixed_correct, mixed_cross_entropy
 from .pipeline import FolderDataset, Normalize
 from .torch_ref import build_torch_model
@@ -223,14 +223,34 @@ def make_optimizer(model: nn.Module, config: dict) -> tuple[torch.optim.SGD, tor
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
 
 
+# The decoded-image cache holds at most this many pixels (4.5 GB as RGB bytes; flower_photos: 0.32 G):
+# photos beyond it (a folder of 12-megapixel phone photos) are decoded from disk each epoch instead.
+CACHE_MAX_PIXELS = 1_500_000_000
+
+
+def use_cache(config: dict, split: Split) -> bool:
+    """Whether the photos are decoded once into memory: unless --no-cache, or their declared sizes
+    add up to more than :data:`CACHE_MAX_PIXELS` (then said in one line)."""
+    if not config["cache"]:
+        return False
+    pixels = declared_pixels(config["data_dir"], split.train + split.val)
+    if pixels <= CACHE_MAX_PIXELS:
+        return True
+    log(f"note: the photos hold {pixels / 1e9:.1f} G pixels ({3 * pixels / 2**30:.0f} GiB decoded), more than "
+        f"the {CACHE_MAX_PIXELS / 1e9:.1f} G kept in memory: they are decoded from disk each epoch (slower; "
+        "copies resized to a shorter side of 256 px would fit)")
+    return False
+
+
 def make_loaders(config: dict, split: Split) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
     t_load = time.monotonic()
+    cache = use_cache(config, split)
     train_set = FolderDataset(config["data_dir"], split.train, split.labels("train"), config["img_size"], True,
-                              cache=config["cache"], min_scale=config["min_scale"],
+                              cache=cache, min_scale=config["min_scale"],
                               strong=config.get("augment", "basic") in ("strong", "strong-blur"),
                               blur=config.get("augment", "basic") == "strong-blur")
     val_set = FolderDataset(config["data_dir"], split.val, split.labels("val"), config["val_crop"], False,
-                            resize=config["val_resize"], cache=config["cache"])
+                            resize=config["val_resize"], cache=cache)
     log(f"data loaded in {time.monotonic() - t_load:.1f} s")
     workers = config["workers"]
     loader_args = dict(num_workers=workers, persistent_workers=workers > 0)
