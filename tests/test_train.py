@@ -315,11 +315,16 @@ def test_unusable_files_and_folders_are_one_line(data_dir, tmp_path, capsys):
         (["--init", str(tmp_path / "garbage.pth")], "cannot load the checkpoint"),
         (["--teacher", str(tmp_path / "garbage.pth")], "cannot load the checkpoint"),
         (["--val-rate", "0.01"], "a run needs both"),
+        (["--init", str(tmp_path / "module.pth")], "holds a pickled Python object (torch.nn.modules.linear.Linear)"),
+        (["--teacher", str(tmp_path / "garbage.npz")], "cannot load the teacher (not a readable npshuffle model"),
     ]
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")  # a whole module, not a state_dict
+    (tmp_path / "garbage.npz").write_bytes(b"not an archive")
     for extra, message in cases:
         assert T.main(tiny_args(data_dir, tmp_path / "o", *extra)) == 2, extra
         err = capsys.readouterr().err
-        assert message in err and "Traceback" not in err, (extra, err)
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()[-1]) < 400, (extra, err)
+        assert err.strip().splitlines()[-1].startswith("npshuffle train: error:"), err
     assert T.main(tiny_args(data_dir, tmp_path / "a_file" / "run")) == 2
     assert "cannot create the output folder" in capsys.readouterr().err
 

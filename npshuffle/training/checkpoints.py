@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 
 import numpy as np
 import torch
@@ -43,8 +44,24 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a file that is not a checkpoint fails in many ways; one message
-        raise TrainError(f"{path}: cannot load the checkpoint ({type(exc).__name__}: {exc})") from None
+        raise TrainError(f"{path}: cannot load the checkpoint ({load_failure(exc)})") from None
     return _unwrap_state_dict(obj, path)
+
+
+def load_failure(exc: Exception) -> str:
+    """One line for why torch.load refused a file. Its refusal of a pickled Python object is a
+    page of advice to load the file as code; here it is named, with the way that is safe."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return (f"it holds a pickled Python object ({found.group(1)}), which npshuffle does not run; "
+                "save the model's state_dict() instead")
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # the detail follows, after torch's advice
+        text = text.split("WeightsUnpickler error:", 1)[1]
+        detail = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        return f"not a file of tensors: {detail[:200]}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:300]}"
 
 
 def infer_arch(state_dict: dict[str, torch.Tensor], path: str) -> tuple[V1Spec | V2Spec, str]:
@@ -110,13 +127,13 @@ def load_resume(resume: str, out: str, args: argparse.Namespace,
     from .train import run_train
 
     try:
-        # Runs started with `npshuffle train` before this version stored the CLI's handler
-        # (npshuffle.training.train.run_train) in their configuration: that one name of ours is let
-        # through (the loader only looks it up; nothing is called), then dropped with any other.
+        # A last.pth may name the CLI's handler (npshuffle.training.train.run_train) in its
+        # configuration: that one name of ours is let through (the loader only looks it up; nothing
+        # is called), then dropped with any other callable.
         with torch.serialization.safe_globals([run_train]):
             state = torch.load(resume_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise TrainError(f"{resume_path}: cannot load the resume checkpoint ({exc})") from None
+        raise TrainError(f"{resume_path}: cannot load the resume checkpoint ({load_failure(exc)})") from None
     missing = [k for k in RESUME_KEYS if not isinstance(state, dict) or k not in state]
     if missing or not isinstance(state["config"], dict) or "epochs" not in state["config"]:
         raise TrainError(f"{resume_path}: not the last.pth of an `npshuffle train` run "

@@ -196,7 +196,8 @@ def build_engine_teacher(path: str, classes: list[str], threads: int) -> tuple[E
     try:
         model = Model.load(path, backend="numba", threads=threads)
     except (OSError, ModelFileError) as exc:
-        raise TrainError(f"{path}: cannot load the teacher ({exc})") from None
+        reason = str(exc).removeprefix(f"{path}: ")  # (the model file's own message starts with the path)
+        raise TrainError(f"{path}: cannot load the teacher ({reason})") from None
     if list(model.class_names) != list(classes):
         raise TrainError(f"{path}: the teacher's classes ({', '.join(model.class_names[:8])}"
                          f"{' ...' if len(model.class_names) > 8 else ''}) are not the data's "
