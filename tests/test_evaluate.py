@@ -330,3 +330,25 @@ def test_a_batch_ends_early_when_its_photos_reach_the_pixel_bound(colour_dir, mo
     monkeypatch.setattr(E, "MAX_BATCH_PIXELS", 5_000)
     r = E.evaluate_model(model, str(colour_dir), files, batch_size=4096)
     assert max(seen) == 3 and r["count"] == 13 and r["top1"] == 12 / 13
+
+
+def test_an_unreadable_photo_is_one_line_and_the_others_are_scored(colour_dir, tmp_path, monkeypatch, capsys):
+    (colour_dir / "blue" / "5.png").write_bytes(b"not a png")
+    files = E.labelled_files(str(colour_dir), None)
+    r = E.evaluate_model(ColourModel(), str(colour_dir), files, batch_size=3)
+    assert r["count"] == 13 and r["top1"] == 12 / 13  # the 13 readable photos, as before
+    assert [row["path"] for row in r["unreadable"]] == ["blue/5.png"]
+    monkeypatch.setattr(E, "load_model", lambda name, backend: ColourModel())
+    assert E.main([str(colour_dir), "--model", "colours", "--json", str(tmp_path / "r.json")]) == 0
+    err = capsys.readouterr().err
+    assert "skipped:" in err and "5.png" in err and "1 photo(s) could not be read" in err and "Traceback" not in err
+    assert json.loads((tmp_path / "r.json").read_text())["unreadable"][0]["path"] == "blue/5.png"
+
+
+def test_no_readable_photo_is_an_error(tmp_path):
+    for name in ("red", "blue"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0.png").write_bytes(b"not a png")
+    files = E.labelled_files(str(tmp_path), None)
+    with pytest.raises(E.EvalError, match="none of the 2 photos could be read"):
+        E.evaluate_model(ColourModel(), str(tmp_path), files)

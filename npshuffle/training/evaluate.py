@@ -246,16 +246,25 @@ def plot_confusion(result: dict, path: str, title: str = "") -> bool:
 MAX_BATCH_PIXELS = 48_000_000
 
 
-def decoded_batches(data_dir: str, files: list[str], batch_size: int, max_pixels: int | None = None):
+def decoded_batches(data_dir: str, files: list[str], batch_size: int, max_pixels: int | None = None,
+                    unreadable: list | None = None):
     """Yield (relative paths, their decoded RGB images, seconds spent decoding) for ``files`` in order:
     ``batch_size`` photos at a time, or fewer once they hold ``max_pixels`` pixels (default
-    :data:`MAX_BATCH_PIXELS`; a batch holds one photo at least)."""
+    :data:`MAX_BATCH_PIXELS`; a batch holds one photo at least). A photo that cannot be read raises
+    its DatasetError, or with ``unreadable`` (a list) is appended to it as (path, message) and left out."""
     max_pixels = max_pixels or MAX_BATCH_PIXELS
     chunk, images, pixels, seconds = [], [], 0, 0.0
     for path in files:
         t0 = time.perf_counter()
-        image = load_image(os.path.join(data_dir, path))
-        seconds += time.perf_counter() - t0
+        try:
+            image = load_image(os.path.join(data_dir, path))
+        except DatasetError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append((path, str(exc)))
+            continue
+        finally:
+            seconds += time.perf_counter() - t0
         chunk.append(path)
         images.append(image)
         pixels += image.width * image.height
@@ -268,7 +277,8 @@ def decoded_batches(data_dir: str, files: list[str], batch_size: int, max_pixels
 
 def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32, progress=None, *,
                    corruptions: bool = False, tta: str | None = None) -> dict:
-    """Run ``model`` (an npshuffle Model) on ``files`` (relative to ``data_dir``); returns :func:`summarize`,
+    """Run ``model`` (an npshuffle Model) on ``files`` (relative to ``data_dir``); returns :func:`summarize`
+    of the photos that could be read, ``"unreadable"`` ([{"path", "error"}] of the others, not counted),
     plus ``"robustness"`` (:func:`robustness_summary`) with ``corruptions``, and ``"tta"`` (the
     :func:`summarize` of the averaged probabilities, with ``views``, ``views_per_photo`` and
     ``ms_per_photo``: decode, plain, tta) with ``tta`` (a :data:`npshuffle.tta.TTA_VIEWS` name)."""
@@ -283,13 +293,14 @@ def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32,
         shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
         raise EvalError(f"folders {unknown[:8]}{' ...' if len(unknown) > 8 else ''} are not classes of the model "
                         f"(its classes: {shown}); evaluate a model trained on these folders")
-    labels = [index[class_of(p)] for p in files]
+    labels, unreadable, skipped_before = [], [], 0
     logits, averaged = [], []
     predicted = {(name, s): [] for name in CORRUPTIONS for s in SEVERITIES} if corruptions else {}
     seconds = {"decode": 0.0, "plain": 0.0, "tta": 0.0}
     if tta:  # a backend's one-time setup (Numba loads its kernels on the first call) timed in neither
         model.forward(np.zeros((1, 3, model.recipe["crop"], model.recipe["crop"]), np.float32))
-    for chunk, images, decode_seconds in decoded_batches(data_dir, files, batch_size):
+    for chunk, images, decode_seconds in decoded_batches(data_dir, files, batch_size, unreadable=unreadable):
+        labels.extend(index[class_of(p)] for p in chunk)
         t1 = time.perf_counter()
         batch = preprocess_batch(images, model.recipe)
         logits.append(np.asarray(model.forward(batch), dtype=np.float64))
@@ -303,8 +314,12 @@ def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32,
             corrupted = [corrupt(image, name, severity, photo_seed(p)) for image, p in zip(images, chunk, strict=True)]
             out.append(np.asarray(model.forward(preprocess_batch(corrupted, model.recipe))).argmax(axis=1))
         if progress:
-            progress(len(chunk))
+            progress(len(chunk) + len(unreadable) - skipped_before)
+        skipped_before = len(unreadable)
+    if not labels:
+        raise EvalError(f"none of the {len(files)} photos could be read (the first: {unreadable[0][1]})")
     result = summarize(labels, np.concatenate(logits), names)
+    result["unreadable"] = [{"path": path, "error": message} for path, message in unreadable]
     if predicted:
         result["robustness"] = robustness_summary(
             labels, {key: np.concatenate(out) for key, out in predicted.items()}, result["top1"])
@@ -398,6 +413,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if "robustness" in result:
         print("\n" + format_robustness(result["robustness"]))
     print(f"\n{result['count']} images in {seconds:.1f} s ({args.backend} backend)")
+    for row in result["unreadable"]:
+        print(f"npshuffle eval: skipped: {row['error']}", file=sys.stderr)
+    if result["unreadable"]:
+        print(f"npshuffle eval: {len(result['unreadable'])} photo(s) could not be read and are not counted in "
+              f"the figures above ({result['count']} are); fix or remove them", file=sys.stderr)
     try:
         write_outputs(args, result, seconds)
     except EvalError as exc:
