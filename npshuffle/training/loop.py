@@ -224,7 +224,7 @@ def make_optimizer(model: nn.Module, config: dict) -> tuple[torch.optim.SGD, tor
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
 
 
-# The decoded-image cache holds at most this many pixels (4.5 GB as RGB bytes; flower_photos: 0.32 G):
+# The decoded-image cache holds at most this many pixels (4.5 GB as RGB bytes; flower_photos: 0.29 G):
 # photos beyond it (a folder of 12-megapixel phone photos) are decoded from disk each epoch instead.
 CACHE_MAX_PIXELS = 1_500_000_000
 
