@@ -124,3 +124,12 @@ def test_images_the_split_leaves_out_are_named(tmp_path):
     for name in ("x.jpeg", "y.Jpg", "z.webp", "notes.txt", "._w.jpeg"):
         (tmp_path / "a" / name).write_bytes(b"")
     assert unread_images(tmp_path, ["a", "b"]) == ["a/x.jpeg", "a/y.Jpg", "a/z.webp"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_declared_pixels_skips_what_is_not_a_regular_file(tmp_path):
+    from npshuffle.training.datasets import declared_pixels
+
+    make_classes(tmp_path, "a", "b", images=1)
+    os.mkfifo(tmp_path / "a" / "pipe.png")  # opening it for reading would block until a writer came
+    assert declared_pixels(tmp_path, ["a/pipe.png"]) == 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -200,9 +201,14 @@ def declared_pixels(root: str | os.PathLike, files: list[str]) -> int:
     (decoding it reports the problem, naming it)."""
     total = 0
     for path in files:
+        full = os.path.join(str(root), path)
+        if not os.path.isfile(full):  # (a FIFO would block the open; decoding names it)
+            continue
         try:
-            with Image.open(os.path.join(str(root), path)) as image:
-                total += image.width * image.height
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(full) as image:
+                    total += image.width * image.height
         except (OSError, ValueError, Image.DecompressionBombError):
             pass
     return total

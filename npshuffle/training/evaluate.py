@@ -326,7 +326,7 @@ def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32,
     if tta:
         result["tta"] = {**summarize(labels, np.concatenate(averaged), names), "views": tta,
                          "views_per_photo": TTA_VIEWS[tta],
-                         "ms_per_photo": {k: 1000 * v / len(files) for k, v in seconds.items()}}
+                         "ms_per_photo": {k: 1000 * v / len(labels) for k, v in seconds.items()}}
     return result
 
 

@@ -115,8 +115,10 @@ def setup_run(config: dict, split: Split, resume_state: dict | None) -> Run:
 
 def input_file(config: dict, path: str) -> str:
     """A file the run's command line named (--init, --teacher), found from the folder the run began
-    in (``started_in``), so that a --resume typed in another folder opens the same file."""
-    return os.path.join(config.get("started_in", ""), path)
+    in (``started_in``), so that a --resume typed in another folder opens the same file; where that
+    folder has moved (a project renamed or copied), from the current folder as given."""
+    found = os.path.join(config.get("started_in", ""), path)
+    return found if os.path.exists(found) else path
 
 
 def build_student(config: dict, num_classes: int) -> tuple[nn.Module, V1Spec | V2Spec, str]:
