@@ -298,6 +298,38 @@ def test_resume_without_its_split_is_refused(data_dir, tmp_path, monkeypatch, ca
     assert "split.json is missing" in capsys.readouterr().err
 
 
+def test_a_file_torch_cannot_load_is_named_with_what_to_do_instead(tmp_path):
+    import argparse
+
+    from npshuffle.training.checkpoints import load_failure
+
+    def failure(obj=None, data=None, resume=False):
+        path = tmp_path / "f.pth"
+        if data is not None:
+            path.write_bytes(data)
+        else:
+            torch.save(obj, path)
+        with pytest.raises(Exception) as caught:
+            torch.load(path, weights_only=True)
+        return load_failure(caught.value, resume)
+
+    # a training script's dict, the weights beside its arguments: how to keep the weights alone
+    ckpt = {"model": torch.nn.Linear(2, 2).state_dict(), "args": argparse.Namespace(lr=0.1)}
+    assert failure(ckpt).endswith("torch.save(checkpoint['model'], 'weights.pth')")
+    assert "(argparse.Namespace)" in failure(ckpt)
+    assert failure(ckpt, resume=True).endswith("--resume takes the last.pth that `npshuffle train` writes after "
+                                                "every epoch")
+    assert failure(torch.nn.Linear(2, 2)).endswith("torch.save(model.state_dict(), 'weights.pth')")
+    for data in (b"", b"epoch 1: loss 0.3\n", b"PK\x03\x04 cut"):
+        message = failure(data=data)
+        assert message.startswith(("not a torch checkpoint", "the file is empty")), message
+        assert "KeyError" not in message and "EOFError" not in message and len(message) < 300, message
+    zipped = tmp_path / "real.pth"
+    torch.save({"w": torch.zeros(3)}, zipped)
+    message = failure(data=zipped.read_bytes()[:200])  # a real checkpoint cut short
+    assert message.startswith("not a torch checkpoint, or one damaged or cut short") and "this can" not in message
+
+
 def test_a_diverging_run_stops_at_the_first_non_finite_loss(data_dir, tmp_path, monkeypatch, capsys):
     from npshuffle.training import loop
 

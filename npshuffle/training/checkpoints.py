@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import random
 import re
 
@@ -15,6 +16,7 @@ from torch import nn
 from ..archs import ArchError, V1Spec, V2Spec, check_spec
 from ..atomic import write_atomically
 from .arguments import RESUME_OVERRIDABLE, TrainError, args_command_line
+from .messages import listed
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 
@@ -48,20 +50,46 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     return _unwrap_state_dict(obj, path)
 
 
-def load_failure(exc: Exception) -> str:
-    """One line for why torch.load refused a file. Its refusal of a pickled Python object is a
-    page of advice to load the file as code; here it is named, with the way that is safe."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+def load_failure(exc: Exception, resume: bool = False) -> str:
+    """One line for why torch.load refused a file (for ``--resume`` when ``resume``). Its refusal
+    of a pickled Python object is a page of advice to load the file as code; here it is named, with
+    the way that is safe. A file that is no torch checkpoint at all (text, an empty or cut-short
+    file) says so rather than quoting the unpickler's KeyError or EOFError."""
+    expected = ("--resume takes the last.pth that `npshuffle train` writes after every epoch" if resume
+                else "expected a state_dict saved with torch.save(model.state_dict(), 'weights.pth')")
+    text = re.sub(r"^\s*\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(exc))  # (the zip reader's C++ prefix)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if found:
-        return (f"it holds a pickled Python object ({found.group(1)}), which npshuffle does not run; "
-                "save the model's state_dict() instead")
-    text = str(exc)
-    if "WeightsUnpickler error:" in text:  # the detail follows, after torch's advice
-        text = text.split("WeightsUnpickler error:", 1)[1]
-        detail = next((line.strip() for line in text.splitlines() if line.strip()), "")
-        return f"not a file of tensors: {detail[:200]}"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {first[:300]}"
+        name = found.group(1)
+        if resume:
+            advice = f"not a run's last.pth; {expected}"
+        elif name.startswith("torch.nn."):  # a whole model pickled
+            advice = "save the model's state_dict() instead: torch.save(model.state_dict(), 'weights.pth')"
+        else:  # a training script's dict: the weights beside its arguments, a numpy scalar, ...
+            advice = ("if the weights sit in it beside other things, load it where you trust it and save them "
+                      "alone, e.g. torch.save(checkpoint['model'], 'weights.pth')")
+        return f"it holds a pickled Python object ({name}), which npshuffle does not run; {advice}"
+    if isinstance(exc, IsADirectoryError):
+        return "it is a folder, not a file"
+    if isinstance(exc, OSError):  # permission denied, an I/O error: the file may well be a checkpoint
+        return f"{type(exc).__name__}: {exc.strerror or first_sentence(text)}"
+    if isinstance(exc, EOFError):
+        return f"the file is empty or ends early, not a torch checkpoint; {expected}"
+    # The unpickler fed text or another format fails with whatever it trips on (KeyError: 101,
+    # IndexError: pop from empty list): only the zip reader's and the unpickler's own words say something.
+    detail = first_sentence(text.split("WeightsUnpickler error:", 1)[-1]) if isinstance(
+        exc, (RuntimeError, pickle.UnpicklingError)) else ""
+    return f"not a torch checkpoint, or one damaged or cut short{f' ({detail})' if detail else ''}; {expected}"
+
+
+def first_sentence(text: str, limit: int = 160) -> str:
+    """The first sentence of ``text``'s first non-empty line, cut at a word within ``limit``
+    characters (torch's messages run on into paragraphs of advice)."""
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    sentence = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0].rstrip(".")
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " ..."
+    return sentence
 
 
 def infer_arch(state_dict: dict[str, torch.Tensor], path: str) -> tuple[V1Spec | V2Spec, str]:
@@ -90,9 +118,9 @@ def init_from_checkpoint(model: nn.Module, state_dict: dict[str, torch.Tensor], 
     missing = [k for k in missing if k not in dropped]
     problems = []
     if missing:
-        problems.append(f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        problems.append(f"missing keys: {listed(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        problems.append(f"unexpected keys: {listed(unexpected)}")
     if problems:
         raise TrainError(f"{path} does not fit the chosen architecture/dialect: " + "; ".join(problems))
     return dropped
@@ -133,7 +161,8 @@ def load_resume(resume: str, out: str, args: argparse.Namespace,
         with torch.serialization.safe_globals([run_train]):
             state = torch.load(resume_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise TrainError(f"{resume_path}: cannot load the resume checkpoint ({load_failure(exc)})") from None
+        reason = load_failure(exc, resume=True)
+        raise TrainError(f"{resume_path}: cannot load the resume checkpoint ({reason})") from None
     missing = [k for k in RESUME_KEYS if not isinstance(state, dict) or k not in state]
     if missing or not isinstance(state["config"], dict) or "epochs" not in state["config"]:
         raise TrainError(f"{resume_path}: not the last.pth of an `npshuffle train` run "
