@@ -127,9 +127,26 @@ def test_images_the_split_leaves_out_are_named(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
-def test_declared_pixels_skips_what_is_not_a_regular_file(tmp_path):
-    from npshuffle.training.datasets import declared_pixels
+def test_the_header_scan_names_what_cannot_be_read_without_opening_a_pipe(tmp_path):
+    from npshuffle.training.datasets import read_headers
 
     make_classes(tmp_path, "a", "b", images=1)
     os.mkfifo(tmp_path / "a" / "pipe.png")  # opening it for reading would block until a writer came
-    assert declared_pixels(tmp_path, ["a/pipe.png"]) == 0
+    (tmp_path / "a" / "text.png").write_text("not a photo")
+    sizes, unreadable = read_headers(tmp_path, ["a/0.png", "a/pipe.png", "a/text.png", "a/gone.png"])
+    assert list(sizes) == ["a/0.png"] and sizes["a/0.png"] == Image.open(tmp_path / "a" / "0.png").size
+    assert [path for path, _ in unreadable] == ["a/pipe.png", "a/text.png", "a/gone.png"]
+    assert "not a regular file" in unreadable[0][1] and "not an image file" in unreadable[1][1]
+    assert "no such file" in unreadable[2][1]
+
+
+def test_a_class_of_jpeg_files_only_says_why_the_split_leaves_them_out(tmp_path):
+    make_classes(tmp_path, "a", "b", images=2)
+    (tmp_path / "c").mkdir()
+    for name in ("x.jpeg", "y.jpeg"):
+        (tmp_path / "c" / name).write_bytes((tmp_path / "a" / "0.png").read_bytes())
+    with pytest.raises(DatasetError, match=r"holds no .jpg/.JPG/.png/.PNG photos.*2 other image\(s\), e.g. c/x.jpeg"):
+        seed_split(tmp_path)
+    # evaluating every image of the folder takes them
+    assert list_dataset(tmp_path, every_image=True)[1] == ["a/0.png", "a/1.png", "b/0.png", "b/1.png",
+                                                           "c/x.jpeg", "c/y.jpeg"]

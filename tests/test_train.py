@@ -608,13 +608,27 @@ def test_a_photo_unreadable_in_a_loader_worker_is_one_line(tmp_path, capsys):
     data = make_images(tmp_path / "data")
     broken = os.path.join(data, CLASSES[0], "img00.jpg")
     with open(broken, "r+b") as f:  # a valid header, the pixels cut off: found only when decoded
-        f.truncate(200)
+        f.truncate(os.path.getsize(broken) // 2)
     argv = tiny_args(data, tmp_path / "out", "--no-cache")
     argv[argv.index("--workers") + 1] = "1"
     assert T.main(argv) == 2
     err = capsys.readouterr().err  # (the progress log goes there too)
     assert "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith(f"npshuffle train: error: {broken}: broken or truncated")
+
+
+@pytest.mark.parametrize("cache", [[], ["--no-cache"]])
+def test_a_photo_whose_header_cannot_be_read_stops_the_run_before_the_first_epoch(tmp_path, capsys, cache):
+    data = make_images(tmp_path / "data")
+    for name in ("img00.jpg", "img01.jpg"):
+        with open(os.path.join(data, CLASSES[0], name), "wb") as f:
+            f.write(b"not a photo at all")
+    assert T.main(tiny_args(data, tmp_path / "out", *cache)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "epoch 1" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"npshuffle train: error: {os.path.join(data, CLASSES[0], 'img00.jpg')}: not an image")
+    assert "1 more photo(s)" in last
 
 
 def test_a_metrics_row_cut_short_by_a_kill_is_dropped_on_resume(data_dir, tmp_path, monkeypatch):
@@ -717,14 +731,15 @@ def test_photos_too_large_to_keep_in_memory_are_decoded_each_epoch(data_dir, tmp
 
     split = seed_split(data_dir, 0.2, 0)
     files = split.train + split.val
-    assert loop.declared_pixels(data_dir, files) == sum(np.prod(Image.open(os.path.join(data_dir, f)).size)
-                                                        for f in files)
+    sizes, unreadable = loop.read_headers(data_dir, files)
+    pixels = sum(w * h for w, h in sizes.values())
+    assert not unreadable and pixels == sum(np.prod(Image.open(os.path.join(data_dir, f)).size) for f in files)
     caches = []
     dataset = loop.FolderDataset
     monkeypatch.setattr(loop, "FolderDataset", lambda *a, **k: caches.append(k["cache"]) or dataset(*a, **k))
-    monkeypatch.setattr(loop, "CACHE_MAX_PIXELS", loop.declared_pixels(data_dir, files) - 1)
+    monkeypatch.setattr(loop, "CACHE_MAX_PIXELS", pixels - 1)
     assert T.main(tiny_args(data_dir, tmp_path / "big")) == 0
     assert caches == [False, False] and "decoded from disk each epoch" in capsys.readouterr().err
-    monkeypatch.setattr(loop, "CACHE_MAX_PIXELS", loop.declared_pixels(data_dir, files))
+    monkeypatch.setattr(loop, "CACHE_MAX_PIXELS", pixels)
     assert T.main(tiny_args(data_dir, tmp_path / "fits")) == 0
     assert caches[2:] == [True, True]

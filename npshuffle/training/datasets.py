@@ -29,7 +29,7 @@ import random
 import warnings
 from dataclasses import dataclass, field
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..atomic import write_atomically
 from ..images import IMAGE_EXTENSIONS, ImageError, load_rgb
@@ -79,11 +79,12 @@ def class_of(relpath: str) -> str:
     return relpath.replace(os.sep, "/").split("/", 1)[0]
 
 
-def list_classes(root: str | os.PathLike, min_classes: int = 2) -> list[str]:
+def list_classes(root: str | os.PathLike, min_classes: int = 2, every_image: bool = False) -> list[str]:
     """Sorted names of the class sub-folders of ``root`` (the seed's class order).
 
     A hidden folder (``.git``, ``.ipynb_checkpoints``) is no class. Refused, each in one line: a
-    class folder holding no images (it would be a class nothing teaches or tests) and fewer than
+    class folder holding no images (it would be a class nothing teaches or tests; with
+    ``every_image`` False, only the seed's extensions count, as in a split) and fewer than
     ``min_classes`` classes (a classifier of one class learns nothing; evaluating one class is fine).
     """
     root = str(root)
@@ -92,11 +93,17 @@ def list_classes(root: str | os.PathLike, min_classes: int = 2) -> list[str]:
     classes = sorted(d for d in _names(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders found (expected e.g. {root}/daisy/*.jpg)")
-    empty = [cls for cls in classes if not list_images(root, cls)]
-    if empty:
-        more = f" (and {len(empty) - 1} more class folder(s) like it)" if len(empty) > 1 else ""
-        raise DatasetError(f"{os.path.join(root, empty[0])}: class folder holds no images "
-                           f"({', '.join(SEED_IMAGE_EXTENSIONS)}){more}; add its photos or move the folder out")
+    for cls in classes:
+        seed_images, others = class_files(root, cls)
+        if seed_images or (every_image and others):
+            continue
+        folder = os.path.join(root, cls)
+        if others:
+            raise DatasetError(f"{folder}: class folder holds no {'/'.join(SEED_IMAGE_EXTENSIONS)} photos, the only "
+                               f"files a split takes (as the seed's does); its {len(others)} other image(s), e.g. "
+                               f"{others[0]}, are left out: rename them to .jpg or .png")
+        raise DatasetError(f"{folder}: class folder holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                           "add its photos or move the folder out")
     if len(classes) < min_classes:
         raise DatasetError(f"{root}: only {len(classes)} class folder(s) ({', '.join(classes)}); at least "
                            f"{min_classes} are needed, one sub-folder of images per class")
@@ -111,32 +118,44 @@ def _names(folder: str) -> list[str]:
         raise DatasetError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
 
 
+def class_files(root: str | os.PathLike, cls: str) -> tuple[list[str], list[str]]:
+    """The images of one class folder from one listing, as sorted relative paths ``cls/name.jpg``:
+    (those with the seed's extensions, matched case-sensitively: a split's photos; the other image
+    files of :data:`npshuffle.images.IMAGE_EXTENSIONS`, ``x.jpeg``, ``x.Jpg``, ``x.webp``: images to
+    predict, in no split). A hidden file is none (macOS leaves a ``._name.jpg`` of metadata beside
+    each photo copied from it)."""
+    seed_images, others = [], []
+    for name in sorted(_names(os.path.join(str(root), cls))):
+        extension = os.path.splitext(name)[-1]
+        if name.startswith(".") or extension.lower() not in IMAGE_EXTENSIONS:
+            continue
+        (seed_images if extension in SEED_IMAGE_EXTENSIONS else others).append(f"{cls}/{name}")
+    return seed_images, others
+
+
 def list_images(root: str | os.PathLike, cls: str) -> list[str]:
-    """Sorted relative paths ``cls/name.jpg`` of the images (seed's extensions) of one class. A hidden
-    file is none (macOS leaves a ``._name.jpg`` of metadata beside each photo copied from it)."""
-    names = sorted(n for n in _names(os.path.join(str(root), cls))
-                   if os.path.splitext(n)[-1] in SEED_IMAGE_EXTENSIONS and not n.startswith("."))
-    return [f"{cls}/{n}" for n in names]
+    """Sorted relative paths ``cls/name.jpg`` of the images of one class that a split takes."""
+    return class_files(root, cls)[0]
 
 
 def unread_images(root: str | os.PathLike, classes: list[str]) -> list[str]:
-    """Relative paths of the photos in the class folders that the seed's extensions leave out
-    (``x.jpeg``, ``x.Jpg``, ``x.webp``: an image to predict, but in no split)."""
-    found = []
+    """Relative paths of the images in the class folders that a split leaves out (see :func:`class_files`)."""
+    return [p for cls in classes for p in class_files(root, cls)[1]]
+
+
+def list_dataset(root: str | os.PathLike, min_classes: int = 2,
+                 every_image: bool = False) -> tuple[list[str], list[str]]:
+    """(classes, images as relative paths, class by class, each class sorted); ``min_classes`` as in
+    :func:`list_classes`. The images a split takes, or with ``every_image`` every image file (a
+    ``.jpeg`` too). Every class holds an image, so the list is never empty."""
+    classes = list_classes(root, min_classes, every_image)
+    if not every_image:
+        return classes, [p for cls in classes for p in list_images(root, cls)]
+    every = []
     for cls in classes:
-        for name in sorted(_names(os.path.join(str(root), cls))):
-            extension = os.path.splitext(name)[-1]
-            if (not name.startswith(".") and extension.lower() in IMAGE_EXTENSIONS
-                    and extension not in SEED_IMAGE_EXTENSIONS):
-                found.append(f"{cls}/{name}")
-    return found
-
-
-def list_dataset(root: str | os.PathLike, min_classes: int = 2) -> tuple[list[str], list[str]]:
-    """(classes, every image as a relative path), in the seed's order; ``min_classes`` as in
-    :func:`list_classes` (every class holds an image, so the list is never empty)."""
-    classes = list_classes(root, min_classes)
-    return classes, [p for cls in classes for p in list_images(root, cls)]
+        seed_images, others = class_files(root, cls)
+        every += sorted(seed_images + others)
+    return classes, every
 
 
 def seed_split(root: str | os.PathLike, val_rate: float = 0.2, seed: int = 0) -> Split:
@@ -195,20 +214,26 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise DatasetError(str(exc)) from None
 
 
-def declared_pixels(root: str | os.PathLike, files: list[str]) -> int:
-    """The pixels that ``files`` (relative to ``root``) declare in their headers, none decoded: what
-    keeping them all decoded would hold, in RGB pixels. A file whose header cannot be read counts 0
-    (decoding it reports the problem, naming it)."""
-    total = 0
+def read_headers(root: str | os.PathLike, files: list[str]) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]]]:
+    """Read the headers of ``files`` (relative to ``root``), none decoded. Returns ({path: (width,
+    height)} as declared, for the files whose header reads; [(path, why it cannot be read)] for the
+    others). A photo whose header reads may still fail to decode (a truncated file): decoding names it."""
+    sizes, unreadable = {}, []
     for path in files:
         full = os.path.join(str(root), path)
-        if not os.path.isfile(full):  # (a FIFO would block the open; decoding names it)
+        if not os.path.isfile(full):  # (a FIFO would block the open)
+            why = "no such file" if not os.path.exists(full) else "not a regular file (a pipe, a device or a folder)"
+            unreadable.append((path, why))
             continue
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with warnings.catch_warnings():  # (as decoding does: a photo over PIL's limit is refused)
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(full) as image:
-                    total += image.width * image.height
-        except (OSError, ValueError, Image.DecompressionBombError):
-            pass
-    return total
+                    sizes[path] = image.size
+        except UnidentifiedImageError:
+            unreadable.append((path, "not an image file (format not recognised)"))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            unreadable.append((path, f"image too large to decode safely ({exc})"))
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            unreadable.append((path, f"broken image header ({exc})"))
+    return sizes, unreadable

@@ -38,7 +38,8 @@ from .checkpoints import (
     restore_resume_state,
     save_resume_state,
 )
-from .datasets import Split, declared_pixels
+from .datasets import Split, read_headers
+from .messages import listed
 from .mixing import MixedBatch, mix_batch, mixed_correct, mixed_cross_entropy
 from .pipeline import FolderDataset, Normalize
 from .torch_ref import build_torch_model
@@ -201,9 +202,8 @@ def build_engine_teacher(path: str, classes: list[str], threads: int) -> tuple[E
         reason = str(exc).removeprefix(f"{path}: ")  # (the model file's own message starts with the path)
         raise TrainError(f"{path}: cannot load the teacher ({reason})") from None
     if list(model.class_names) != list(classes):
-        raise TrainError(f"{path}: the teacher's classes ({', '.join(model.class_names[:8])}"
-                         f"{' ...' if len(model.class_names) > 8 else ''}) are not the data's "
-                         f"({', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''}); a teacher must "
+        raise TrainError(f"{path}: the teacher's classes ({listed(model.class_names)}) are not the data's "
+                         f"({listed(classes)}); a teacher must "
                          "be trained on the same classes")
     log(f"teacher: {path} (an npshuffle model file, {model.metadata.get('variant', '?')}, on the Numba engine)")
     return EngineTeacher(model), Normalize(model.recipe, channels_last=False)
@@ -231,23 +231,39 @@ def make_optimizer(model: nn.Module, config: dict) -> tuple[torch.optim.SGD, tor
 CACHE_MAX_PIXELS = 1_500_000_000
 
 
-def use_cache(config: dict, split: Split) -> bool:
-    """Whether the photos are decoded once into memory: unless --no-cache, or their declared sizes
-    add up to more than :data:`CACHE_MAX_PIXELS` (then said in one line)."""
+def check_photos(config: dict, split: Split) -> dict[str, tuple[int, int]]:
+    """The declared (width, height) of every photo of the split, read from the headers before any
+    training (a broken photo found in epoch 5 would waste the four before); a photo whose header
+    cannot be read is a TrainError naming it (and how many more)."""
+    sizes, unreadable = read_headers(config["data_dir"], split.train + split.val)
+    if unreadable:
+        path, why = unreadable[0]
+        others = len(unreadable) - 1
+        more = f" ({others} more photo(s) of the split cannot be read either)" if others else ""
+        raise TrainError(f"{os.path.join(config['data_dir'], path)}: {why}{more}; fix or remove it: "
+                         "training reads every photo of its split")
+    return sizes
+
+
+def use_cache(config: dict, sizes: dict[str, tuple[int, int]]) -> bool:
+    """Whether the photos (``sizes``: their declared (width, height)) are decoded once into memory:
+    unless --no-cache, or they add up to more than :data:`CACHE_MAX_PIXELS` (then said in one line)."""
     if not config["cache"]:
         return False
-    pixels = declared_pixels(config["data_dir"], split.train + split.val)
+    pixels = sum(w * h for w, h in sizes.values())
     if pixels <= CACHE_MAX_PIXELS:
         return True
-    log(f"note: the photos hold {pixels / 1e9:.1f} G pixels ({3 * pixels / 2**30:.0f} GiB decoded), more than "
-        f"the {CACHE_MAX_PIXELS / 1e9:.1f} G kept in memory: they are decoded from disk each epoch (slower; "
-        "copies resized to a shorter side of 256 px would fit)")
+    short = sum(w * h * min(1.0, (256 / min(w, h)) ** 2) for w, h in sizes.values())  # each shorter side to 256 px
+    hint = ("; copies resized to a shorter side of 256 px would fit" if short <= CACHE_MAX_PIXELS
+            else f"; even resized to a shorter side of 256 px they would hold {short / 1e9:.2f} G")
+    log(f"note: the photos hold {pixels / 1e9:.2f} G pixels ({3 * pixels / 2**30:.1f} GiB decoded), more than "
+        f"the {CACHE_MAX_PIXELS / 1e9:.2f} G kept in memory: they are decoded from disk each epoch (slower{hint})")
     return False
 
 
 def make_loaders(config: dict, split: Split) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
     t_load = time.monotonic()
-    cache = use_cache(config, split)
+    cache = use_cache(config, check_photos(config, split))
     train_set = FolderDataset(config["data_dir"], split.train, split.labels("train"), config["img_size"], True,
                               cache=cache, min_scale=config["min_scale"],
                               strong=config.get("augment", "basic") in ("strong", "strong-blur"),
