@@ -110,6 +110,15 @@ def test_unknown_folder_is_a_clear_error(colour_dir, monkeypatch, capsys):
     assert "purple" in capsys.readouterr().err
 
 
+def test_without_a_split_every_image_file_is_evaluated(colour_dir):
+    # a split keeps to the seed's .jpg/.png; evaluating a folder takes what predict reads
+    Image.new("RGB", (50, 44), (0, 0, 250)).save(colour_dir / "blue" / "7.jpeg")
+    Image.new("RGB", (50, 44), (0, 0, 250)).save(colour_dir / "blue" / "8.WEBP")
+    files = E.labelled_files(str(colour_dir), None)
+    assert files[:6] == ["blue/0.png", "blue/1.png", "blue/2.png", "blue/3.png", "blue/7.jpeg", "blue/8.WEBP"]
+    assert E.evaluate_model(ColourModel(), str(colour_dir), files)["count"] == 15
+
+
 def test_the_seed_split_keeps_to_image_extensions_the_runtime_reads():
     # the split matches the seed's four spellings exactly; each is one npshuffle predict reads too
     assert SEED_IMAGE_EXTENSIONS == (".jpg", ".JPG", ".png", ".PNG")
@@ -317,19 +326,38 @@ def test_a_split_file_that_is_not_text_is_one_line_naming_it(colour_dir, monkeyp
     assert f"{photo}: cannot read the split file" in one_line(capsys.readouterr().err)
 
 
-def test_a_batch_ends_early_when_its_photos_reach_the_pixel_bound(colour_dir, monkeypatch):
-    # each photo is 50 x 44 = 2,200 pixels: a bound of 5,000 holds three photos at most, whatever
+def test_a_batch_ends_early_where_its_photos_would_pass_the_pixel_bound(colour_dir, monkeypatch):
+    # each photo is 50 x 44 = 2,200 pixels: a bound of 5,000 holds two photos at most, whatever
     # --batch-size says; the counts are those of any batching
     files = E.labelled_files(str(colour_dir), None)
-    sizes = [len(chunk) for chunk, _, _ in E.decoded_batches(str(colour_dir), files, 4096, max_pixels=5_000)]
-    assert sizes == [3, 3, 3, 3, 1]
+    sizes = [len(chunk) for chunk, *_ in E.decoded_batches(str(colour_dir), files, 4096, max_pixels=5_000)]
+    assert sizes == [2, 2, 2, 2, 2, 2, 1]
     seen = []
     model = ColourModel()
     original_forward = model.forward
     monkeypatch.setattr(model, "forward", lambda batch: seen.append(len(batch)) or original_forward(batch))
-    monkeypatch.setattr(E, "MAX_BATCH_PIXELS", 5_000)
+    monkeypatch.setattr(E, "MAX_BATCH_PIXELS", 5_000 + 2 * E.INPUT_COST * model.recipe["crop"] ** 2)
     r = E.evaluate_model(model, str(colour_dir), files, batch_size=4096)
-    assert max(seen) == 3 and r["count"] == 13 and r["top1"] == 12 / 13
+    assert max(seen) == 2 and r["count"] == 13 and r["top1"] == 12 / 13
+
+
+def test_small_photos_count_the_network_input_they_become(colour_dir):
+    # 2,200 pixels each, but a 224 px network input apiece: a bound of 30,000 with 12,800 per photo
+    # for its input takes two photos a batch, where their own pixels alone would take 13
+    files = E.labelled_files(str(colour_dir), None)
+    sizes = [len(chunk) for chunk, *_ in E.decoded_batches(str(colour_dir), files, 4096, max_pixels=30_000,
+                                                           pixels_per_photo=12_800)]
+    assert sizes == [2, 2, 2, 2, 2, 2, 1]
+
+
+def test_files_done_add_up_to_every_file_when_unreadable_ones_come_last(colour_dir):
+    (colour_dir / "red" / "99.png").write_bytes(b"not a png")  # sorted last of the last class
+    (colour_dir / "red" / "98.png").write_bytes(b"")
+    files = E.labelled_files(str(colour_dir), None)
+    unreadable = []
+    batches = list(E.decoded_batches(str(colour_dir), files, 4, unreadable=unreadable))
+    assert [len(chunk) for chunk, *_ in batches] == [4, 4, 4, 1]
+    assert sum(done for *_, done in batches) == len(files) == 15 and len(unreadable) == 2
 
 
 def test_an_unreadable_photo_is_one_line_and_the_others_are_scored(colour_dir, tmp_path, monkeypatch, capsys):

@@ -7,7 +7,7 @@ and top-5 accuracy (top-5 when the model has at least 5 classes), per-class accu
 confusion matrix (rows: true class, columns: predicted class), as text and optionally as a PNG.
 
 Images: the ``val`` list of a ``split.json`` written by ``npshuffle train`` (``--split``), else
-every image of DATA_DIR.
+every image file of DATA_DIR's class folders (any extension ``npshuffle predict`` reads).
 
 Two optional reports, on the same photos in the same pass (each photo is decoded once):
 
@@ -23,7 +23,8 @@ Two optional reports, on the same photos in the same pass (each photo is decoded
   classification, measured batch by batch in the same run (decoding timed apart, done once).
 
 Corrupted photos are classified plainly (no TTA). Memory stays bounded: one batch of decoded photos
-is held at a time (``--batch-size`` photos, fewer when they reach :data:`MAX_BATCH_PIXELS`), and of
+is held at a time (``--batch-size`` photos, fewer where they would pass :data:`MAX_BATCH_PIXELS`,
+their network inputs counted: :data:`INPUT_COST`), and of
 each corrupted version of a batch only its predictions are kept.
 """
 
@@ -47,6 +48,7 @@ from ..preprocess import preprocess_batch
 from ..progress import Progress
 from ..tta import TTA_VIEWS, tta_probabilities
 from .datasets import DatasetError, class_of, list_dataset, load_image, read_split
+from .messages import listed
 
 
 class EvalError(ValueError):
@@ -65,8 +67,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--part", choices=("val", "train"), default="val", help="which list of --split")
     parser.add_argument("--backend", default="numpy", help="npshuffle backend (numpy, numba, ...)")
     parser.add_argument("--batch-size", type=int, default=32,
-                        help="photos decoded and classified at once (default 32; fewer when they reach "
-                             f"{MAX_BATCH_PIXELS // 1_000_000} M pixels)")
+                        help="photos decoded and classified at once (default 32; fewer where they would "
+                             f"pass {MAX_BATCH_PIXELS // 1_000_000} M pixels, their network inputs counted)")
     parser.add_argument("--png", default=None, metavar="FILE", help="also draw the confusion matrix (matplotlib)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--corruptions", action="store_true",
@@ -143,10 +145,11 @@ def output_problem(path: str, extension: str) -> str | None:
 
 
 def labelled_files(data_dir: str, split_file: str | None, part: str = "val") -> list[str]:
-    """Relative image paths to evaluate: the split's ``part`` list, or every image of the folder
-    (which may hold one class: a model's accuracy on one kind of photo is a fair question)."""
+    """Relative image paths to evaluate: the split's ``part`` list, or every image file of the folder
+    (``.jpeg`` and ``.webp`` too, which a split leaves out; the folder may hold one class: a model's
+    accuracy on one kind of photo is a fair question)."""
     if not split_file:
-        return list_dataset(data_dir, min_classes=1)[1]
+        return list_dataset(data_dir, min_classes=1, every_image=True)[1]
     files = getattr(read_split(split_file), part)
     if not files:
         other = "train" if part == "val" else "val"
@@ -245,15 +248,25 @@ def plot_confusion(result: dict, path: str, title: str = "") -> bool:
 # 150 MB as RGB bytes), so --batch-size 4096 on 12-megapixel photos holds 4 of them, not 150 GB.
 MAX_BATCH_PIXELS = 48_000_000
 
+# What a photo costs on its way through the network, per pixel of the network's input (crop x crop),
+# counted in the unit above (an RGB pixel): its float32 input, the network's activations, the
+# corrupted copies. Measured: --corruptions with a 224 px crop on 40 x 40 px photos held 1.75 MB more
+# per photo at --batch-size 512 than at 32, 11.6 x 224 x 224 RGB pixels. So small photos count too:
+# 512 of them are not 48 M pixels of photos but 300 M of network inputs.
+INPUT_COST = 12
+
 
 def decoded_batches(data_dir: str, files: list[str], batch_size: int, max_pixels: int | None = None,
-                    unreadable: list | None = None):
-    """Yield (relative paths, their decoded RGB images, seconds spent decoding) for ``files`` in order:
-    ``batch_size`` photos at a time, or fewer once they hold ``max_pixels`` pixels (default
-    :data:`MAX_BATCH_PIXELS`; a batch holds one photo at least). A photo that cannot be read raises
-    its DatasetError, or with ``unreadable`` (a list) is appended to it as (path, message) and left out."""
+                    unreadable: list | None = None, pixels_per_photo: int = 0):
+    """Yield (relative paths, their decoded RGB images, seconds spent decoding them, files done) for
+    ``files`` in order: ``batch_size`` photos at a time, or fewer where one more would pass
+    ``max_pixels`` (default :data:`MAX_BATCH_PIXELS`; each photo counts its own pixels plus
+    ``pixels_per_photo``; a batch holds one photo at least). "Files done" counts the files that
+    batch stands for, the unreadable ones before it included (and after it, for the last batch):
+    what a progress bar adds. A photo that cannot be read raises its DatasetError, or with
+    ``unreadable`` (a list) is appended to it as (path, message) and left out."""
     max_pixels = max_pixels or MAX_BATCH_PIXELS
-    chunk, images, pixels, seconds = [], [], 0, 0.0
+    chunk, images, pixels, seconds, done = [], [], 0, 0.0, 0
     for path in files:
         t0 = time.perf_counter()
         try:
@@ -262,17 +275,20 @@ def decoded_batches(data_dir: str, files: list[str], batch_size: int, max_pixels
             if unreadable is None:
                 raise
             unreadable.append((path, str(exc)))
-            continue
-        finally:
+            done += 1
             seconds += time.perf_counter() - t0
+            continue
+        cost = image.width * image.height + pixels_per_photo
+        if chunk and (len(chunk) == batch_size or pixels + cost > max_pixels):
+            yield chunk, images, seconds, done  # (held until now: unreadable files after it are its own)
+            chunk, images, pixels, seconds, done = [], [], 0, 0.0, 0
         chunk.append(path)
         images.append(image)
-        pixels += image.width * image.height
-        if len(chunk) == batch_size or pixels >= max_pixels:
-            yield chunk, images, seconds
-            chunk, images, pixels, seconds = [], [], 0, 0.0
+        pixels += cost
+        done += 1
+        seconds += time.perf_counter() - t0
     if chunk:
-        yield chunk, images, seconds
+        yield chunk, images, seconds, done
 
 
 def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32, progress=None, *,
@@ -290,16 +306,17 @@ def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32,
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted({class_of(p) for p in files} - set(index))
     if unknown:
-        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-        raise EvalError(f"folders {unknown[:8]}{' ...' if len(unknown) > 8 else ''} are not classes of the model "
-                        f"(its classes: {shown}); evaluate a model trained on these folders")
-    labels, unreadable, skipped_before = [], [], 0
+        raise EvalError(f"folders {listed(unknown)} are not classes of the model "
+                        f"(its classes: {listed(names)}); evaluate a model trained on these folders")
+    labels, unreadable = [], []
     logits, averaged = [], []
     predicted = {(name, s): [] for name in CORRUPTIONS for s in SEVERITIES} if corruptions else {}
     seconds = {"decode": 0.0, "plain": 0.0, "tta": 0.0}
     if tta:  # a backend's one-time setup (Numba loads its kernels on the first call) timed in neither
         model.forward(np.zeros((1, 3, model.recipe["crop"], model.recipe["crop"]), np.float32))
-    for chunk, images, decode_seconds in decoded_batches(data_dir, files, batch_size, unreadable=unreadable):
+    input_pixels = INPUT_COST * model.recipe["crop"] ** 2
+    for chunk, images, decode_seconds, done in decoded_batches(data_dir, files, batch_size, unreadable=unreadable,
+                                                               pixels_per_photo=input_pixels):
         labels.extend(index[class_of(p)] for p in chunk)
         t1 = time.perf_counter()
         batch = preprocess_batch(images, model.recipe)
@@ -314,8 +331,7 @@ def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32,
             corrupted = [corrupt(image, name, severity, photo_seed(p)) for image, p in zip(images, chunk, strict=True)]
             out.append(np.asarray(model.forward(preprocess_batch(corrupted, model.recipe))).argmax(axis=1))
         if progress:
-            progress(len(chunk) + len(unreadable) - skipped_before)
-        skipped_before = len(unreadable)
+            progress(done)
     if not labels:
         raise EvalError(f"none of the {len(files)} photos could be read (the first: {unreadable[0][1]})")
     result = summarize(labels, np.concatenate(logits), names)
