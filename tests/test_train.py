@@ -330,6 +330,24 @@ def test_a_file_torch_cannot_load_is_named_with_what_to_do_instead(tmp_path):
     assert message.startswith("not a torch checkpoint, or one damaged or cut short") and "this can" not in message
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_checkpoint_that_is_a_pipe_a_folder_or_missing_is_refused_before_anything_is_written(data_dir, tmp_path,
+                                                                                               capsys):
+    os.mkfifo(tmp_path / "pipe.pth")  # torch.load would wait for a writer forever
+    os.symlink(tmp_path / "gone.pth", tmp_path / "dangling.pth")
+    cases = [(["--init", "pipe.pth"], "--init {}: not a regular file"),
+             (["--teacher", "pipe.pth"], "--teacher {}: not"),
+             (["--init", "dangling.pth"], "--init {}: a link to a file that is gone"),
+             (["--init", "missing.pth"], "--init {}: no such file"), (["--teacher", "."], "--teacher {}: a folder"),
+             (["--resume", "pipe.pth"], "{}: nothing to resume: not a regular file")]
+    for (option, name), message in cases:
+        path = str(tmp_path / name)
+        assert T.main(tiny_args(data_dir, tmp_path / "o", option, path)) == 2, option
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("npshuffle train: error: " + message.format(path)), last
+        assert not (tmp_path / "o").exists()
+
+
 def test_a_diverging_run_stops_at_the_first_non_finite_loss(data_dir, tmp_path, monkeypatch, capsys):
     from npshuffle.training import loop
 
@@ -431,6 +449,7 @@ def test_bad_init_is_a_clear_error(data_dir, tmp_path, capsys):
                    "--epochs", "1", "--workers", "0"])
     assert code == 2
     assert "does not fit" in capsys.readouterr().err
+    (tmp_path / "m.npz").write_bytes(b"PK")
     assert T.main([data_dir, "--out", str(tmp_path / "o"), "--init", str(tmp_path / "m.npz"), "--workers", "0"]) == 2
     assert "BN-folded" in capsys.readouterr().err
 

@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -43,11 +44,36 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
             f"{path}: an npshuffle model file holds BN-folded weights, which cannot be trained further; "
             "pass the .pth checkpoint it was converted from (a training run's best.pth)"
         )
+    problem = file_problem(path)
+    if problem:
+        raise TrainError(f"{path}: {problem}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_weights_only(path)
     except Exception as exc:  # noqa: BLE001 - a file that is not a checkpoint fails in many ways; one message
         raise TrainError(f"{path}: cannot load the checkpoint ({load_failure(exc)})") from None
     return _unwrap_state_dict(obj, path)
+
+
+def file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a checkpoint file before anything reads it, or None: missing, a link
+    to nothing, a folder, or a pipe or device (torch.load would wait on a pipe forever)."""
+    if not os.path.lexists(path):
+        return "no such file"
+    if not os.path.exists(path):
+        return "a link to a file that is gone"
+    if os.path.isdir(path):
+        return "a folder, not a checkpoint file"
+    if not os.path.isfile(path):
+        return "not a regular file (a pipe or a device); give the checkpoint file"
+    return None
+
+
+def load_weights_only(path: str):
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's UserWarning about the
+    pickle protocol (printed before the one-line error that follows it, it would say nothing more)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_failure(exc: Exception, resume: bool = False) -> str:
@@ -150,8 +176,9 @@ def load_resume(resume: str, out: str, args: argparse.Namespace,
     with a value other than the run's (``given``: {dest: option} of those on the command line) is refused,
     since the run would silently go on without it."""
     resume_path = os.path.join(out, "last.pth") if resume == "auto" else resume
-    if not os.path.exists(resume_path):
-        raise TrainError(f"{resume_path}: nothing to resume (no such file)")
+    problem = file_problem(resume_path)
+    if problem:
+        raise TrainError(f"{resume_path}: nothing to resume: {problem}")
     from .train import run_train
 
     try:
@@ -159,7 +186,7 @@ def load_resume(resume: str, out: str, args: argparse.Namespace,
         # configuration: that one name of ours is let through (the loader only looks it up; nothing
         # is called), then dropped with any other callable.
         with torch.serialization.safe_globals([run_train]):
-            state = torch.load(resume_path, map_location="cpu", weights_only=True)
+            state = load_weights_only(resume_path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
         reason = load_failure(exc, resume=True)
         raise TrainError(f"{resume_path}: cannot load the resume checkpoint ({reason})") from None

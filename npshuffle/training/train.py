@@ -45,7 +45,7 @@ from weights_convert.keymap import ConversionError
 
 from ..archs import ArchError
 from .arguments import TrainError, add_train_arguments, args_command_line, command_line, default_out, resolve_config
-from .checkpoints import atomic_save, load_resume
+from .checkpoints import atomic_save, file_problem, load_resume
 from .datasets import SEED_IMAGE_EXTENSIONS, DatasetError, Split, read_split, seed_split, unread_images, write_split
 from .loop import Run, log, read_metrics, run_epochs, setup_run, teacher_paths
 
@@ -98,6 +98,7 @@ def train(args: argparse.Namespace) -> int:
     else:
         refuse_to_overwrite(out)
         config["started_in"] = os.getcwd()
+        check_input_files(config)
     config["out"] = out
     make_output_folder(out)
     with claim_output_folder(out):
@@ -108,6 +109,16 @@ def train(args: argparse.Namespace) -> int:
             return 130
         write_model_file(run, split, classes_path)
     return 0
+
+
+def check_input_files(config: dict) -> None:
+    """Refuse a --init or --teacher file that is missing, a folder or a pipe before anything is
+    written (a resumed run finds them again from the folder it began in, checked as it loads them)."""
+    named = [("--init", config["init"])] if config["init"] else []
+    for option, path in named + [("--teacher", path) for path in teacher_paths(config)]:
+        problem = file_problem(path)
+        if problem:
+            raise TrainError(f"{option} {path}: {problem}")
 
 
 LOCK_FILE = ".npshuffle-train.lock"
