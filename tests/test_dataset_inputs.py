@@ -138,6 +138,34 @@ def test_the_header_scan_names_what_cannot_be_read_without_opening_a_pipe(tmp_pa
     assert [path for path, _ in unreadable] == ["a/pipe.png", "a/text.png", "a/gone.png"]
     assert "not a regular file" in unreadable[0][1] and "not an image file" in unreadable[1][1]
     assert "no such file" in unreadable[2][1]
+    (tmp_path / "a" / "empty.png").write_bytes(b"")
+    os.symlink(tmp_path / "a" / "gone.png", tmp_path / "a" / "link.png")
+    assert read_headers(tmp_path, ["a/empty.png", "a/link.png"])[1] == [
+        ("a/empty.png", "empty file (0 bytes)"),
+        ("a/link.png", "a link to nothing (its target is gone, or the links loop)")]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
+def test_the_header_scan_says_a_photo_it_may_not_read_is_refused_by_the_system(tmp_path):
+    from npshuffle.training.datasets import read_headers
+
+    make_classes(tmp_path, "a", "b", images=1)
+    (tmp_path / "a" / "0.png").chmod(0)
+    assert read_headers(tmp_path, ["a/0.png"])[1] == [("a/0.png", "cannot be opened (Permission denied)")]
+
+
+def test_class_folders_without_images_are_counted_and_name_the_split_extensions(tmp_path):
+    make_classes(tmp_path, "a", "b", "c", images=1)
+    for cls in ("b", "c"):
+        for f in (tmp_path / cls).iterdir():
+            f.rename(f.with_suffix(".bmp"))
+    with pytest.raises(DatasetError) as error:
+        seed_split(tmp_path)
+    assert "(and 1 more class folder(s) like it)" in str(error.value)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "b" / "0.bmp").unlink()
+    with pytest.raises(DatasetError, match=r"holds no images \(.jpg, .JPG, .png, .PNG\)") as error:
+        seed_split(tmp_path)  # b first: no .bmp can fix it
 
 
 def test_a_class_of_jpeg_files_only_says_why_the_split_leaves_them_out(tmp_path):

@@ -647,7 +647,7 @@ def test_a_photo_whose_header_cannot_be_read_stops_the_run_before_the_first_epoc
     assert "Traceback" not in err and "epoch 1" not in err, err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"npshuffle train: error: {os.path.join(data, CLASSES[0], 'img00.jpg')}: not an image")
-    assert "1 more photo(s)" in last
+    assert f"also {CLASSES[0]}/img01.jpg (2 photo(s) of the split cannot be read)" in last
 
 
 def test_a_metrics_row_cut_short_by_a_kill_is_dropped_on_resume(data_dir, tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ import os
 import random
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
@@ -93,16 +94,17 @@ def list_classes(root: str | os.PathLike, min_classes: int = 2, every_image: boo
     classes = sorted(d for d in _names(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders found (expected e.g. {root}/daisy/*.jpg)")
-    for cls in classes:
-        seed_images, others = class_files(root, cls)
-        if seed_images or (every_image and others):
-            continue
-        folder = os.path.join(root, cls)
+    listing = {cls: class_files(root, cls) for cls in classes}
+    empty = [cls for cls in classes if not (listing[cls].seed or (every_image and listing[cls].others))]
+    if empty:
+        folder, others = os.path.join(root, empty[0]), listing[empty[0]].others
+        more = f" (and {len(empty) - 1} more class folder(s) like it)" if len(empty) > 1 else ""
         if others:
             raise DatasetError(f"{folder}: class folder holds no {'/'.join(SEED_IMAGE_EXTENSIONS)} photos, the only "
                                f"files a split takes (as the seed's does); its {len(others)} other image(s), e.g. "
-                               f"{others[0]}, are left out: rename them to .jpg or .png")
-        raise DatasetError(f"{folder}: class folder holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                               f"{others[0]}, are left out: rename them to .jpg or .png{more}")
+        extensions = IMAGE_EXTENSIONS if every_image else SEED_IMAGE_EXTENSIONS
+        raise DatasetError(f"{folder}: class folder holds no images ({', '.join(extensions)}){more}; "
                            "add its photos or move the folder out")
     if len(classes) < min_classes:
         raise DatasetError(f"{root}: only {len(classes)} class folder(s) ({', '.join(classes)}); at least "
@@ -118,29 +120,34 @@ def _names(folder: str) -> list[str]:
         raise DatasetError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
 
 
-def class_files(root: str | os.PathLike, cls: str) -> tuple[list[str], list[str]]:
-    """The images of one class folder from one listing, as sorted relative paths ``cls/name.jpg``:
-    (those with the seed's extensions, matched case-sensitively: a split's photos; the other image
-    files of :data:`npshuffle.images.IMAGE_EXTENSIONS`, ``x.jpeg``, ``x.Jpg``, ``x.webp``: images to
-    predict, in no split). A hidden file is none (macOS leaves a ``._name.jpg`` of metadata beside
-    each photo copied from it)."""
+class ClassFiles(NamedTuple):
+    """The images of one class folder, as sorted relative paths ``cls/name.jpg``."""
+
+    seed: list[str]  # the seed's extensions, matched case-sensitively: the photos a split takes
+    others: list[str]  # other image files npshuffle reads (x.jpeg, x.Jpg, x.webp): to predict, in no split
+
+
+def class_files(root: str | os.PathLike, cls: str) -> ClassFiles:
+    """The images of one class folder, from one listing (:class:`ClassFiles`; image files are those
+    of :data:`npshuffle.images.IMAGE_EXTENSIONS`, any case). A hidden file is none (macOS leaves a
+    ``._name.jpg`` of metadata beside each photo copied from it)."""
     seed_images, others = [], []
     for name in sorted(_names(os.path.join(str(root), cls))):
         extension = os.path.splitext(name)[-1]
         if name.startswith(".") or extension.lower() not in IMAGE_EXTENSIONS:
             continue
         (seed_images if extension in SEED_IMAGE_EXTENSIONS else others).append(f"{cls}/{name}")
-    return seed_images, others
+    return ClassFiles(seed_images, others)
 
 
 def list_images(root: str | os.PathLike, cls: str) -> list[str]:
     """Sorted relative paths ``cls/name.jpg`` of the images of one class that a split takes."""
-    return class_files(root, cls)[0]
+    return class_files(root, cls).seed
 
 
 def unread_images(root: str | os.PathLike, classes: list[str]) -> list[str]:
     """Relative paths of the images in the class folders that a split leaves out (see :func:`class_files`)."""
-    return [p for cls in classes for p in class_files(root, cls)[1]]
+    return [p for cls in classes for p in class_files(root, cls).others]
 
 
 def list_dataset(root: str | os.PathLike, min_classes: int = 2,
@@ -153,8 +160,8 @@ def list_dataset(root: str | os.PathLike, min_classes: int = 2,
         return classes, [p for cls in classes for p in list_images(root, cls)]
     every = []
     for cls in classes:
-        seed_images, others = class_files(root, cls)
-        every += sorted(seed_images + others)
+        files = class_files(root, cls)
+        every += sorted(files.seed + files.others)
     return classes, every
 
 
@@ -221,9 +228,9 @@ def read_headers(root: str | os.PathLike, files: list[str]) -> tuple[dict[str, t
     sizes, unreadable = {}, []
     for path in files:
         full = os.path.join(str(root), path)
-        if not os.path.isfile(full):  # (a FIFO would block the open)
-            why = "no such file" if not os.path.exists(full) else "not a regular file (a pipe, a device or a folder)"
-            unreadable.append((path, why))
+        problem = file_problem(full)
+        if problem:
+            unreadable.append((path, problem))
             continue
         try:
             with warnings.catch_warnings():  # (as decoding does: a photo over PIL's limit is refused)
@@ -234,6 +241,26 @@ def read_headers(root: str | os.PathLike, files: list[str]) -> tuple[dict[str, t
             unreadable.append((path, "not an image file (format not recognised)"))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             unreadable.append((path, f"image too large to decode safely ({exc})"))
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except OSError as exc:
+            if exc.errno:  # the system's refusal (permission denied, an I/O error), not the file's content
+                unreadable.append((path, f"cannot be opened ({exc.strerror})"))
+            else:
+                unreadable.append((path, f"broken image header ({exc})"))
+        except (SyntaxError, ValueError, EOFError) as exc:
             unreadable.append((path, f"broken image header ({exc})"))
     return sizes, unreadable
+
+
+def file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a photo before anything opens it, or None: missing, a link to nothing
+    (or a loop of links), a folder, a pipe or a device (opening a pipe would wait for a writer),
+    an empty file."""
+    if not os.path.lexists(path):
+        return "no such file"
+    if not os.path.exists(path):
+        return "a link to nothing (its target is gone, or the links loop)"
+    if not os.path.isfile(path):
+        return "not a regular file (a pipe, a device or a folder)"
+    if os.path.getsize(path) == 0:
+        return "empty file (0 bytes)"
+    return None

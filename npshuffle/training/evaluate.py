@@ -23,8 +23,8 @@ Two optional reports, on the same photos in the same pass (each photo is decoded
   classification, measured batch by batch in the same run (decoding timed apart, done once).
 
 Corrupted photos are classified plainly (no TTA). Memory stays bounded: one batch of decoded photos
-is held at a time (``--batch-size`` photos, fewer where they would pass :data:`MAX_BATCH_PIXELS`,
-their network inputs counted: :data:`INPUT_COST`), and of
+(and the first photo of the next) is held at a time (``--batch-size`` photos, fewer where they
+would pass :data:`MAX_BATCH_PIXELS`, their network inputs counted: :data:`INPUT_COST`), and of
 each corrupted version of a batch only its predictions are kept.
 """
 
@@ -244,8 +244,9 @@ def plot_confusion(result: dict, path: str, title: str = "") -> bool:
     return True
 
 
-# Decoded pixels held at once: a batch ends early when its photos reach this many (48 M pixels, about
-# 150 MB as RGB bytes), so --batch-size 4096 on 12-megapixel photos holds 4 of them, not 150 GB.
+# Pixels held at once: a batch ends early where one more photo would pass this many (48 M pixels,
+# about 150 MB as RGB bytes, each photo's network input counted as below), so --batch-size 4096 on
+# 12-megapixel photos holds 3 of them, not 150 GB.
 MAX_BATCH_PIXELS = 48_000_000
 
 # What a photo costs on its way through the network, per pixel of the network's input (crop x crop),
@@ -278,9 +279,11 @@ def decoded_batches(data_dir: str, files: list[str], batch_size: int, max_pixels
             done += 1
             seconds += time.perf_counter() - t0
             continue
+        # A batch is handed over only when the next readable photo does not fit in it (or at the
+        # end), so that the unreadable files between the two are counted in its "files done"
         cost = image.width * image.height + pixels_per_photo
         if chunk and (len(chunk) == batch_size or pixels + cost > max_pixels):
-            yield chunk, images, seconds, done  # (held until now: unreadable files after it are its own)
+            yield chunk, images, seconds, done
             chunk, images, pixels, seconds, done = [], [], 0, 0.0, 0
         chunk.append(path)
         images.append(image)

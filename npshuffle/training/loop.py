@@ -232,16 +232,17 @@ CACHE_MAX_PIXELS = 1_500_000_000
 
 
 def check_photos(config: dict, split: Split) -> dict[str, tuple[int, int]]:
-    """The declared (width, height) of every photo of the split, read from the headers before any
-    training (a broken photo found in epoch 5 would waste the four before); a photo whose header
-    cannot be read is a TrainError naming it (and how many more)."""
+    """The declared (width, height) of every photo of the split, from their headers, read before
+    the first epoch: a photo whose header cannot be read (not an image, empty, a pipe, unreadable
+    for its permissions) stops the run there, in one TrainError naming the first ones and how many
+    there are, not in the middle of an epoch. (A photo cut short after its header is found when
+    decoded: before the first epoch with the cache, during it with --no-cache.)"""
     sizes, unreadable = read_headers(config["data_dir"], split.train + split.val)
     if unreadable:
         path, why = unreadable[0]
-        others = len(unreadable) - 1
-        more = f" ({others} more photo(s) of the split cannot be read either)" if others else ""
-        raise TrainError(f"{os.path.join(config['data_dir'], path)}: {why}{more}; fix or remove it: "
-                         "training reads every photo of its split")
+        others = f"; also {listed([p for p, _ in unreadable[1:]], 3)}" if len(unreadable) > 1 else ""
+        raise TrainError(f"{os.path.join(config['data_dir'], path)}: {why}{others} ({len(unreadable)} photo(s) of "
+                         "the split cannot be read); fix or remove them: training reads every photo of its split")
     return sizes
 
 
@@ -253,7 +254,7 @@ def use_cache(config: dict, sizes: dict[str, tuple[int, int]]) -> bool:
     pixels = sum(w * h for w, h in sizes.values())
     if pixels <= CACHE_MAX_PIXELS:
         return True
-    short = sum(w * h * min(1.0, (256 / min(w, h)) ** 2) for w, h in sizes.values())  # each shorter side to 256 px
+    short = sum(w * h * min(1.0, (256 / max(1, min(w, h))) ** 2) for w, h in sizes.values())  # shorter sides to 256
     hint = ("; copies resized to a shorter side of 256 px would fit" if short <= CACHE_MAX_PIXELS
             else f"; even resized to a shorter side of 256 px they would hold {short / 1e9:.2f} G")
     log(f"note: the photos hold {pixels / 1e9:.2f} G pixels ({3 * pixels / 2**30:.1f} GiB decoded), more than "
