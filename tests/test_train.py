@@ -337,7 +337,7 @@ def test_a_checkpoint_that_is_a_pipe_a_folder_or_missing_is_refused_before_anyth
     os.symlink(tmp_path / "gone.pth", tmp_path / "dangling.pth")
     cases = [(["--init", "pipe.pth"], "--init {}: not a regular file"),
              (["--teacher", "pipe.pth"], "--teacher {}: not"),
-             (["--init", "dangling.pth"], "--init {}: a link to a file that is gone"),
+             (["--init", "dangling.pth"], "--init {}: a link to nothing"),
              (["--init", "missing.pth"], "--init {}: no such file"), (["--teacher", "."], "--teacher {}: a folder"),
              (["--resume", "pipe.pth"], "{}: nothing to resume: not a regular file")]
     for (option, name), message in cases:

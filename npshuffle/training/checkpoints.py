@@ -16,6 +16,7 @@ from torch import nn
 
 from ..archs import ArchError, V1Spec, V2Spec, check_spec
 from ..atomic import write_atomically
+from ..file_checks import input_file_problem
 from .arguments import RESUME_OVERRIDABLE, TrainError, args_command_line
 from .messages import listed
 
@@ -44,7 +45,7 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
             f"{path}: an npshuffle model file holds BN-folded weights, which cannot be trained further; "
             "pass the .pth checkpoint it was converted from (a training run's best.pth)"
         )
-    problem = file_problem(path)
+    problem = input_file_problem(path)
     if problem:
         raise TrainError(f"{path}: {problem}")
     try:
@@ -52,20 +53,6 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - a file that is not a checkpoint fails in many ways; one message
         raise TrainError(f"{path}: cannot load the checkpoint ({load_failure(exc)})") from None
     return _unwrap_state_dict(obj, path)
-
-
-def file_problem(path: str) -> str | None:
-    """Why ``path`` cannot be a checkpoint file before anything reads it, or None: missing, a link
-    to nothing, a folder, or a pipe or device (torch.load would wait on a pipe forever)."""
-    if not os.path.lexists(path):
-        return "no such file"
-    if not os.path.exists(path):
-        return "a link to a file that is gone"
-    if os.path.isdir(path):
-        return "a folder, not a checkpoint file"
-    if not os.path.isfile(path):
-        return "not a regular file (a pipe or a device); give the checkpoint file"
-    return None
 
 
 def load_weights_only(path: str):
@@ -176,7 +163,7 @@ def load_resume(resume: str, out: str, args: argparse.Namespace,
     with a value other than the run's (``given``: {dest: option} of those on the command line) is refused,
     since the run would silently go on without it."""
     resume_path = os.path.join(out, "last.pth") if resume == "auto" else resume
-    problem = file_problem(resume_path)
+    problem = input_file_problem(resume_path)
     if problem:
         raise TrainError(f"{resume_path}: nothing to resume: {problem}")
     from .train import run_train

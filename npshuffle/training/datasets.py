@@ -33,6 +33,7 @@ from typing import NamedTuple
 from PIL import Image, UnidentifiedImageError
 
 from ..atomic import write_atomically
+from ..file_checks import input_file_problem
 from ..images import IMAGE_EXTENSIONS, ImageError, load_rgb
 
 # The seed's extensions, matched case-sensitively, as its read_split_data does: the split of a folder
@@ -228,7 +229,7 @@ def read_headers(root: str | os.PathLike, files: list[str]) -> tuple[dict[str, t
     sizes, unreadable = {}, []
     for path in files:
         full = os.path.join(str(root), path)
-        problem = file_problem(full)
+        problem = input_file_problem(full) or ("empty file (0 bytes)" if os.path.getsize(full) == 0 else None)
         if problem:
             unreadable.append((path, problem))
             continue
@@ -249,18 +250,3 @@ def read_headers(root: str | os.PathLike, files: list[str]) -> tuple[dict[str, t
         except (SyntaxError, ValueError, EOFError) as exc:
             unreadable.append((path, f"broken image header ({exc})"))
     return sizes, unreadable
-
-
-def file_problem(path: str) -> str | None:
-    """Why ``path`` cannot be a photo before anything opens it, or None: missing, a link to nothing
-    (or a loop of links), a folder, a pipe or a device (opening a pipe would wait for a writer),
-    an empty file."""
-    if not os.path.lexists(path):
-        return "no such file"
-    if not os.path.exists(path):
-        return "a link to nothing (its target is gone, or the links loop)"
-    if not os.path.isfile(path):
-        return "not a regular file (a pipe, a device or a folder)"
-    if os.path.getsize(path) == 0:
-        return "empty file (0 bytes)"
-    return None

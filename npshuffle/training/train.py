@@ -44,8 +44,9 @@ from weights_convert import convert_file
 from weights_convert.keymap import ConversionError
 
 from ..archs import ArchError
+from ..file_checks import input_file_problem
 from .arguments import TrainError, add_train_arguments, args_command_line, command_line, default_out, resolve_config
-from .checkpoints import atomic_save, file_problem, load_resume
+from .checkpoints import atomic_save, load_resume
 from .datasets import SEED_IMAGE_EXTENSIONS, DatasetError, Split, read_split, seed_split, unread_images, write_split
 from .loop import Run, log, read_metrics, run_epochs, setup_run, teacher_paths
 
@@ -116,7 +117,7 @@ def check_input_files(config: dict) -> None:
     written (a resumed run finds them again from the folder it began in, checked as it loads them)."""
     named = [("--init", config["init"])] if config["init"] else []
     for option, path in named + [("--teacher", path) for path in teacher_paths(config)]:
-        problem = file_problem(path)
+        problem = input_file_problem(path)
         if problem:
             raise TrainError(f"{option} {path}: {problem}")
 
