@@ -32,6 +32,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .file_checks import input_file_problem
 from .pixels import decode_into_one_block
 
 # the files a folder given to `npshuffle predict` contributes (compared with the name in lower case);
@@ -133,12 +134,9 @@ def open_image(path: str | os.PathLike, fast_decode_for: int | None = None) -> I
     twice it on the shorter side (see the module docstring). The declared size is checked first.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ImageError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ImageError(f"{path}: is a folder, not an image")
-    if not os.path.isfile(path):  # a FIFO or a device would block or never end
-        raise ImageError(f"{path}: not a regular file")
+    problem = input_file_problem(path)  # (a FIFO or a device would block or never end)
+    if problem:
+        raise ImageError(f"{path}: {problem}")
     if os.path.getsize(path) == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
     return _decode(path, path, fast_decode_for)
@@ -174,7 +172,11 @@ def _decode(source, name: str, fast_decode_for: int | None) -> Image.Image:
         raise ImageError(f"{name}: not an image file (format not recognised)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{name}: image too large to decode safely ({exc})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except OSError as exc:
+        if exc.errno:  # the system's refusal (permission denied, an I/O error), not the file's content
+            raise ImageError(f"{name}: cannot be opened ({exc.strerror})") from None
+        raise ImageError(f"{name}: broken or truncated image ({exc})") from None
+    except (SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name}: broken or truncated image ({exc})") from None
     return image
 

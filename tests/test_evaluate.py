@@ -336,14 +336,14 @@ def test_a_batch_ends_early_where_its_photos_would_pass_the_pixel_bound(colour_d
     model = ColourModel()
     original_forward = model.forward
     monkeypatch.setattr(model, "forward", lambda batch: seen.append(len(batch)) or original_forward(batch))
-    monkeypatch.setattr(E, "MAX_BATCH_PIXELS", 5_000 + 2 * E.INPUT_COST * model.recipe["crop"] ** 2)
+    monkeypatch.setattr(E, "MAX_BATCH_PIXELS", 5_000 + 2 * E.RGB_PIXELS_PER_INPUT_PIXEL * model.recipe["crop"] ** 2)
     r = E.evaluate_model(model, str(colour_dir), files, batch_size=4096)
     assert max(seen) == 2 and r["count"] == 13 and r["top1"] == 12 / 13
 
 
 def test_small_photos_count_the_network_input_they_become(colour_dir):
-    # 2,200 pixels each, but a 224 px network input apiece: a bound of 30,000 with 12,800 per photo
-    # for its input takes two photos a batch, where their own pixels alone would take 13
+    # 2,200 pixels each plus 12,800 each for its network input: a bound of 30,000 takes two (30,000),
+    # where their own pixels alone would take 13 (28,600)
     files = E.labelled_files(str(colour_dir), None)
     sizes = [len(chunk) for chunk, *_ in E.decoded_batches(str(colour_dir), files, 4096, max_pixels=30_000,
                                                            pixels_per_photo=12_800)]

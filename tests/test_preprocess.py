@@ -201,7 +201,7 @@ def test_bad_files_are_refused_by_name(tmp_path):
         assert name in str(info.value)
     with pytest.raises(ImageError, match="no such file"):
         load_rgb(str(tmp_path / "missing.png"))
-    with pytest.raises(ImageError, match="is a folder"):
+    with pytest.raises(ImageError, match="a folder, not a file"):
         load_rgb(str(tmp_path))
     with pytest.raises(ImageError, match="cannot read an image from a int"):
         load_rgb(42)

@@ -59,7 +59,7 @@ def load_weights_only(path: str):
     """``torch.load(path, weights_only=True)`` on the CPU, without torch's UserWarning about the
     pickle protocol (printed before the one-line error that follows it, it would say nothing more)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -82,16 +82,16 @@ def load_failure(exc: Exception, resume: bool = False) -> str:
             advice = ("if the weights sit in it beside other things, load it where you trust it and save them "
                       "alone, e.g. torch.save(checkpoint['model'], 'weights.pth')")
         return f"it holds a pickled Python object ({name}), which npshuffle does not run; {advice}"
-    if isinstance(exc, IsADirectoryError):
-        return "it is a folder, not a file"
     if isinstance(exc, OSError):  # permission denied, an I/O error: the file may well be a checkpoint
         return f"{type(exc).__name__}: {exc.strerror or first_sentence(text)}"
     if isinstance(exc, EOFError):
         return f"the file is empty or ends early, not a torch checkpoint; {expected}"
     # The unpickler fed text or another format fails with whatever it trips on (KeyError: 101,
     # IndexError: pop from empty list): only the zip reader's and the unpickler's own words say something.
-    detail = first_sentence(text.split("WeightsUnpickler error:", 1)[-1]) if isinstance(
-        exc, (RuntimeError, pickle.UnpicklingError)) else ""
+    detail = ""
+    if isinstance(exc, (RuntimeError, pickle.UnpicklingError)):
+        # the unpickler's reason follows "WeightsUnpickler error:" where there is one; else the whole text
+        detail = first_sentence(text.split("WeightsUnpickler error:", 1)[-1])
     return f"not a torch checkpoint, or one damaged or cut short{f' ({detail})' if detail else ''}; {expected}"
 
 

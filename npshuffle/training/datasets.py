@@ -99,7 +99,8 @@ def list_classes(root: str | os.PathLike, min_classes: int = 2, every_image: boo
     empty = [cls for cls in classes if not (listing[cls].seed or (every_image and listing[cls].others))]
     if empty:
         folder, others = os.path.join(root, empty[0]), listing[empty[0]].others
-        more = f" (and {len(empty) - 1} more class folder(s) like it)" if len(empty) > 1 else ""
+        kind = "images" if every_image else "photos a split takes"
+        more = f" (and {len(empty) - 1} more class folder(s) without {kind})" if len(empty) > 1 else ""
         if others:
             raise DatasetError(f"{folder}: class folder holds no {'/'.join(SEED_IMAGE_EXTENSIONS)} photos, the only "
                                f"files a split takes (as the seed's does); its {len(others)} other image(s), e.g. "

@@ -24,7 +24,8 @@ Two optional reports, on the same photos in the same pass (each photo is decoded
 
 Corrupted photos are classified plainly (no TTA). Memory stays bounded: one batch of decoded photos
 (and the first photo of the next) is held at a time (``--batch-size`` photos, fewer where they
-would pass :data:`MAX_BATCH_PIXELS`, their network inputs counted: :data:`INPUT_COST`), and of
+would pass :data:`MAX_BATCH_PIXELS`, their network inputs counted: see
+:data:`RGB_PIXELS_PER_INPUT_PIXEL`), and of
 each corrupted version of a batch only its predictions are kept.
 """
 
@@ -254,7 +255,7 @@ MAX_BATCH_PIXELS = 48_000_000
 # corrupted copies. Measured: --corruptions with a 224 px crop on 40 x 40 px photos held 1.75 MB more
 # per photo at --batch-size 512 than at 32, 11.6 x 224 x 224 RGB pixels. So small photos count too:
 # 512 of them are not 48 M pixels of photos but 300 M of network inputs.
-INPUT_COST = 12
+RGB_PIXELS_PER_INPUT_PIXEL = 12
 
 
 def decoded_batches(data_dir: str, files: list[str], batch_size: int, max_pixels: int | None = None,
@@ -262,9 +263,10 @@ def decoded_batches(data_dir: str, files: list[str], batch_size: int, max_pixels
     """Yield (relative paths, their decoded RGB images, seconds spent decoding them, files done) for
     ``files`` in order: ``batch_size`` photos at a time, or fewer where one more would pass
     ``max_pixels`` (default :data:`MAX_BATCH_PIXELS`; each photo counts its own pixels plus
-    ``pixels_per_photo``; a batch holds one photo at least). "Files done" counts the files that
-    batch stands for, the unreadable ones before it included (and after it, for the last batch):
-    what a progress bar adds. A photo that cannot be read raises its DatasetError, or with
+    ``pixels_per_photo``; a batch holds one photo at least). "Files done" counts the files a batch
+    stands for, what a progress bar adds: its photos, the unreadable files after it up to the next
+    batch, and for the first batch those before it too (so they add up to ``len(files)`` whenever
+    a photo could be read). A photo that cannot be read raises its DatasetError, or with
     ``unreadable`` (a list) is appended to it as (path, message) and left out."""
     max_pixels = max_pixels or MAX_BATCH_PIXELS
     chunk, images, pixels, seconds, done = [], [], 0, 0.0, 0
@@ -279,8 +281,8 @@ def decoded_batches(data_dir: str, files: list[str], batch_size: int, max_pixels
             done += 1
             seconds += time.perf_counter() - t0
             continue
-        # A batch is handed over only when the next readable photo does not fit in it (or at the
-        # end), so that the unreadable files between the two are counted in its "files done"
+        # Hand a batch over only when the next readable photo does not fit in it (or at the end),
+        # so that the unreadable files since its last photo count in its "files done".
         cost = image.width * image.height + pixels_per_photo
         if chunk and (len(chunk) == batch_size or pixels + cost > max_pixels):
             yield chunk, images, seconds, done
@@ -317,7 +319,7 @@ def evaluate_model(model, data_dir: str, files: list[str], batch_size: int = 32,
     seconds = {"decode": 0.0, "plain": 0.0, "tta": 0.0}
     if tta:  # a backend's one-time setup (Numba loads its kernels on the first call) timed in neither
         model.forward(np.zeros((1, 3, model.recipe["crop"], model.recipe["crop"]), np.float32))
-    input_pixels = INPUT_COST * model.recipe["crop"] ** 2
+    input_pixels = RGB_PIXELS_PER_INPUT_PIXEL * model.recipe["crop"] ** 2
     for chunk, images, decode_seconds, done in decoded_batches(data_dir, files, batch_size, unreadable=unreadable,
                                                                pixels_per_photo=input_pixels):
         labels.extend(index[class_of(p)] for p in chunk)

@@ -231,17 +231,18 @@ def make_optimizer(model: nn.Module, config: dict) -> tuple[torch.optim.SGD, tor
 CACHE_MAX_PIXELS = 1_500_000_000
 
 
-def check_photos(config: dict, split: Split) -> dict[str, tuple[int, int]]:
-    """The declared (width, height) of every photo of the split, from their headers, read before
-    the first epoch: a photo whose header cannot be read (not an image, empty, a pipe, unreadable
-    for its permissions) stops the run there, in one TrainError naming the first ones and how many
+def read_photo_sizes(config: dict, split: Split) -> dict[str, tuple[int, int]]:
+    """{path: (width, height)} of every photo of the split, from their headers, read before the
+    first epoch: a photo whose header cannot be read (not an image, empty, a pipe, unreadable for
+    its permissions) stops the run there, in one TrainError naming the first ones and how many
     there are, not in the middle of an epoch. (A photo cut short after its header is found when
     decoded: before the first epoch with the cache, during it with --no-cache.)"""
     sizes, unreadable = read_headers(config["data_dir"], split.train + split.val)
     if unreadable:
         path, why = unreadable[0]
-        others = f"; also {listed([p for p, _ in unreadable[1:]], 3)}" if len(unreadable) > 1 else ""
-        raise TrainError(f"{os.path.join(config['data_dir'], path)}: {why}{others} ({len(unreadable)} photo(s) of "
+        others = [p for p, _ in unreadable[1:]]
+        also = f"; also {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}" if others else ""
+        raise TrainError(f"{os.path.join(config['data_dir'], path)}: {why}{also} ({len(unreadable)} photo(s) of "
                          "the split cannot be read); fix or remove them: training reads every photo of its split")
     return sizes
 
@@ -264,7 +265,7 @@ def use_cache(config: dict, sizes: dict[str, tuple[int, int]]) -> bool:
 
 def make_loaders(config: dict, split: Split) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
     t_load = time.monotonic()
-    cache = use_cache(config, check_photos(config, split))
+    cache = use_cache(config, read_photo_sizes(config, split))
     train_set = FolderDataset(config["data_dir"], split.train, split.labels("train"), config["img_size"], True,
                               cache=cache, min_scale=config["min_scale"],
                               strong=config.get("augment", "basic") in ("strong", "strong-blur"),

@@ -113,8 +113,9 @@ def train(args: argparse.Namespace) -> int:
 
 
 def check_input_files(config: dict) -> None:
-    """Refuse a --init or --teacher file that is missing, a folder or a pipe before anything is
-    written (a resumed run finds them again from the folder it began in, checked as it loads them)."""
+    """Refuse an --init or --teacher path that :func:`npshuffle.file_checks.input_file_problem`
+    rejects (missing, a link to nothing, a folder, a pipe or device) before the output folder is
+    made. A resumed run skips this: its loaders check the paths as they open them."""
     named = [("--init", config["init"])] if config["init"] else []
     for option, path in named + [("--teacher", path) for path in teacher_paths(config)]:
         problem = input_file_problem(path)
