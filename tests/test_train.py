@@ -349,6 +349,16 @@ def test_a_checkpoint_that_is_a_pipe_a_folder_or_missing_is_refused_before_anyth
         assert not (tmp_path / "o").exists()
 
 
+def test_train_seed_draws_other_weights_on_the_same_split(data_dir, tmp_path, tiny_run):
+    out = tmp_path / "other_draw"
+    assert T.main(tiny_args(data_dir, out, "--train-seed", "7")) == 0
+    assert (out / "split.json").read_text() == (tiny_run / "split.json").read_text()
+    ours, theirs = torch.load(out / "final.pth"), torch.load(tiny_run / "final.pth")
+    assert any(not torch.equal(ours[k], theirs[k]) for k in ours)
+    assert Model.load(out / "model.npz").metadata["trained"]["train_seed"] == 7
+    assert Model.load(tiny_run / "model.npz").metadata["trained"]["train_seed"] == 0  # --seed's, by default
+
+
 def test_a_diverging_run_stops_at_the_first_non_finite_loss(data_dir, tmp_path, monkeypatch, capsys):
     from npshuffle.training import loop
 

@@ -118,7 +118,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--val-resize", type=int, default=256, help="validation Resize (shorter side)")
     parser.add_argument("--val-crop", type=int, default=224, help="validation CenterCrop")
     parser.add_argument("--val-rate", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0, help="split seed (the seed project's 0) and training seed")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="split seed (the seed project's 0), and training seed unless --train-seed")
+    parser.add_argument("--train-seed", type=int, default=None, metavar="N",
+                        help="seed of the weights' initialisation, the shuffling and the augmentation (default: "
+                             "--seed): another draw of the same recipe on the same validation split")
     parser.add_argument("--workers", type=int, default=None, help="data loader processes (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch compute threads (default 2)")
     parser.add_argument("--no-cache", dest="cache", action="store_false",
@@ -173,7 +177,8 @@ MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 32, 1024
 INTEGER_RANGES = {  # option: (smallest, largest allowed)
     "epochs": (1, 100_000), "batch_size": (1, 4096), "img_size": (MIN_IMAGE_SIDE, MAX_IMAGE_SIDE),
     "val_resize": (MIN_IMAGE_SIDE, MAX_IMAGE_SIDE), "val_crop": (MIN_IMAGE_SIDE, MAX_IMAGE_SIDE),
-    "seed": (0, 2**32 - 1), "workers": (0, 64), "threads": (1, 1024), "max_images": (1, 10**9),
+    "seed": (0, 2**32 - 1), "train_seed": (0, 2**32 - 1), "workers": (0, 64), "threads": (1, 1024),
+    "max_images": (1, 10**9),
 }
 
 

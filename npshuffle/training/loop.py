@@ -105,13 +105,20 @@ def setup_run(config: dict, split: Split, resume_state: dict | None) -> Run:
         log(f"resumed from epoch {run.epoch} (best val acc so far {100 * run.best_acc:.2f}% "
             f"at epoch {run.best_epoch})")
     else:
-        torch.manual_seed(config["seed"])
-        np.random.seed(config["seed"])
-        random.seed(config["seed"])
+        seed = training_seed(config)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
         if os.path.exists(run.path("metrics.jsonl")):
             os.remove(run.path("metrics.jsonl"))
     run.train_loader, run.val_loader = make_loaders(config, split)
     return run
+
+
+def training_seed(config: dict) -> int:
+    """The seed of the run's random numbers: --train-seed, else the split's --seed (as the seed
+    project did, and as runs saved before --train-seed existed did)."""
+    return config["train_seed"] if config.get("train_seed") is not None else config["seed"]
 
 
 def input_file(config: dict, path: str) -> str:
@@ -142,7 +149,7 @@ def build_student(config: dict, num_classes: int) -> tuple[nn.Module, V1Spec | V
         spec = parse_arch("shufflenet_v2_x1_0", num_classes)
     default_dialect = "megvii" if spec.version == 1 else "torchvision"
     dialect = config["dialect"] or (init_dialect if init_sd is not None else default_dialect)
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(training_seed(config))
     model = build_torch_model(spec, dialect)
     if init_sd is not None:
         dropped = init_from_checkpoint(model, init_sd, init_path)

@@ -48,7 +48,7 @@ from ..file_checks import input_file_problem
 from .arguments import TrainError, add_train_arguments, args_command_line, command_line, default_out, resolve_config
 from .checkpoints import atomic_save, load_resume
 from .datasets import SEED_IMAGE_EXTENSIONS, DatasetError, Split, read_split, seed_split, unread_images, write_split
-from .loop import Run, log, read_metrics, run_epochs, setup_run, teacher_paths
+from .loop import Run, log, read_metrics, run_epochs, setup_run, teacher_paths, training_seed
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -225,6 +225,7 @@ def write_model_file(run: Run, split: Split, classes_path: str) -> None:
         "train_time_s": round(run.elapsed, 1), "data": os.path.basename(os.path.normpath(config["data_dir"])),
         "split": {"seed": config["seed"], "val_rate": config["val_rate"], "train": len(split.train),
                   "val": len(split.val)},
+        "train_seed": training_seed(config),
         "init": os.path.basename(config["init"]) if config["init"] else None,
         "teacher": teacher_paths(config) or None, "img_size": config["img_size"],
         "augment": config.get("augment", "basic"), "mix": config.get("mix", "none"),
