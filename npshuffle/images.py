@@ -134,12 +134,35 @@ def open_image(path: str | os.PathLike, fast_decode_for: int | None = None) -> I
     twice it on the shorter side (see the module docstring). The declared size is checked first.
     """
     path = os.fspath(path)
-    problem = input_file_problem(path)  # (a FIFO or a device would block or never end)
+    problem = image_file_problem(path)
     if problem:
         raise ImageError(f"{path}: {problem}")
-    if os.path.getsize(path) == 0:
-        raise ImageError(f"{path}: empty file (0 bytes)")
     return _decode(path, path, fast_decode_for)
+
+
+def image_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be an image before anything opens it, or None: what
+    :func:`npshuffle.file_checks.input_file_problem` refuses (a FIFO or a device would block or
+    never end), or an empty file."""
+    problem = input_file_problem(path)
+    if problem is None and os.path.getsize(path) == 0:
+        problem = "empty file (0 bytes)"
+    return problem
+
+
+def open_failure(exc: BaseException, broken: str = "broken or truncated image") -> str | None:
+    """What PIL's refusal ``exc`` to open or decode a file means, in the words of one error line
+    (``broken``: the words for a file whose content PIL cannot parse), or None for an exception
+    that is not one of PIL's refusals."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file (format not recognised)"
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"image too large to decode safely ({exc})"
+    if isinstance(exc, OSError) and exc.errno:  # the system's refusal (permission denied, an I/O error)
+        return f"cannot be opened ({exc.strerror})"
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
+        return f"{broken} ({exc})"
+    return None
 
 
 def open_bytes(data: bytes | bytearray | memoryview, name: str, fast_decode_for: int | None = None) -> Image.Image:
@@ -168,16 +191,9 @@ def _decode(source, name: str, fast_decode_for: int | None) -> Image.Image:
                 # PIL keeps a multi-frame file (an MPO from some cameras, an APNG) open after decoding,
                 # to seek to other frames; a folder or training set of them would run out of files
                 image = _detached(image)
-    except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image file (format not recognised)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name}: image too large to decode safely ({exc})") from None
-    except OSError as exc:
-        if exc.errno:  # the system's refusal (permission denied, an I/O error), not the file's content
-            raise ImageError(f"{name}: cannot be opened ({exc.strerror})") from None
-        raise ImageError(f"{name}: broken or truncated image ({exc})") from None
-    except (SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{name}: broken or truncated image ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{name}: {open_failure(exc)}") from None
     return image
 
 

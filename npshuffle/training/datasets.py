@@ -30,11 +30,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..atomic import write_atomically
-from ..file_checks import input_file_problem
-from ..images import IMAGE_EXTENSIONS, ImageError, load_rgb
+from ..images import IMAGE_EXTENSIONS, ImageError, image_file_problem, load_rgb, open_failure
 
 # The seed's extensions, matched case-sensitively, as its read_split_data does: the split of a folder
 # must select exactly the seed's photos (a .jpeg, .bmp or .Jpg file is not in it). The runtime's
@@ -230,7 +229,7 @@ def read_headers(root: str | os.PathLike, files: list[str]) -> tuple[dict[str, t
     sizes, unreadable = {}, []
     for path in files:
         full = os.path.join(str(root), path)
-        problem = input_file_problem(full) or ("empty file (0 bytes)" if os.path.getsize(full) == 0 else None)
+        problem = image_file_problem(full)
         if problem:
             unreadable.append((path, problem))
             continue
@@ -239,15 +238,7 @@ def read_headers(root: str | os.PathLike, files: list[str]) -> tuple[dict[str, t
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(full) as image:
                     sizes[path] = image.size
-        except UnidentifiedImageError:
-            unreadable.append((path, "not an image file (format not recognised)"))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            unreadable.append((path, f"image too large to decode safely ({exc})"))
-        except OSError as exc:
-            if exc.errno:  # the system's refusal (permission denied, an I/O error), not the file's content
-                unreadable.append((path, f"cannot be opened ({exc.strerror})"))
-            else:
-                unreadable.append((path, f"broken image header ({exc})"))
-        except (SyntaxError, ValueError, EOFError) as exc:
-            unreadable.append((path, f"broken image header ({exc})"))
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as exc:
+            unreadable.append((path, open_failure(exc, broken="broken image header")))
     return sizes, unreadable
