@@ -119,6 +119,17 @@ def test_hidden_files_are_not_images(tmp_path):
     assert list_dataset(tmp_path)[1] == ["a/0.png", "a/1.png", "b/0.png", "b/1.png"]
 
 
+@pytest.mark.parametrize("read", [list_dataset, seed_split, lambda root: list_dataset(root, every_image=True)])
+def test_each_folder_is_listed_once(tmp_path, monkeypatch, read):
+    # a class folder on a network drive or of 100,000 photos costs a listing each time it is read
+    make_classes(tmp_path, "a", "b", "c", images=3)
+    listed = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda folder: listed.append(os.path.basename(folder)) or real_listdir(folder))
+    read(tmp_path)
+    assert sorted(listed) == sorted([tmp_path.name, "a", "b", "c"])
+
+
 def test_images_the_split_leaves_out_are_named(tmp_path):
     make_classes(tmp_path, "a", "b", images=2)
     for name in ("x.jpeg", "y.Jpg", "z.webp", "notes.txt", "._w.jpeg"):

@@ -80,8 +80,23 @@ def class_of(relpath: str) -> str:
     return relpath.replace(os.sep, "/").split("/", 1)[0]
 
 
+class ClassFiles(NamedTuple):
+    """The images of one class folder, as sorted relative paths ``cls/name.jpg``."""
+
+    seed: list[str]  # the seed's extensions, matched case-sensitively: the photos a split takes
+    others: list[str]  # other image files npshuffle reads (x.jpeg, x.Jpg, x.webp): to predict, in no split
+
+
 def list_classes(root: str | os.PathLike, min_classes: int = 2, every_image: bool = False) -> list[str]:
-    """Sorted names of the class sub-folders of ``root`` (the seed's class order).
+    """Sorted names of the class sub-folders of ``root`` (the seed's class order); refused as in
+    :func:`class_listing`."""
+    return list(class_listing(root, min_classes, every_image))
+
+
+def class_listing(root: str | os.PathLike, min_classes: int = 2,
+                  every_image: bool = False) -> dict[str, ClassFiles]:
+    """{class: its images (:class:`ClassFiles`)} for the class sub-folders of ``root``, in sorted
+    class order (the seed's), each folder listed once.
 
     A hidden folder (``.git``, ``.ipynb_checkpoints``) is no class. Refused, each in one line: a
     class folder holding no images (it would be a class nothing teaches or tests; with
@@ -110,7 +125,7 @@ def list_classes(root: str | os.PathLike, min_classes: int = 2, every_image: boo
     if len(classes) < min_classes:
         raise DatasetError(f"{root}: only {len(classes)} class folder(s) ({', '.join(classes)}); at least "
                            f"{min_classes} are needed, one sub-folder of images per class")
-    return classes
+    return listing
 
 
 def _names(folder: str) -> list[str]:
@@ -119,13 +134,6 @@ def _names(folder: str) -> list[str]:
         return os.listdir(folder)
     except OSError as exc:
         raise DatasetError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
-
-
-class ClassFiles(NamedTuple):
-    """The images of one class folder, as sorted relative paths ``cls/name.jpg``."""
-
-    seed: list[str]  # the seed's extensions, matched case-sensitively: the photos a split takes
-    others: list[str]  # other image files npshuffle reads (x.jpeg, x.Jpg, x.webp): to predict, in no split
 
 
 def class_files(root: str | os.PathLike, cls: str) -> ClassFiles:
@@ -141,11 +149,6 @@ def class_files(root: str | os.PathLike, cls: str) -> ClassFiles:
     return ClassFiles(seed_images, others)
 
 
-def list_images(root: str | os.PathLike, cls: str) -> list[str]:
-    """Sorted relative paths ``cls/name.jpg`` of the images of one class that a split takes."""
-    return class_files(root, cls).seed
-
-
 def unread_images(root: str | os.PathLike, classes: list[str]) -> list[str]:
     """Relative paths of the images in the class folders that a split leaves out (see :func:`class_files`)."""
     return [p for cls in classes for p in class_files(root, cls).others]
@@ -156,14 +159,12 @@ def list_dataset(root: str | os.PathLike, min_classes: int = 2,
     """(classes, images as relative paths, class by class, each class sorted); ``min_classes`` as in
     :func:`list_classes`. The images a split takes, or with ``every_image`` every image file (a
     ``.jpeg`` too). Every class holds an image, so the list is never empty."""
-    classes = list_classes(root, min_classes, every_image)
-    if not every_image:
-        return classes, [p for cls in classes for p in list_images(root, cls)]
-    every = []
-    for cls in classes:
-        files = class_files(root, cls)
-        every += sorted(files.seed + files.others)
-    return classes, every
+    listing = class_listing(root, min_classes, every_image)
+    if every_image:
+        images = [p for files in listing.values() for p in sorted(files.seed + files.others)]
+    else:
+        images = [p for files in listing.values() for p in files.seed]
+    return list(listing), images
 
 
 def seed_split(root: str | os.PathLike, val_rate: float = 0.2, seed: int = 0) -> Split:
@@ -171,10 +172,10 @@ def seed_split(root: str | os.PathLike, val_rate: float = 0.2, seed: int = 0) ->
     if not 0.0 <= val_rate < 1.0:
         raise DatasetError(f"val_rate must be in [0, 1), got {val_rate}")
     rng = random.Random(seed)
-    classes = list_classes(root)
-    split = Split(classes, seed=seed, val_rate=val_rate)
-    for cls in classes:
-        images = list_images(root, cls)
+    listing = class_listing(root)
+    split = Split(list(listing), seed=seed, val_rate=val_rate)
+    for files in listing.values():
+        images = files.seed
         val = set(rng.sample(images, k=int(len(images) * val_rate)))
         for path in images:
             (split.val if path in val else split.train).append(path)
