@@ -360,6 +360,19 @@ def test_files_done_add_up_to_every_file_when_unreadable_ones_come_last(colour_d
     assert sum(done for *_, done in batches) == len(files) == 15 and len(unreadable) == 2
 
 
+def test_decode_seconds_leave_out_the_time_the_caller_spends_on_a_batch(colour_dir, monkeypatch):
+    # the generator waits at each yield while the network runs; that wait is no decoding
+    clock = iter(range(0, 10**6, 1))
+    monkeypatch.setattr(E.time, "perf_counter", lambda: next(clock))  # each reading of the clock adds 1 s
+    files = E.labelled_files(str(colour_dir), None)
+    total = 0.0
+    for *_, seconds, _done in E.decoded_batches(str(colour_dir), files, 4):
+        for _ in range(100):  # the caller reads the clock 100 times while it works on the batch
+            E.time.perf_counter()
+        total += seconds
+    assert total == len(files)  # one second (two readings) per photo, none of the caller's 100
+
+
 def test_an_unreadable_photo_is_one_line_and_the_others_are_scored(colour_dir, tmp_path, monkeypatch, capsys):
     (colour_dir / "blue" / "5.png").write_bytes(b"not a png")
     files = E.labelled_files(str(colour_dir), None)

@@ -278,20 +278,20 @@ def decoded_batches(data_dir: str, files: list[str], batch_size: int, max_pixels
             if unreadable is None:
                 raise
             unreadable.append((path, str(exc)))
-            done += 1
-            seconds += time.perf_counter() - t0
-            continue
-        # Hand a batch over only when the next readable photo does not fit in it (or at the end),
-        # so that the unreadable files since its last photo count in its "files done".
-        cost = image.width * image.height + pixels_per_photo
-        if chunk and (len(chunk) == batch_size or pixels + cost > max_pixels):
-            yield chunk, images, seconds, done
-            chunk, images, pixels, seconds, done = [], [], 0, 0.0, 0
-        chunk.append(path)
-        images.append(image)
-        pixels += cost
+            image = None
+        took = time.perf_counter() - t0  # before the yield below, which waits while the caller works
+        if image is not None:
+            # Hand a batch over only when the next readable photo does not fit in it (or at the end),
+            # so that the unreadable files since its last photo count in its "files done".
+            cost = image.width * image.height + pixels_per_photo
+            if chunk and (len(chunk) == batch_size or pixels + cost > max_pixels):
+                yield chunk, images, seconds, done
+                chunk, images, pixels, seconds, done = [], [], 0, 0.0, 0
+            chunk.append(path)
+            images.append(image)
+            pixels += cost
         done += 1
-        seconds += time.perf_counter() - t0
+        seconds += took
     if chunk:
         yield chunk, images, seconds, done
 
