@@ -15,7 +15,7 @@ recorded relative to the data folder with ``/`` separators, so a ``split.json`` 
 machine selects the same photos on another. Where the seed would go wrong silently, this refuses or
 differs: a hidden sub-folder (``.git``) is no class, a hidden file (``._photo.jpg``) is no image, and a
 class folder with no images, or a data folder of fewer than two classes, is refused
-(:func:`list_classes`).
+(:func:`class_listing`).
 
 Photos are read as ``npshuffle predict`` reads them (:func:`load_image`): EXIF orientation applied,
 so training, ``npshuffle eval`` and prediction see a photo taken sideways the same way.
