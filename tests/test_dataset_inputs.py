@@ -13,7 +13,7 @@ from PIL import Image
 from npshuffle.images import load_rgb, upright_size
 from npshuffle.model_file import DEFAULT_RECIPES
 from npshuffle.preprocess import preprocess_batch
-from npshuffle.training.datasets import DatasetError, list_classes, list_dataset, load_image, seed_split, unread_images
+from npshuffle.training.datasets import DatasetError, class_listing, list_dataset, load_image, seed_split
 
 
 def png_declaring(path, width: int, height: int):
@@ -92,7 +92,7 @@ def make_classes(root, *names, images: int = 1):
 
 def test_hidden_folders_are_not_classes(tmp_path):
     make_classes(tmp_path, "a", "b", ".git", ".ipynb_checkpoints", images=5)
-    assert list_classes(tmp_path) == ["a", "b"]
+    assert list(class_listing(tmp_path)) == ["a", "b"]
     assert seed_split(tmp_path).classes == ["a", "b"]
 
 
@@ -100,7 +100,7 @@ def test_a_class_folder_without_images_is_refused_by_name(tmp_path):
     make_classes(tmp_path, "a", "b")
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "notes.txt").write_text("not a photo")
-    for call in (list_classes, seed_split, list_dataset):
+    for call in (class_listing, seed_split, list_dataset):
         with pytest.raises(DatasetError, match="holds no images") as error:
             call(tmp_path)
         assert str(tmp_path / "c") in str(error.value)
@@ -134,7 +134,7 @@ def test_images_the_split_leaves_out_are_named(tmp_path):
     make_classes(tmp_path, "a", "b", images=2)
     for name in ("x.jpeg", "y.Jpg", "z.webp", "notes.txt", "._w.jpeg"):
         (tmp_path / "a" / name).write_bytes(b"")
-    assert unread_images(tmp_path, ["a", "b"]) == ["a/x.jpeg", "a/y.Jpg", "a/z.webp"]
+    assert seed_split(tmp_path).left_out == ["a/x.jpeg", "a/y.Jpg", "a/z.webp"]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")

@@ -349,6 +349,19 @@ def test_a_checkpoint_that_is_a_pipe_a_folder_or_missing_is_refused_before_anyth
         assert not (tmp_path / "o").exists()
 
 
+def test_the_split_notes_the_images_it_leaves_out_from_its_one_listing(tmp_path, monkeypatch, capsys):
+    data = make_images(tmp_path / "data", per_class=5)
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / CLASSES[0] / "extra.jpeg")
+    listed = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda folder: listed.append(folder) or real_listdir(folder))
+    config = {"out": str(tmp_path / "out"), "data_dir": data, "val_rate": 0.2, "seed": 0, "max_images": None}
+    split, _ = T.prepare_split(config, resuming=False)
+    assert f"note: 1 image(s) left out, e.g. {CLASSES[0]}/extra.jpeg" in capsys.readouterr().err
+    assert f"{CLASSES[0]}/extra.jpeg" not in split.train + split.val
+    assert len(listed) == 1 + len(CLASSES)  # the data folder and each class folder, once
+
+
 def test_train_seed_draws_other_weights_on_the_same_split(data_dir, tmp_path, tiny_run):
     out = tmp_path / "other_draw"
     assert T.main(tiny_args(data_dir, out, "--train-seed", "7")) == 0

@@ -55,6 +55,9 @@ class Split:
     val: list[str] = field(default_factory=list)
     seed: int = 0
     val_rate: float = 0.2
+    # images in the class folders that the split leaves out (not the seed's extensions: x.jpeg,
+    # x.Jpg), for a note; from the listing the split was made from, and not written to split.json
+    left_out: list[str] = field(default_factory=list)
 
     def label_of(self, relpath: str) -> int:
         """The class index of a file, from its folder name."""
@@ -85,12 +88,6 @@ class ClassFiles(NamedTuple):
 
     seed: list[str]  # the seed's extensions, matched case-sensitively: the photos a split takes
     others: list[str]  # other image files npshuffle reads (x.jpeg, x.Jpg, x.webp): to predict, in no split
-
-
-def list_classes(root: str | os.PathLike, min_classes: int = 2, every_image: bool = False) -> list[str]:
-    """Sorted names of the class sub-folders of ``root`` (the seed's class order); refused as in
-    :func:`class_listing`."""
-    return list(class_listing(root, min_classes, every_image))
 
 
 def class_listing(root: str | os.PathLike, min_classes: int = 2,
@@ -149,15 +146,10 @@ def class_files(root: str | os.PathLike, cls: str) -> ClassFiles:
     return ClassFiles(seed_images, others)
 
 
-def unread_images(root: str | os.PathLike, classes: list[str]) -> list[str]:
-    """Relative paths of the images in the class folders that a split leaves out (see :func:`class_files`)."""
-    return [p for cls in classes for p in class_files(root, cls).others]
-
-
 def list_dataset(root: str | os.PathLike, min_classes: int = 2,
                  every_image: bool = False) -> tuple[list[str], list[str]]:
     """(classes, images as relative paths, class by class, each class sorted); ``min_classes`` as in
-    :func:`list_classes`. The images a split takes, or with ``every_image`` every image file (a
+    :func:`class_listing`. The images a split takes, or with ``every_image`` every image file (a
     ``.jpeg`` too). Every class holds an image, so the list is never empty."""
     listing = class_listing(root, min_classes, every_image)
     if every_image:
@@ -176,6 +168,7 @@ def seed_split(root: str | os.PathLike, val_rate: float = 0.2, seed: int = 0) ->
     split = Split(list(listing), seed=seed, val_rate=val_rate)
     for files in listing.values():
         images = files.seed
+        split.left_out += files.others
         val = set(rng.sample(images, k=int(len(images) * val_rate)))
         for path in images:
             (split.val if path in val else split.train).append(path)

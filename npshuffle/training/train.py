@@ -47,7 +47,7 @@ from ..archs import ArchError
 from ..file_checks import input_file_problem
 from .arguments import TrainError, add_train_arguments, args_command_line, command_line, default_out, resolve_config
 from .checkpoints import atomic_save, load_resume
-from .datasets import SEED_IMAGE_EXTENSIONS, DatasetError, Split, read_split, seed_split, unread_images, write_split
+from .datasets import SEED_IMAGE_EXTENSIONS, DatasetError, Split, read_split, seed_split, write_split
 from .loop import Run, log, read_metrics, run_epochs, setup_run, teacher_paths, training_seed
 
 
@@ -176,9 +176,8 @@ def prepare_split(config: dict, resuming: bool) -> tuple[Split, str]:
     folder; a resumed run must find the split it began with. Returns (split, class_indices.json)."""
     out = config["out"]
     split = seed_split(config["data_dir"], config["val_rate"], config["seed"])
-    unread = unread_images(config["data_dir"], split.classes)
-    if unread:
-        log(f"note: {len(unread)} image(s) left out, e.g. {unread[0]}: the split takes the seed's "
+    if split.left_out:
+        log(f"note: {len(split.left_out)} image(s) left out, e.g. {split.left_out[0]}: the split takes the seed's "
             f"{'/'.join(SEED_IMAGE_EXTENSIONS)} files only; rename the others to include them")
     if config.get("max_images"):
         k = config["max_images"]
