@@ -509,10 +509,10 @@ def test_help_names_both_defaults():
     assert "(default 0.1; with --init 0.02)" in " ".join(text.split())
 
 
-@pytest.mark.parametrize("select", ["last", "val"])
-def test_select_decides_which_epoch_becomes_the_model_file(data_dir, tmp_path, select):
+@pytest.mark.parametrize("select, augment", [("last", "strong"), ("val", "strong-augmix")])
+def test_select_decides_which_epoch_becomes_the_model_file(data_dir, tmp_path, select, augment):
     out = tmp_path / select
-    args = tiny_args(data_dir, out, "--select", select, "--augment", "strong")
+    args = tiny_args(data_dir, out, "--select", select, "--augment", augment)
     args[args.index("--epochs") + 1] = "3"
     assert T.main(args) == 0
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
@@ -528,7 +528,7 @@ def test_select_decides_which_epoch_becomes_the_model_file(data_dir, tmp_path, s
     assert trained["trained"]["epoch"] == expected_epoch
     assert trained["val_accuracy"] == pytest.approx(expected_acc)
     assert select in ("last", "val") and ("last epoch" in trained["trained"]["selected"]) == (select == "last")
-    assert trained["trained"]["augment"] == "strong"
+    assert trained["trained"]["augment"] == augment
     # model.npz holds the selected state's weights: its logits are that checkpoint's
     torch_model = build_torch_model(parse_arch(TINY_V2, 3), "torchvision")
     torch_model.load_state_dict(state)

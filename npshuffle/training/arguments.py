@@ -27,6 +27,7 @@ FINE_TUNE_DEFAULTS = dict(SEED_DEFAULTS, epochs=12, batch_size=32, lr=0.02, lrf=
 RECIPE_OPTIONS = ("epochs", "batch_size", "lr", "lrf", "weight_decay", "min_scale", "label_smoothing")
 # Options that --resume takes from the command line when given (everything else from the checkpoint).
 RESUME_OVERRIDABLE = ("epochs", "workers", "threads")
+AUGMENTS = ("basic", "strong", "strong-blur", "strong-augmix")  # --augment: training/pipeline.py
 # --mix (``mixing.py``) and its Beta(alpha, alpha) parameter when --mix-alpha is not given: the papers'
 # ImageNet settings (mixup: Zhang et al. 2018; CutMix: Yun et al. 2019)
 MIX_KINDS = ("none", "mixup", "cutmix")
@@ -101,9 +102,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--img-size", type=int, default=224, help="training crop size (RandomResizedCrop)")
     parser.add_argument("--min-scale", type=float, default=None,
                         help="RandomResizedCrop's smallest area fraction " + _default_help("min_scale"))
-    parser.add_argument("--augment", choices=("basic", "strong", "strong-blur"), default="basic",
+    parser.add_argument("--augment", choices=AUGMENTS, default="basic",
                         help="basic (default): random resized crop + flip; strong: also colour jitter, random "
-                             "greyscale and random erasing; strong-blur: also a random Gaussian blur")
+                             "greyscale and random erasing; strong-blur: also a random Gaussian blur; "
+                             "strong-augmix: AugMix chains blended in first, then strong")
     parser.add_argument("--mix", choices=MIX_KINDS, default="none",
                         help="blend each batch with a shuffled copy of itself: mixup (whole images) or cutmix (a "
                              "pasted rectangle), the two labels weighted by the blend's shares; a --teacher sees "

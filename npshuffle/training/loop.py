@@ -275,8 +275,7 @@ def make_loaders(config: dict, split: Split) -> tuple[torch.utils.data.DataLoade
     cache = use_cache(config, read_photo_sizes(config, split))
     train_set = FolderDataset(config["data_dir"], split.train, split.labels("train"), config["img_size"], True,
                               cache=cache, min_scale=config["min_scale"],
-                              strong=config.get("augment", "basic") in ("strong", "strong-blur"),
-                              blur=config.get("augment", "basic") == "strong-blur")
+                              augment=config.get("augment", "basic"))
     val_set = FolderDataset(config["data_dir"], split.val, split.labels("val"), config["val_crop"], False,
                             resize=config["val_resize"], cache=cache)
     log(f"data loaded in {time.monotonic() - t_load:.1f} s")

@@ -1,7 +1,8 @@
 """The trainer's data pipeline (torch): images of a split -> uint8 RGB crops -> each network's input.
 
 Training crops are torchvision's RandomResizedCrop + horizontal flip (``--augment strong`` adds
-colour jitter, random greyscale and random erasing: :func:`strong_augment`), validation crops Resize +
+colour jitter, random greyscale and random erasing: :func:`strong_augment`; ``strong-augmix`` first
+blends in AugMix chains: :mod:`.augmix`), validation crops Resize +
 CenterCrop (npshuffle's own preprocessing, as the engine does). The crops stay uint8 RGB so that
 one batch can feed networks of both dialects: each normalises it with its own recipe
 (:class:`Normalize`; Megvii: BGR 0..255, torchvision: RGB normalised).
@@ -18,6 +19,8 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch import nn
 
 from ..preprocess import center_crop, resize_shorter_side
+from .arguments import AUGMENTS
+from .augmix import augmix
 from .datasets import load_image
 
 
@@ -85,14 +88,17 @@ def strong_augment(crop: Image.Image, blur: bool = False) -> np.ndarray:
 
 class FolderDataset(torch.utils.data.Dataset):
     """Images of a split part -> (uint8 HWC RGB crop, label). ``train``: RandomResizedCrop(size) +
-    horizontal flip (``strong``: then :func:`strong_augment`); else Resize(resize) + CenterCrop(size).
+    horizontal flip, then per ``augment`` (one of AUGMENTS): ``strong``: :func:`strong_augment`;
+    ``strong-blur``: the same with its blur; ``strong-augmix``: :func:`.augmix.augmix`, then
+    :func:`strong_augment`. Else Resize(resize) + CenterCrop(size).
     ``cache`` keeps decoded images in memory (decoded once in the main process, shared copy-on-write
     with forked loader workers)."""
 
     def __init__(self, root: str, files: list[str], labels: list[int], size: int, train: bool,
-                 resize: int = 256, cache: bool = True, min_scale: float = 0.08, strong: bool = False,
-                 blur: bool = False):
-        self.root, self.files, self.labels, self.strong, self.blur = root, files, labels, strong, blur
+                 resize: int = 256, cache: bool = True, min_scale: float = 0.08, augment: str = "basic"):
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, not {augment!r}")
+        self.root, self.files, self.labels, self.augment = root, files, labels, augment
         self.scale = (min_scale, 1.0)
         self.size, self.train, self.resize = size, train, resize
         self.images = [self._open(i) for i in range(len(files))] if cache else None
@@ -111,8 +117,10 @@ class FolderDataset(torch.utils.data.Dataset):
                                  box=(left, top, left + w, top + h))
             if torch.rand(1).item() < 0.5:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            if self.strong:
-                return torch.from_numpy(strong_augment(image, self.blur)), self.labels[index]
+            if self.augment == "strong-augmix":
+                image = augmix(image)
+            if self.augment != "basic":
+                return torch.from_numpy(strong_augment(image, self.augment == "strong-blur")), self.labels[index]
         else:
             image = center_crop(resize_shorter_side(image, self.resize), self.size)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()), self.labels[index]
