@@ -28,6 +28,7 @@ import math
 import os
 import struct
 import tokenize
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -217,6 +218,17 @@ class ShapeMismatch(ValueError):
     """A tensor of the wrong shape: reported with the other problems, not alone."""
 
 
+def _read_npy_header(f, version: tuple[int, int]) -> tuple[tuple, bool, np.dtype]:
+    """NumPy's parser of a ``.npy`` header (shape, Fortran order, dtype), with any warning it raises
+    turned into an error: it reads the header with ``ast.literal_eval``, and a damaged header such as
+    ``'\\e'`` in a string would otherwise print Python's "invalid escape sequence" warning (a
+    SyntaxWarning, shown by default from Python 3.12) before the file's one-line refusal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                else np.lib.format.read_array_header_2_0(f))
+
+
 def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dtype: str, shape: tuple | None) -> np.ndarray:
     """One ``.npy`` member, checked before anything is allocated or decompressed past its header:
     the declared (uncompressed) size, the header's dtype and shape (``shape`` None: any 1-D), and
@@ -232,8 +244,7 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dtype: str, shape
         if header > NPY_HEADER_MAX:
             raise ValueError(f"{info.filename}: .npy header of {header} bytes")
         f.seek(f.tell() - (2 if version == (1, 0) else 4))
-        npy_shape, fortran, npy_dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                                         else np.lib.format.read_array_header_2_0(f))
+        npy_shape, fortran, npy_dtype = _read_npy_header(f, version)
         if npy_dtype != np.dtype(dtype) or fortran:
             raise ValueError(f"{info.filename}: dtype {npy_dtype}{' (Fortran order)' if fortran else ''}, expected "
                              f"{np.dtype(dtype)}")
@@ -251,7 +262,7 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dtype: str, shape
 
 # what a damaged or hostile archive can raise from zipfile, zlib and NumPy's header parser
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, SyntaxError, RuntimeError,
-                NotImplementedError, MemoryError, RecursionError, OverflowError, struct.error, zlib.error,
+                NotImplementedError, MemoryError, RecursionError, OverflowError, Warning, struct.error, zlib.error,
                 zipfile.BadZipFile, tokenize.TokenError, UnicodeDecodeError)
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -214,3 +215,17 @@ def test_an_archive_of_too_many_entries_is_refused_before_zipfile_reads_them(tmp
         for i in range(25_000):
             archive.writestr(f"{i}", b"")
     refused(path, r"of \d+ entries is not a model file", seconds=0.5)
+
+
+def test_a_header_python_would_warn_about_is_refused_without_the_warning(tmp_path):
+    # NumPy reads a .npy header with ast.literal_eval; "\e" in a string is an invalid escape, which
+    # Python reports with a warning (shown by default from 3.12) unless the reader stops it
+    files = members()
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (5, 1024), 'note': '\\e', }"
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    files["classifier.weight.npy"] = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+    path = write(tmp_path / "escape.npz", files)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refused(path, "Cannot parse header")
+    assert [str(w.message) for w in caught] == []
