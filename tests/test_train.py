@@ -647,17 +647,37 @@ def test_distillation_settings_that_cannot_work_are_refused(data_dir, tmp_path, 
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
-def test_a_photo_unreadable_in_a_loader_worker_is_one_line(tmp_path, capsys):
-    data = make_images(tmp_path / "data")
+def truncate_a_photo(data: str) -> str:
     broken = os.path.join(data, CLASSES[0], "img00.jpg")
     with open(broken, "r+b") as f:  # a valid header, the pixels cut off: found only when decoded
         f.truncate(os.path.getsize(broken) // 2)
+    return broken
+
+
+def test_a_photo_that_fails_to_decode_in_a_loader_worker_is_skipped_with_one_note(tmp_path, capsys):
+    data = make_images(tmp_path / "data")
+    broken = truncate_a_photo(data)
     argv = tiny_args(data, tmp_path / "out", "--no-cache")
     argv[argv.index("--workers") + 1] = "1"
-    assert T.main(argv) == 2
+    argv[argv.index("--epochs") + 1] = "2"
+    assert T.main(argv) == 0
     err = capsys.readouterr().err  # (the progress log goes there too)
     assert "Traceback" not in err, err
-    assert err.strip().splitlines()[-1].startswith(f"npshuffle train: error: {broken}: broken or truncated")
+    notes = [line for line in err.splitlines() if line.startswith("note: skipped")]
+    assert len(notes) == 1 and notes[0].startswith(f"note: skipped {broken}: broken or truncated"), notes
+    assert (tmp_path / "out" / "model.npz").exists()
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    assert len(rows) == 2
+
+
+def test_a_photo_that_fails_to_decode_into_the_cache_stops_the_run_in_one_line(tmp_path, capsys):
+    data = make_images(tmp_path / "data")
+    broken = truncate_a_photo(data)
+    assert T.main(tiny_args(data, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"npshuffle train: error: {broken}: broken or truncated") and "fix or remove it" in last
 
 
 @pytest.mark.parametrize("cache", [[], ["--no-cache"]])

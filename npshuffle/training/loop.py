@@ -17,6 +17,7 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,10 +39,10 @@ from .checkpoints import (
     restore_resume_state,
     save_resume_state,
 )
-from .datasets import Split, read_headers
+from .datasets import DatasetError, Split, read_headers
 from .messages import listed
 from .mixing import MixedBatch, mix_batch, mixed_correct, mixed_cross_entropy
-from .pipeline import FolderDataset, Normalize
+from .pipeline import FolderDataset, Normalize, collate_photos
 from .torch_ref import build_torch_model
 
 
@@ -65,6 +66,15 @@ class Run:
     best_acc: float = -1.0
     best_epoch: int = -1
     elapsed: float = 0.0  # seconds spent in epochs, over every session of the run
+    skipped: set[str] = field(default_factory=set)  # photos that failed to decode, each said once
+
+    def note_skipped(self, reasons: list[str]) -> None:
+        """Say once per run for each photo that failed to decode (:func:`collate_photos`) that the
+        run goes on without it: a photo damaged after the header scan costs itself, not the run."""
+        for reason in reasons:
+            if reason not in self.skipped:
+                self.skipped.add(reason)
+                log(f"note: skipped {reason}; training goes on without it (fix it to have it back)")
 
     def path(self, name: str) -> str:
         return os.path.join(self.config["out"], name)
@@ -243,7 +253,8 @@ def read_photo_sizes(config: dict, split: Split) -> dict[str, tuple[int, int]]:
     first epoch: a photo whose header cannot be read (not an image, empty, a pipe, unreadable for
     its permissions) stops the run there, in one TrainError naming the first ones and how many
     there are, not in the middle of an epoch. (A photo cut short after its header is found when
-    decoded: before the first epoch with the cache, during it with --no-cache.)"""
+    decoded: before the first epoch with the cache, where it stops the run as well; during an epoch
+    with --no-cache, where it is skipped with a note, :meth:`Run.note_skipped`.)"""
     sizes, unreadable = read_headers(config["data_dir"], split.train + split.val)
     if unreadable:
         path, why = unreadable[0]
@@ -273,14 +284,18 @@ def use_cache(config: dict, sizes: dict[str, tuple[int, int]]) -> bool:
 def make_loaders(config: dict, split: Split) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
     t_load = time.monotonic()
     cache = use_cache(config, read_photo_sizes(config, split))
-    train_set = FolderDataset(config["data_dir"], split.train, split.labels("train"), config["img_size"], True,
-                              cache=cache, min_scale=config["min_scale"],
-                              augment=config.get("augment", "basic"))
-    val_set = FolderDataset(config["data_dir"], split.val, split.labels("val"), config["val_crop"], False,
-                            resize=config["val_resize"], cache=cache)
+    try:
+        train_set = FolderDataset(config["data_dir"], split.train, split.labels("train"), config["img_size"], True,
+                                  cache=cache, min_scale=config["min_scale"],
+                                  augment=config.get("augment", "basic"))
+        val_set = FolderDataset(config["data_dir"], split.val, split.labels("val"), config["val_crop"], False,
+                                resize=config["val_resize"], cache=cache)
+    except DatasetError as exc:  # (decoding into the cache: before the first epoch, nothing to lose yet)
+        raise TrainError(f"{exc}; fix or remove it: training reads every photo of its split") from None
     log(f"data loaded in {time.monotonic() - t_load:.1f} s")
     workers = config["workers"]
     loader_args = dict(num_workers=workers, persistent_workers=workers > 0)
+    loader_args = dict(loader_args, collate_fn=collate_photos)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=config["batch_size"], shuffle=True,
                                                drop_last=len(train_set) > config["batch_size"], **loader_args)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=64, shuffle=False, **loader_args)
@@ -339,7 +354,10 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
                    f"epoch {epoch + 1}/{config['epochs']}")
     loss_sum, correct, count = 0.0, 0, 0
     mix = config.get("mix", "none")  # (runs saved before --mix existed have no such key)
-    for images, labels in loader:
+    for images, labels, skipped in loader:
+        run.note_skipped(skipped)
+        if not len(labels):
+            continue
         # unmixed, a batch is its own blend with weight 1: the same loss and accuracy as plain ones
         batch = mix_batch(images, labels, mix, config["mix_alpha"]) if mix != "none" else MixedBatch(
             images, labels, labels, 1.0)
@@ -364,7 +382,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
         count += n
         bar.update(n, loss=f"{loss_sum / count:.3f}", acc=f"{100 * correct / count:.1f}%")
     run.scheduler.step()
-    val_loss, val_acc, _ = evaluate_torch(model, run.normalize, run.val_loader)
+    val_loss, val_acc, _ = evaluate_torch(model, run.normalize, run.val_loader, run.note_skipped)
     epoch_time = time.monotonic() - t0
     run.elapsed += epoch_time
     row = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
@@ -373,12 +391,17 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
     return row, epoch_time
 
 
-def evaluate_torch(model: nn.Module, normalize: Normalize, loader) -> tuple[float, float, int]:
-    """(mean loss, top-1 accuracy, count) of ``model`` on ``loader``."""
+def evaluate_torch(model: nn.Module, normalize: Normalize, loader,
+                   note_skipped: Callable[[list[str]], None]) -> tuple[float, float, int]:
+    """(mean loss, top-1 accuracy, count) of ``model`` on ``loader``'s :class:`PhotoBatch` es; the
+    photos that failed to decode are given to ``note_skipped`` and left out of the count."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad():
-        for images, labels in loader:
+        for images, labels, skipped in loader:
+            note_skipped(skipped)
+            if not len(labels):
+                continue
             logits = model(normalize(images))
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += (logits.argmax(1) == labels).sum().item()

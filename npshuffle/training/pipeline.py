@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 from ..preprocess import center_crop, resize_shorter_side
 from .arguments import AUGMENTS
 from .augmix import augmix
-from .datasets import load_image
+from .datasets import DatasetError, load_image
 
 
 def random_resized_crop_params(width: int, height: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -110,7 +111,15 @@ class FolderDataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int):
-        image = self.images[index] if self.images is not None else self._open(index)
+        """(uint8 HWC RGB crop, label); or, for a photo that fails to decode (read from disk, without
+        the cache: one cut short after its header), (None, the one-line reason naming it)."""
+        if self.images is not None:
+            image = self.images[index]
+        else:
+            try:
+                image = self._open(index)
+            except DatasetError as exc:
+                return None, str(exc)
         if self.train:
             top, left, h, w = random_resized_crop_params(*image.size, scale=self.scale)
             image = image.resize((self.size, self.size), Image.Resampling.BILINEAR,
@@ -124,6 +133,23 @@ class FolderDataset(torch.utils.data.Dataset):
         else:
             image = center_crop(resize_shorter_side(image, self.resize), self.size)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()), self.labels[index]
+
+
+class PhotoBatch(NamedTuple):
+    """A loader's batch: ``images`` uint8 (N, H, W, 3) RGB, ``labels`` int64 (N,), and ``skipped``:
+    one line per photo of the batch that failed to decode (left out of the N)."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    skipped: list[str]
+
+
+def collate_photos(samples: list[tuple]) -> PhotoBatch:
+    """The DataLoader's ``collate_fn`` for :class:`FolderDataset`: stacks the crops that decoded and
+    keeps the reasons of those that did not, so one damaged photo costs itself, not the run."""
+    kept = [(image, label) for image, label in samples if image is not None]
+    skipped = [reason for image, reason in samples if image is None]
+    images = torch.stack([image for image, _ in kept]) if kept else torch.empty(0, 0, 0, 3, dtype=torch.uint8)
+    return PhotoBatch(images, torch.tensor([label for _, label in kept], dtype=torch.long), skipped)
 
 
 class Normalize(nn.Module):
