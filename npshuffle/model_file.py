@@ -26,9 +26,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
-import tokenize
-import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -218,15 +217,32 @@ class ShapeMismatch(ValueError):
     """A tensor of the wrong shape: reported with the other problems, not alone."""
 
 
-def _read_npy_header(f, version: tuple[int, int]) -> tuple[tuple, bool, np.dtype]:
-    """NumPy's parser of a ``.npy`` header (shape, Fortran order, dtype), with any warning it raises
-    turned into an error: it reads the header with ``ast.literal_eval``, and a damaged header such as
-    ``'\\e'`` in a string would otherwise print Python's "invalid escape sequence" warning (a
-    SyntaxWarning, shown by default from Python 3.12) before the file's one-line refusal."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        return (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                else np.lib.format.read_array_header_2_0(f))
+# The header NumPy writes for a plain array (keys sorted, values' repr, padded with spaces to a
+# multiple of 64 bytes, ending in a newline): {'descr': '<f4', 'fortran_order': False, 'shape': (5, 1024), }
+_NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z][0-9]{0,2})', 'fortran_order': (True|False), "
+                         r"'shape': \(((?:[0-9]{1,19}, )*[0-9]{1,19},?)?\), \} *\n")
+
+
+def _read_npy_header(f, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) of the ``.npy`` header at ``f`` (after its magic), matched
+    against the one form NumPy writes. NumPy's own reader evaluates the header with
+    ``ast.literal_eval``: on a crafted header that is Python's parser at work on untrusted text
+    (printing its warnings, "invalid escape sequence", before the file's one-line refusal); a
+    pattern of digits, quotes and a few names is all a model file's tensors need."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise ValueError(f"{name}: unsupported .npy version {version}")
+    size_bytes = 2 if version == (1, 0) else 4
+    length, = struct.unpack("<H" if version == (1, 0) else "<I", f.read(size_bytes))
+    if length > NPY_HEADER_MAX:
+        raise ValueError(f"{name}: .npy header of {length} bytes")
+    text = f.read(length).decode("latin-1")
+    match = _NPY_HEADER.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{name}: its .npy header is not the form NumPy writes ({text[:80].rstrip()!r})")
+    descr, fortran, shape = match.groups()
+    dims = tuple(int(d) for d in shape.replace(",", " ").split()) if shape else ()
+    return dims, fortran == "True", np.dtype(descr)
 
 
 def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dtype: str, shape: tuple | None) -> np.ndarray:
@@ -237,14 +253,7 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dtype: str, shape
     if info.file_size > NPY_HEADER_MAX + (MAX_METADATA_BYTES if shape is None else itemsize * math.prod(shape)):
         raise ValueError(f"{info.filename} declares {info.file_size} bytes, more than its shape can hold")
     with archive.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0), (3, 0)):
-            raise ValueError(f"{info.filename}: unsupported .npy version {version}")
-        header, = struct.unpack("<H" if version == (1, 0) else "<I", f.read(2 if version == (1, 0) else 4))
-        if header > NPY_HEADER_MAX:
-            raise ValueError(f"{info.filename}: .npy header of {header} bytes")
-        f.seek(f.tell() - (2 if version == (1, 0) else 4))
-        npy_shape, fortran, npy_dtype = _read_npy_header(f, version)
+        npy_shape, fortran, npy_dtype = _read_npy_header(f, info.filename)
         if npy_dtype != np.dtype(dtype) or fortran:
             raise ValueError(f"{info.filename}: dtype {npy_dtype}{' (Fortran order)' if fortran else ''}, expected "
                              f"{np.dtype(dtype)}")
@@ -260,10 +269,10 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dtype: str, shape
     return np.frombuffer(data, dtype=dtype).reshape(npy_shape).copy()
 
 
-# what a damaged or hostile archive can raise from zipfile, zlib and NumPy's header parser
-_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, SyntaxError, RuntimeError,
-                NotImplementedError, MemoryError, RecursionError, OverflowError, Warning, struct.error, zlib.error,
-                zipfile.BadZipFile, tokenize.TokenError, UnicodeDecodeError)
+# what a damaged or hostile archive can raise from zipfile, zlib, a .npy header and the JSON metadata
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, RuntimeError,
+                NotImplementedError, MemoryError, RecursionError, OverflowError, struct.error, zlib.error,
+                zipfile.BadZipFile, UnicodeDecodeError)
 
 
 def _zip_entry_count(path: str) -> int:

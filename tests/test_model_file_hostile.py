@@ -134,6 +134,32 @@ def test_a_tensor_whose_declared_size_is_too_large_is_refused_unread(tmp_path):
     refused(write(tmp_path / "long.npz", files), "declares")
 
 
+@pytest.mark.parametrize("shape", [(), (7,), (5, 1024), (3, 4, 5, 6)])
+@pytest.mark.parametrize("dtype", ["<f4", "|u1", ">i8"])
+@pytest.mark.parametrize("fortran", [False, True])
+def test_the_npy_header_reader_reads_what_numpy_writes(shape, dtype, fortran):
+    from npshuffle.model_file import _read_npy_header
+
+    array = np.zeros(shape, dtype=dtype, order="F" if fortran else "C")
+    assert _read_npy_header(io.BytesIO(npy(array)), "x.npy") == (shape, fortran and len(shape) > 1, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("header", [
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (5,), 'extra': 1, }",
+    "{'fortran_order': False, 'descr': '<f4', 'shape': (5,), }",
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (5 if 1 else 2,), }",
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (-5,), }",
+    "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (5,), }",
+])
+def test_the_npy_header_reader_refuses_any_other_form(header):
+    from npshuffle.model_file import _read_npy_header
+
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    data = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+    with pytest.raises(ValueError, match="not the form NumPy writes"):
+        _read_npy_header(io.BytesIO(data), "x.npy")
+
+
 def test_wrong_dtype_and_fortran_order_are_refused(tmp_path):
     files = members()
     weight = np.load(io.BytesIO(files["classifier.weight.npy"]))
@@ -218,8 +244,8 @@ def test_an_archive_of_too_many_entries_is_refused_before_zipfile_reads_them(tmp
 
 
 def test_a_header_python_would_warn_about_is_refused_without_the_warning(tmp_path):
-    # NumPy reads a .npy header with ast.literal_eval; "\e" in a string is an invalid escape, which
-    # Python reports with a warning (shown by default from 3.12) unless the reader stops it
+    # NumPy's own reader evaluates a .npy header with ast.literal_eval; "\e" in a string is an invalid
+    # escape, which Python's parser reports with a warning (shown by default from 3.12)
     files = members()
     header = "{'descr': '<f4', 'fortran_order': False, 'shape': (5, 1024), 'note': '\\e', }"
     header += " " * (63 - (10 + len(header)) % 64) + "\n"
@@ -227,5 +253,5 @@ def test_a_header_python_would_warn_about_is_refused_without_the_warning(tmp_pat
     path = write(tmp_path / "escape.npz", files)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        refused(path, "Cannot parse header")
+        refused(path, "not the form NumPy writes")
     assert [str(w.message) for w in caught] == []
