@@ -38,8 +38,8 @@ def test_each_operation_keeps_size_and_mode_and_acts_on_a_photo_like_crop(operat
 
 
 def test_the_result_is_one_blend_of_the_crop_with_its_chains(monkeypatch):
-    # one chain of one known operation (inversion): every pixel is (1 - m) crop + m inverted, one m for all
-    monkeypatch.setattr(A, "WIDTH", 1)
+    # three chains of one known operation (inversion): their weights sum to 1, so every pixel is
+    # (1 - m) crop + m inverted, one m for all (a weight lost or counted twice breaks that)
     monkeypatch.setattr(A, "MAX_DEPTH", 1)
     monkeypatch.setattr(A, "OPERATIONS", (lambda image, level: ImageOps.invert(image),))
     crop = np.asarray(random_crop(2), dtype=np.float64)
@@ -53,6 +53,16 @@ def test_the_result_is_one_blend_of_the_crop_with_its_chains(monkeypatch):
         assert share.max() - share.min() < 0.02 and -0.01 < share.mean() < 1.01
         shares.append(share.mean())
     assert max(shares) - min(shares) > 0.05  # the share is drawn per crop
+
+
+def test_operation_strengths_follow_the_papers_scale(monkeypatch):
+    # at level L (0..10 scale): rotate 3 L degrees, shear 0.03 L, translate L / 30 of the side
+    magnitudes = []
+    monkeypatch.setattr(A, "_signed", lambda magnitude: magnitudes.append(magnitude) or magnitude)
+    crop = random_crop(3, height=30, width=60)
+    for operation in (A._rotate, A._shear_x, A._shear_y, A._translate_x, A._translate_y):
+        operation(crop, 3.0)
+    assert magnitudes == pytest.approx([9.0, 0.09, 0.09, 6.0, 3.0])
 
 
 def test_dirichlet_weights_are_positive_and_sum_to_one():

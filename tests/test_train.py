@@ -647,27 +647,54 @@ def test_distillation_settings_that_cannot_work_are_refused(data_dir, tmp_path, 
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
+def truncate(path: str) -> str:
+    with open(path, "r+b") as f:  # a valid header, the pixels cut off: found only when decoded
+        f.truncate(os.path.getsize(path) // 2)
+    return path
+
+
 def truncate_a_photo(data: str) -> str:
-    broken = os.path.join(data, CLASSES[0], "img00.jpg")
-    with open(broken, "r+b") as f:  # a valid header, the pixels cut off: found only when decoded
-        f.truncate(os.path.getsize(broken) // 2)
-    return broken
+    return truncate(os.path.join(data, CLASSES[0], "img00.jpg"))
 
 
-def test_a_photo_that_fails_to_decode_in_a_loader_worker_is_skipped_with_one_note(tmp_path, capsys):
+def test_photos_that_fail_to_decode_in_a_loader_worker_are_skipped_with_one_note_each(tmp_path, capsys):
     data = make_images(tmp_path / "data")
-    broken = truncate_a_photo(data)
+    split = seed_split(data)
+    broken = [truncate(os.path.join(data, split.train[0])), truncate(os.path.join(data, split.val[0]))]
     argv = tiny_args(data, tmp_path / "out", "--no-cache")
     argv[argv.index("--workers") + 1] = "1"
     argv[argv.index("--epochs") + 1] = "2"
     assert T.main(argv) == 0
     err = capsys.readouterr().err  # (the progress log goes there too)
     assert "Traceback" not in err, err
-    notes = [line for line in err.splitlines() if line.startswith("note: skipped")]
-    assert len(notes) == 1 and notes[0].startswith(f"note: skipped {broken}: broken or truncated"), notes
+    notes = sorted(line for line in err.splitlines() if line.startswith("note: skipped"))
+    assert len(notes) == 2, notes  # one each, though both epochs meet them
+    for note, path in zip(notes, sorted(broken), strict=True):
+        assert note.startswith(f"note: skipped {path}: broken or truncated")
     assert (tmp_path / "out" / "model.npz").exists()
     rows = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
-    assert len(rows) == 2
+    assert [row["skipped"] for row in rows] == [{"train": 1, "val": 1}] * 2
+
+
+def test_a_validation_split_whose_every_photo_fails_to_decode_stops_the_run(tmp_path, capsys):
+    data = make_images(tmp_path / "data")
+    for path in seed_split(data).val:
+        truncate(os.path.join(data, path))
+    assert T.main(tiny_args(data, tmp_path / "out", "--no-cache")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("npshuffle train: error: no photo of the validation split")
+
+
+def test_collate_keeps_the_photos_that_decoded_and_the_reasons_of_the_others():
+    from npshuffle.training.pipeline import collate_photos
+
+    crop = torch.zeros(4, 5, 3, dtype=torch.uint8)
+    batch = collate_photos([(crop, 2), (None, ("a.jpg", "a.jpg: broken")), (crop + 1, 0)])
+    assert batch.images.shape == (2, 4, 5, 3) and batch.labels.tolist() == [2, 0]
+    assert batch.skipped == [("a.jpg", "a.jpg: broken")] and int(batch.images[1].max()) == 1
+    empty = collate_photos([(None, ("b.jpg", "b.jpg: broken"))])
+    assert empty.images.shape == (0, 0, 0, 3) and empty.labels.shape == (0,) and len(empty.skipped) == 1
 
 
 def test_a_photo_that_fails_to_decode_into_the_cache_stops_the_run_in_one_line(tmp_path, capsys):

@@ -66,14 +66,15 @@ class Run:
     best_acc: float = -1.0
     best_epoch: int = -1
     elapsed: float = 0.0  # seconds spent in epochs, over every session of the run
-    skipped: set[str] = field(default_factory=set)  # photos that failed to decode, each said once
+    skipped: set[str] = field(default_factory=set)  # paths of the photos that failed to decode
 
-    def note_skipped(self, reasons: list[str]) -> None:
-        """Say once per run for each photo that failed to decode (:func:`collate_photos`) that the
-        run goes on without it: a photo damaged after the header scan costs itself, not the run."""
-        for reason in reasons:
-            if reason not in self.skipped:
-                self.skipped.add(reason)
+    def note_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        """Say, once per photo in this session (again after a --resume), that a photo which failed to
+        decode (``skipped``: (path, reason) from :class:`PhotoBatch`) is left out and the run goes
+        on: a photo damaged after the header scan costs itself, not the run."""
+        for path, reason in skipped:
+            if path not in self.skipped:
+                self.skipped.add(path)
                 log(f"note: skipped {reason}; training goes on without it (fix it to have it back)")
 
     def path(self, name: str) -> str:
@@ -294,8 +295,7 @@ def make_loaders(config: dict, split: Split) -> tuple[torch.utils.data.DataLoade
         raise TrainError(f"{exc}; fix or remove it: training reads every photo of its split") from None
     log(f"data loaded in {time.monotonic() - t_load:.1f} s")
     workers = config["workers"]
-    loader_args = dict(num_workers=workers, persistent_workers=workers > 0)
-    loader_args = dict(loader_args, collate_fn=collate_photos)
+    loader_args = dict(num_workers=workers, persistent_workers=workers > 0, collate_fn=collate_photos)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=config["batch_size"], shuffle=True,
                                                drop_last=len(train_set) > config["batch_size"], **loader_args)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=64, shuffle=False, **loader_args)
@@ -354,9 +354,11 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
                    f"epoch {epoch + 1}/{config['epochs']}")
     loss_sum, correct, count = 0.0, 0, 0
     mix = config.get("mix", "none")  # (runs saved before --mix existed have no such key)
+    skipped_count = 0
     for images, labels, skipped in loader:
         run.note_skipped(skipped)
-        if not len(labels):
+        skipped_count += len(skipped)
+        if not len(labels) or (skipped and len(labels) == 1):  # (BatchNorm may not train on one left)
             continue
         # unmixed, a batch is its own blend with weight 1: the same loss and accuracy as plain ones
         batch = mix_batch(images, labels, mix, config["mix_alpha"]) if mix != "none" else MixedBatch(
@@ -382,19 +384,25 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
         count += n
         bar.update(n, loss=f"{loss_sum / count:.3f}", acc=f"{100 * correct / count:.1f}%")
     run.scheduler.step()
-    val_loss, val_acc, _ = evaluate_torch(model, run.normalize, run.val_loader, run.note_skipped)
+    val_loss, val_acc, val_count = evaluate_torch(model, run.normalize, run.val_loader, run.note_skipped)
+    val_skipped = len(run.val_loader.dataset) - val_count
+    if count == 0 or (val_count == 0 and val_skipped):
+        part = "training" if count == 0 else "validation"
+        raise TrainError(f"no photo of the {part} split could be used in epoch {epoch + 1} (each failed to decode, "
+                         "as the notes above say): fix the photos, then resume with --resume")
     epoch_time = time.monotonic() - t0
     run.elapsed += epoch_time
     row = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
            "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "epoch_time_s": round(epoch_time, 2),
+           "skipped": {"train": skipped_count, "val": val_skipped},  # photos that failed to decode
            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return row, epoch_time
 
 
 def evaluate_torch(model: nn.Module, normalize: Normalize, loader,
                    note_skipped: Callable[[list[str]], None]) -> tuple[float, float, int]:
-    """(mean loss, top-1 accuracy, count) of ``model`` on ``loader``'s :class:`PhotoBatch` es; the
-    photos that failed to decode are given to ``note_skipped`` and left out of the count."""
+    """(mean loss, top-1 accuracy, count) of ``model`` on ``loader``'s batches (:class:`PhotoBatch`);
+    the photos that failed to decode are given to ``note_skipped`` and left out of the count."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad():

@@ -112,14 +112,14 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         """(uint8 HWC RGB crop, label); or, for a photo that fails to decode (read from disk, without
-        the cache: one cut short after its header), (None, the one-line reason naming it)."""
+        the cache: one cut short after its header), (None, (its path in the split, the one-line reason))."""
         if self.images is not None:
             image = self.images[index]
         else:
             try:
                 image = self._open(index)
             except DatasetError as exc:
-                return None, str(exc)
+                return None, (self.files[index], str(exc))
         if self.train:
             top, left, h, w = random_resized_crop_params(*image.size, scale=self.scale)
             image = image.resize((self.size, self.size), Image.Resampling.BILINEAR,
@@ -137,19 +137,23 @@ class FolderDataset(torch.utils.data.Dataset):
 
 class PhotoBatch(NamedTuple):
     """A loader's batch: ``images`` uint8 (N, H, W, 3) RGB, ``labels`` int64 (N,), and ``skipped``:
-    one line per photo of the batch that failed to decode (left out of the N)."""
+    (path in the split, one-line reason) for each photo of the batch that failed to decode, left out
+    of the N. When every photo of the batch failed, N is 0 and ``images`` is (0, 0, 0, 3)."""
     images: torch.Tensor
     labels: torch.Tensor
-    skipped: list[str]
+    skipped: list[tuple[str, str]]
 
 
 def collate_photos(samples: list[tuple]) -> PhotoBatch:
-    """The DataLoader's ``collate_fn`` for :class:`FolderDataset`: stacks the crops that decoded and
-    keeps the reasons of those that did not, so one damaged photo costs itself, not the run."""
+    """The DataLoader's ``collate_fn`` for :class:`FolderDataset`: stacks the crops that decoded (with
+    torch's own collate, which a worker process writes into shared memory) and keeps the reasons of
+    those that did not, so one damaged photo costs itself, not the run."""
     kept = [(image, label) for image, label in samples if image is not None]
     skipped = [reason for image, reason in samples if image is None]
-    images = torch.stack([image for image, _ in kept]) if kept else torch.empty(0, 0, 0, 3, dtype=torch.uint8)
-    return PhotoBatch(images, torch.tensor([label for _, label in kept], dtype=torch.long), skipped)
+    if not kept:
+        return PhotoBatch(torch.empty(0, 0, 0, 3, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped)
+    images, labels = torch.utils.data.default_collate(kept)
+    return PhotoBatch(images, labels, skipped)
 
 
 class Normalize(nn.Module):

@@ -77,9 +77,9 @@ def given_options(args: argparse.Namespace) -> dict[str, str]:
 
 
 def own_message(exc: Exception) -> str:
-    """The error's own one-line message. An error raised in a data loader worker (a photo that cannot
-    be read, with --no-cache) comes back from torch as the same type, its message the worker's whole
-    traceback ending in ``module.Type: message``: that last line, without the type."""
+    """The error's own one-line message. An error raised in a data loader worker comes back from
+    torch as the same type, its message the worker's whole traceback ending in ``module.Type:
+    message``: that last line, without the type."""
     text = str(exc)
     if "Original Traceback" not in text:
         return text
