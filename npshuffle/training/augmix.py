@@ -6,11 +6,14 @@ chains' results with Dirichlet weights, and blends that with the untouched crop 
 the network sees varied but recognisable images whose statistics differ from the training photos'.
 
 The operations are the paper's: autocontrast, equalize, posterize, rotate, solarize, shear and
-translate. The paper left out brightness, contrast, colour and sharpness because they overlap
-ImageNet-C's corruptions; here none of the eight `npshuffle eval --corruptions` rows (blur, JPEG,
-noise, brightness, contrast, downscale, offset crop, greyscale) is among them either. (The paper's
-Jensen-Shannon consistency loss, which needs three forward passes per photo, is not used: the
-mixing alone, measured on CIFAR-10-C in the paper's ablation, gives most of the gain.)
+translate, with its strengths at a level L on a 0..10 scale (rotate 3 L degrees, shear 0.03 L,
+translate L / 30 of the side). Rotation and translation keep their fractional amounts (the paper's
+code rounds them to whole degrees and pixels). The paper left out brightness, contrast, colour and
+sharpness because they overlap ImageNet-C's corruptions; none of the eight rows of
+`npshuffle eval --corruptions` (blur, JPEG, noise, brightness, contrast, downscale, offset crop,
+greyscale) is among these operations either. The paper's Jensen-Shannon consistency loss, which
+needs three forward passes per photo, is not used: its ablation credits the mixing alone with part
+of the gain, and three passes would triple the cost of an epoch.
 
 Every draw comes from torch's RNG, as in :func:`pipeline.strong_augment`, so a seeded run repeats.
 """
@@ -42,11 +45,11 @@ def _affine(image: Image.Image, coefficients: tuple) -> Image.Image:
 
 
 def _posterize(image, level):
-    return ImageOps.posterize(image, 4 - int(level * 4 / 10))  # 4 bits kept at level < 2.5, 3 above
+    return ImageOps.posterize(image, 4 - int(level * 4 / 10))  # at SEVERITY 3: 4 bits kept below level 2.5, else 3
 
 
 def _rotate(image, level):
-    return image.rotate(_signed(level * 30 / 10), resample=Image.Resampling.BILINEAR)  # up to 9 degrees
+    return image.rotate(_signed(level * 30 / 10), resample=Image.Resampling.BILINEAR)  # at SEVERITY 3: up to 9 degrees
 
 
 def _solarize(image, level):
