@@ -653,10 +653,6 @@ def truncate(path: str) -> str:
     return path
 
 
-def truncate_a_photo(data: str) -> str:
-    return truncate(os.path.join(data, CLASSES[0], "img00.jpg"))
-
-
 def test_photos_that_fail_to_decode_in_a_loader_worker_are_skipped_with_one_note_each(tmp_path, capsys):
     data = make_images(tmp_path / "data")
     split = seed_split(data)
@@ -699,7 +695,7 @@ def test_collate_keeps_the_photos_that_decoded_and_the_reasons_of_the_others():
 
 def test_a_photo_that_fails_to_decode_into_the_cache_stops_the_run_in_one_line(tmp_path, capsys):
     data = make_images(tmp_path / "data")
-    broken = truncate_a_photo(data)
+    broken = truncate(os.path.join(data, CLASSES[0], "img00.jpg"))
     assert T.main(tiny_args(data, tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err, err

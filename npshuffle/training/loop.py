@@ -400,7 +400,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, float]:
 
 
 def evaluate_torch(model: nn.Module, normalize: Normalize, loader,
-                   note_skipped: Callable[[list[str]], None]) -> tuple[float, float, int]:
+                   note_skipped: Callable[[list[tuple[str, str]]], None]) -> tuple[float, float, int]:
     """(mean loss, top-1 accuracy, count) of ``model`` on ``loader``'s batches (:class:`PhotoBatch`);
     the photos that failed to decode are given to ``note_skipped`` and left out of the count."""
     model.eval()

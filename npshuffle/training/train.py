@@ -56,7 +56,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         return train(args)
     except (TrainError, DatasetError, ArchError, ConversionError) as exc:
-        print(f"npshuffle train: error: {own_message(exc)}", file=sys.stderr)
+        print(f"npshuffle train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before the first epoch began: nothing to save
         print("\nnpshuffle train: interrupted before training started", file=sys.stderr)
@@ -74,18 +74,6 @@ def given_options(args: argparse.Namespace) -> dict[str, str]:
     words = shlex.split(args_command_line(args))[2:]  # (less "npshuffle train")
     given, _ = parser.parse_known_args(words)
     return {dest: names[dest] for dest in vars(given)}
-
-
-def own_message(exc: Exception) -> str:
-    """The error's own one-line message. An error raised in a data loader worker comes back from
-    torch as the same type, its message the worker's whole traceback ending in ``module.Type:
-    message``: that last line, without the type."""
-    text = str(exc)
-    if "Original Traceback" not in text:
-        return text
-    last = text.strip().splitlines()[-1]
-    kind = f"{type(exc).__module__}.{type(exc).__qualname__}: "
-    return last[len(kind):] if last.startswith(kind) else last
 
 
 def train(args: argparse.Namespace) -> int:
